@@ -1,0 +1,3 @@
+from keyforge.cli import main
+
+main()
