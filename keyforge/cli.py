@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from keyforge import __version__
-from keyforge.errors import KeyforgeError
+from keyforge.errors import CommandError, KeyforgeError, UsageError
+
+if TYPE_CHECKING:
+    # typer vendors click from 0.20 on; only the type checker needs its Context class
+    from typer._click.core import Context as _ClickContext
+
+    from keyforge.authorized_keys import Entry
+    from keyforge.capture import Record
+    from keyforge.config import Config
+    from keyforge.install import Result
 
 
 class _KeyforgeGroup(TyperGroup):
@@ -25,7 +34,7 @@ class _KeyforgeGroup(TyperGroup):
     exactly what a user sees.
     """
 
-    def invoke(self, ctx: typer.Context) -> object:
+    def invoke(self, ctx: _ClickContext) -> object:
         try:
             return super().invoke(ctx)
         except KeyforgeError as err:
@@ -79,6 +88,1001 @@ def _root(
 # --- commands -------------------------------------------------------------------------------
 # Each area adds its commands below; keep each command a thin wrapper over the library.
 
+
+@app.command("pair")
+def pair_command(  # noqa: PLR0917 - typer passes each option positionally
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Where to write the private key; the public key goes to PATH.pub. "
+            "Default: ~/.ssh/backups (~/.ssh is created with mode 0700 when missing).",
+            show_default=False,
+            metavar="PATH",
+        ),
+    ] = None,
+    key_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            "-t",
+            metavar="ed25519|rsa|ecdsa",
+            help="Key type. ed25519 is short, fast and the right choice unless the receiving "
+            "host's OpenSSH is older than 6.5. DSA is refused.",
+        ),
+    ] = "ed25519",
+    bits: Annotated[
+        int | None,
+        typer.Option(
+            "--bits",
+            "-b",
+            show_default=False,
+            metavar="N",
+            help="Key size: rsa 3072-16384 (default 4096); ecdsa 256, 384 or 521 (default 256). "
+            "Ed25519 has a fixed size.",
+        ),
+    ] = None,
+    comment: Annotated[
+        str | None,
+        typer.Option(
+            "--comment",
+            "-C",
+            show_default=False,
+            metavar="TEXT",
+            help="Comment stored in both keys, shown by ssh-keygen -l. Default: user@hostname.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing key pair at PATH. The old key then stops "
+            "working wherever it was installed.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check everything and say what would be written.")
+    ] = False,
+) -> None:
+    """Make the passphraseless backup key pair on the sending server.
+
+    Writes the private key PATH with mode 0600 (never readable by others, not even while it is
+    written) and the public key PATH.pub with mode 0644, in OpenSSH format, and prints the
+    fingerprint exactly as 'ssh-keygen -lf PATH.pub' does. An existing key is never replaced
+    without --force.
+    """
+    from keyforge import keys  # noqa: PLC0415 - keeps cryptography out of --version
+
+    size = keys.resolve_bits(key_type, bits)
+    text = keys.check_comment(keys.default_comment() if comment is None else comment)
+    private, public = keys.check_destination(path, force=force)
+    if dry_run:
+        verb = "replace" if force and (private.exists() or public.exists()) else "write"
+        say(f"would make a {size}-bit {key_type.lower()} key with comment {text!r}")
+        say(f"would {verb} {private} (mode 0600) and {public} (mode 0644)")
+        return
+
+    pair = keys.generate(key_type, size, comment=text)
+    written = keys.write_pair(path, pair, force=force)
+    if written.created_dir is not None:
+        say(f"Created {written.created_dir} (mode 0700)")
+    action = "Replaced" if written.replaced else "Wrote"
+    say(
+        f"{action} the private key {written.private_path} (mode 0600, no passphrase: it must "
+        "never leave this server)"
+    )
+    say(f"{action} the public key  {written.public_path} (mode 0644)")
+    say(pair.fingerprint)
+    for message in written.warnings:
+        warn(message)
+    say("")
+    say(f"Next: copy {written.public_path} to the receiving host, then run there:")
+    say(
+        f"  keyforge install --key {written.public_path.name} "
+        "--from <this server's address> --command '<forced command>'"
+    )
+    say("Not sure which command rsync sends? Run 'keyforge capture start' there to learn it.")
+
+
+# --- install / revoke (receiving host) ---
+
+
+_KEY_HELP = (
+    "The backup key's PUBLIC half: a .pub file holding one line 'type base64 comment', or - to "
+    "read it from standard input. A private key is refused."
+)
+_AUTHORIZED_KEYS_HELP = (
+    "The authorized_keys file to edit. Default: ~/.ssh/authorized_keys of the user running "
+    "keyforge (run it as the user the backups log in as)."
+)
+
+
+def _read_key_option(spec: str) -> Entry:
+    from keyforge import install
+
+    if spec == "-":
+        return install.public_key_from_text(sys.stdin.read(), source="<stdin>")
+    return install.read_public_key(Path(spec))
+
+
+def _key_label(key: Entry) -> str:
+    from keyforge import keys
+
+    try:
+        fingerprint = keys.parse_public_line(f"{key.keytype} {key.blob}").sha256
+    except KeyforgeError:
+        fingerprint = f"{key.keytype} ...{key.blob[-12:]}"
+    return f"{fingerprint} ({key.comment})" if key.comment else fingerprint
+
+
+def _forced_command(command: str | None) -> str:
+    """The command the key is locked to; another source of it (a capture) plugs in here."""
+    if command is None:
+        raise UsageError("--command is required: the one command this key may run")
+    return command
+
+
+def _source_patterns(from_: list[str] | None, any_source: bool) -> list[str] | None:
+    if any_source and from_:
+        raise UsageError("--from and --any-source contradict each other; give one")
+    if any_source:
+        return None
+    if not from_:
+        raise UsageError(
+            "--from is required: the address(es) the sending server connects from; "
+            "pass --any-source to allow the key from anywhere"
+        )
+    return [pattern for value in from_ for pattern in value.split(",")]
+
+
+_DONE = {
+    "added": "added key {key} to {path}",
+    "replaced": "replaced key {key} in {path}",
+    "unchanged": "unchanged: key {key} already stands as wanted in {path}",
+    "removed": "removed key {key} from {path}",
+    "absent": "absent: key {key} is not in {path}; nothing to do",
+}
+_WOULD = {
+    "added": "would add key {key} to {path}",
+    "replaced": "would replace key {key} in {path}",
+    "removed": "would remove key {key} from {path}",
+}
+
+
+def _report(result: Result, key: Entry, *, dry_run: bool) -> None:
+    plan = result.plan
+    if dry_run and plan.changed:
+        typer.echo(plan.diff(str(result.path)), nl=False)
+    template = _WOULD.get(plan.action, _DONE[plan.action]) if dry_run else _DONE[plan.action]
+    where = ""
+    if plan.linenos:
+        label = "line" if len(plan.linenos) == 1 else "lines"
+        where = f" ({label} {', '.join(map(str, plan.linenos))})"
+    suffix = " (dry run: nothing written)" if dry_run and plan.changed else ""
+    say(template.format(key=_key_label(key), path=result.path) + where + suffix)
+    if plan.line is not None:
+        say(plan.line)
+    if result.backup is not None:
+        say(f"previous file kept as {result.backup}")
+    for message in result.warnings:
+        warn(message)
+
+
+@app.command("install")
+def install_command(
+    key: Annotated[
+        str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
+    ],
+    from_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            metavar="PATTERNS",
+            show_default=False,
+            help="Source addresses allowed to use the key (sshd's from=): IP addresses, CIDR "
+            "blocks like 203.0.113.0/24 or wildcards like 192.0.2.*, comma-separated or "
+            "repeated; prefix ! to exclude one. sshd refuses the key from anywhere else, so a "
+            "stolen copy is useless off the sending server. Host names never match under "
+            "sshd's default 'UseDNS no'.",
+        ),
+    ] = None,
+    any_source: Annotated[
+        bool,
+        typer.Option(
+            "--any-source",
+            help="Allow the key from any source address (no from=). Needed to leave out "
+            "--from, so an unrestricted key is never made by accident.",
+        ),
+    ] = False,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--command",
+            "-c",
+            metavar="CMD",
+            show_default=False,
+            help="The only command the key may run (sshd's command=), e.g. the exact "
+            "'rsync --server ...' line the sender's rsync runs. Whatever the client asks for "
+            "is ignored (the command sees it in SSH_ORIGINAL_COMMAND).",
+        ),
+    ] = None,
+    authorized_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--authorized-keys",
+            "-f",
+            metavar="PATH",
+            show_default=False,
+            help=_AUTHORIZED_KEYS_HELP,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
+    ] = False,
+    no_restrict: Annotated[
+        bool,
+        typer.Option(
+            "--no-restrict",
+            help="Leave out 'restrict', for OpenSSH older than 7.2 (which rejects it). The "
+            "no-* options still apply, but 'restrict' also covers restrictions that future "
+            "sshd versions add: keep it when you can.",
+        ),
+    ] = False,
+    dropbear: Annotated[
+        bool,
+        typer.Option(
+            "--dropbear",
+            help="Write only options Dropbear accepts (it rejects a line with any other): no "
+            "restrict, no-user-rc, from=, expiry-time= or environment=. Dropbear has no from=, "
+            "so pair this with --any-source and a firewall rule.",
+        ),
+    ] = False,
+    expiry_time: Annotated[
+        str | None,
+        typer.Option(
+            "--expiry-time",
+            metavar="T",
+            show_default=False,
+            help="sshd refuses the key after T: YYYYMMDD, YYYYMMDDHHMM or YYYYMMDDHHMMSS in the "
+            "server's local time, with a trailing Z for UTC (OpenSSH 7.7+).",
+        ),
+    ] = None,
+    environment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--environment",
+            "-e",
+            metavar="NAME=VALUE",
+            show_default=False,
+            help="Set a variable for the forced command (repeatable). sshd ignores it unless "
+            "sshd_config has PermitUserEnvironment.",
+        ),
+    ] = None,
+    from_capture: Annotated[
+        bool,
+        typer.Option(
+            "--from-capture",
+            help="Use the command captured by 'keyforge capture start' and one push, instead "
+            "of --command. It must be an 'rsync --server' command; a leading ~ in its path "
+            "becomes the user's absolute home. The key must already be in authorized_keys.",
+        ),
+    ] = False,
+    from_captured_address: Annotated[
+        bool,
+        typer.Option(
+            "--from-captured-address",
+            help="With --from-capture: allow the key only from the client address the capture "
+            "came from (from=ADDRESS), instead of --from.",
+        ),
+    ] = False,
+    allow_any_command: Annotated[
+        bool,
+        typer.Option(
+            "--allow-any-command",
+            help="With --from-capture: accept a captured command that is not a plain "
+            "'rsync --server' command (or one whose destination the client chooses).",
+        ),
+    ] = False,
+    keep_tilde: Annotated[
+        bool,
+        typer.Option(
+            "--keep-tilde",
+            help="With --from-capture: keep a leading ~ in the captured path; sshd then relies "
+            "on the user's login shell to expand it.",
+        ),
+    ] = False,
+    capture_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--capture-log",
+            metavar="PATH",
+            show_default=False,
+            help="With --from-capture: " + _CAPTURE_LOG_HELP,
+        ),
+    ] = None,
+) -> None:
+    """Lock a backup key to one command and one source address in authorized_keys.
+
+    Run this on the receiving host as the user the backups log in as. The key gets one line
+    that lets it run the forced command, from the given addresses, and nothing else: no shell,
+    no port, agent or X11 forwarding, no terminal, no ~/.ssh/rc.
+
+    A line already holding this key is replaced where it stands; every other line stays byte
+    for byte. Running it twice changes nothing. The previous file is kept as
+    authorized_keys.keyforge-bak (mode 0600); a new ~/.ssh is made 0700 and a new file 0600.
+    If the new line lets the key do more than the line it replaces, keyforge says so.
+    """
+    from keyforge import install
+
+    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    _check_capture_options(
+        from_capture=from_capture,
+        command=command,
+        from_=from_,
+        any_source=any_source,
+        capture_only={
+            "--from-captured-address": from_captured_address,
+            "--allow-any-command": allow_any_command,
+            "--keep-tilde": keep_tilde,
+            "--capture-log": capture_log is not None,
+        },
+    )
+    patterns = None if from_captured_address else _source_patterns(from_, any_source)
+    forced = None if from_capture else _forced_command(command)
+    public_key = _read_key_option(key)
+    if forced is None:
+        forced, patterns = _capture_for_install(
+            public_key,
+            path,
+            patterns,
+            from_captured_address=from_captured_address,
+            log=capture_log,
+            allow_any_command=allow_any_command,
+            keep_tilde=keep_tilde,
+        )
+    entry = install.locked_entry(
+        public_key,
+        from_patterns=patterns,
+        command=forced,
+        restrict=not no_restrict,
+        dropbear=dropbear,
+        expiry_time=expiry_time,
+        environment=environment or (),
+    )
+    _report(install.install_key(path, entry, dry_run=dry_run), entry, dry_run=dry_run)
+
+
+@app.command("revoke")
+def revoke_command(
+    key: Annotated[
+        str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
+    ],
+    authorized_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--authorized-keys",
+            "-f",
+            metavar="PATH",
+            show_default=False,
+            help=_AUTHORIZED_KEYS_HELP,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
+    ] = False,
+) -> None:
+    """Remove a key from authorized_keys, so it can no longer log in here.
+
+    Every line holding the key goes, whatever its options (one left behind would still let it
+    in); every other line stays byte for byte. A key that is not there is not an error. The
+    previous file is kept as authorized_keys.keyforge-bak (mode 0600).
+    """
+    from keyforge import install
+
+    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    public_key = _read_key_option(key)
+    _report(install.revoke_key(path, public_key, dry_run=dry_run), public_key, dry_run=dry_run)
+
+
+# --- local backup: init, backup, prune, restore, verify --------------------------------------
+
+_CONFIG_HELP = "The config file. Default: $KEYFORGE_CONFIG, else /etc/keyforge/keyforge.toml."
+ConfigOption = Annotated[
+    Optional[Path],  # noqa: UP045 - same spelling as the other options typer reads here
+    typer.Option("--config", "-c", metavar="PATH", help=_CONFIG_HELP, show_default=False),
+]
+
+
+def _load_backup_config(path: Path | None) -> Config:
+    from keyforge import config
+
+    return config.load(config.resolve_path(path))
+
+
+@app.command("init")
+def init_command(
+    config_path: ConfigOption = None,
+    host: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--host",
+            help="Name of this server in archive names. Default: the short host name.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing config file.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the config that would be written; write nothing."),
+    ] = False,
+) -> None:
+    """Write a config file with every default shown and commented.
+
+    Sources default to /etc, /home, /var, /boot and /root; archives go to /mnt/backups/<host>.
+    An existing config is never overwritten unless --force is given. The file is made 0600.
+    """
+    from keyforge import config, fsutil
+
+    path = config.resolve_path(config_path)
+    text = config.render_default(host)
+    if dry_run:
+        typer.echo(text, nl=False)
+        return
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        fsutil.ensure_private_dir(path.parent)
+    fsutil.atomic_write(path, text.encode(), mode=0o600, exclusive=not force)
+    say(f"wrote {path}")
+
+
+@app.command("backup")
+def backup_command(
+    config_path: ConfigOption = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Start a new chain with a full (master) backup now.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the archives and commands; write nothing.")
+    ] = False,
+) -> None:
+    """Archive every source with GNU tar --listed-incremental, then apply retention.
+
+    One archive per source per run: a master on the configured day (full_every) or when a source
+    has none, an incremental relative to the previous run otherwise. Archives appear only once
+    complete; a manifest records each one's size, sha256 and chain. Shows progress in a terminal
+    and logs one line otherwise.
+    """
+    from keyforge import backup, progress
+
+    cfg = _load_backup_config(config_path)
+    interactive = sys.stderr.isatty()
+    reporter = progress.TerminalReporter() if interactive else progress.LogReporter()
+    report = backup.run_backup(cfg, force_full=full, dry_run=dry_run, reporter=reporter)
+    if dry_run:
+        for line in backup.describe_plan(report.plan):
+            say(line)
+        return
+    say(progress.summary_line(cfg.host, report))
+
+
+@app.command("prune")
+def prune_command(
+    config_path: ConfigOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List the chains that would be removed; remove nothing."),
+    ] = False,
+) -> None:
+    """Remove whole chains older than retention_days (every backup run does this too).
+
+    A chain goes only when its newest archive is older than the window, and the newest full
+    backup of each source is never removed.
+    """
+    from keyforge import backup
+
+    cfg = _load_backup_config(config_path)
+    doomed = backup.run_prune(cfg, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for chain in doomed:
+        say(f"{verb} chain {chain.name} ({len(chain.archives)} archives)")
+    if not doomed:
+        say("nothing to prune")
+
+
+@app.command("restore")
+def restore_command(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source", metavar="PATH", help="The configured source to restore, e.g. /etc."
+        ),
+    ],
+    to: Annotated[
+        Path, typer.Option("--to", metavar="DIR", help="Empty (or new) directory to restore into.")
+    ],
+    at: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--at",
+            metavar="DATE",
+            show_default=False,
+            help="Restore the state at the end of this day (YYYY-MM-DD). Default: latest.",
+        ),
+    ] = None,
+    config_path: ConfigOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Restore into a non-empty DIR (files the backup says "
+            "were deleted are deleted there).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List the archives that would be applied; change nothing."),
+    ] = False,
+) -> None:
+    """Rebuild a source as it was at a date: its master, then each incremental in order.
+
+    GNU tar's incremental extraction also deletes files that were deleted between runs, so the
+    result is the tree as it stood, not a union of every version.
+    """
+    from keyforge import restore
+
+    cfg = _load_backup_config(config_path)
+    day = restore.parse_at(at) if at else None
+    archives = restore.run_restore(cfg, source, to, at=day, force=force, dry_run=dry_run)
+    verb = "would apply" if dry_run else "applied"
+    for record in archives:
+        say(f"{verb} {record.name}")
+    if not dry_run:
+        say(f"restored {source} into {to}")
+
+
+@app.command("verify")
+def verify_command(
+    config_path: ConfigOption = None,
+    scratch: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--scratch",
+            metavar="DIR",
+            show_default=False,
+            help="Where to restore for the check (removed afterwards). "
+            "Default: .verify-scratch in the backup directory.",
+        ),
+    ] = None,
+) -> None:
+    """Prove the backups restore: check every archive's sha256 against the manifests, then
+    restore the latest chain of each source and compare content, modes, owners, mtimes,
+    symlinks, hard links and xattrs with what the archives record."""
+    from keyforge import restore
+    from keyforge.errors import KeyforgeError as _Failed
+
+    cfg = _load_backup_config(config_path)
+    report = restore.run_verify(cfg, scratch=scratch)
+    for verdict in report.sources:
+        state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
+        say(
+            f"{verdict.source}: {len(verdict.archives)} archive(s), {verdict.entries} entries, {state}"
+        )
+    if not report.ok:
+        problems = [*report.problems]
+        for verdict in report.sources:
+            problems += [f"{verdict.source}: {p}" for p in verdict.problems]
+        raise _Failed(f"verify failed: {restore.summarize_problems(problems)}")
+    say(f"verify ok: {report.checked_archives} archive(s) match their manifests and restore")
+
+
+# --- offsite: sync, schedule, status, check -------------------------------------------------
+
+
+@app.command("sync")
+def sync_command(
+    config_path: ConfigOption = None,
+    target: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="NAME",
+            show_default=False,
+            help="Sync only the [[targets]] entry with this name. Default: every target.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the source and the targets, print each rsync command, connect nowhere.",
+        ),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Wait for a running backup to finish instead of refusing at once."
+        ),
+    ] = False,
+) -> None:
+    """Push the backup directory to each target with rsync over the locked-down key.
+
+    Runs rsync -az --delete --partial with --timeout and --max-delete (and --bwlimit when set)
+    over ssh with the backup key only, the pinned known_hosts file only and no prompts. It
+    refuses a source that holds no keyforge manifest (an empty or unmounted backup disk must
+    never wipe the copy), takes the backup directory's lock, retries network failures with
+    backoff, and appends one JSON line per target to the sync log and a line to syslog.
+
+    --dry-run never connects: the receiving side runs its forced command, which ignores
+    rsync's -n and would really delete.
+    """
+    from keyforge import sync
+
+    cfg = _load_backup_config(config_path)
+    tools = sync.find_tools()
+    if dry_run:
+        for line in sync.dry_run(cfg, target, tools):
+            say(line)
+        say("dry run: checked the source and the targets; connected nowhere")
+        return
+    reports = sync.sync(cfg, target, wait=wait, tools=tools, effects=sync.Effects(notify=warn))
+    failed = [report for report in reports if not report.ok]
+    for report in reports:
+        if report.ok:
+            say(sync.summary(report))
+    if failed:
+        raise CommandError("; ".join(sync.summary(report) for report in failed))
+
+
+
+@app.command("schedule")
+def schedule_command(
+    config_path: ConfigOption = None,
+    cron: Annotated[
+        bool, typer.Option("--cron", help="A /etc/cron.d/keyforge file (default without systemd).")
+    ] = False,
+    systemd: Annotated[
+        bool,
+        typer.Option(
+            "--systemd",
+            help="systemd service and timer units in /etc/systemd/system (default when systemd "
+            "runs this machine).",
+        ),
+    ] = False,
+    install: Annotated[
+        bool,
+        typer.Option("--install", help="Write the files, changing only those that differ."),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="With --install: show what would change; write nothing."),
+    ] = False,
+    dest: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--dest", metavar="DIR", show_default=False,
+            help="Install into DIR instead of /etc/cron.d or /etc/systemd/system (for staging "
+            "an image).",
+        ),
+    ] = None,
+) -> None:
+    """Run the backup daily and the sync at night after it, from cron or systemd timers.
+
+    Times come from the config's [schedule] section. Commands use absolute paths (cron's PATH
+    is not yours); the cron file sets PATH and MAILTO; the systemd units run Persistent timers
+    with a RandomizedDelaySec, at Nice=10 and IOSchedulingClass=idle, and need the backup
+    directory mounted. Without --install the files are printed.
+    """
+    from keyforge import config, schedule
+
+    if cron and systemd:
+        raise UsageError("--cron and --systemd contradict each other; give one")
+    if dry_run and not install:
+        raise UsageError("--dry-run goes with --install (without --install nothing is written)")
+    path = config.resolve_path(config_path).absolute()
+    cfg = config.load(path)
+    kind = schedule.CRON if cron else schedule.SYSTEMD if systemd else schedule.default_kind()
+    jobs = schedule.jobs_for(cfg, path, schedule.keyforge_argv())
+    files = schedule.rendered_files(kind, cfg.schedule, jobs, dest)
+    if not install:
+        for file_path, text in files.items():
+            if len(files) > 1:
+                say(f"# --- {file_path}")
+            typer.echo(text, nl=False)
+        return
+    changes = schedule.plan_install(files)
+    if not dry_run:
+        schedule.apply(changes)
+    for change in changes:
+        if dry_run and change.action != "unchanged":
+            typer.echo(change.diff(), nl=False)
+            say(f"would be {change.action}: {change.path}")
+        else:
+            say(f"{change.action}: {change.path}")
+    if dest is None:
+        for other in schedule.other_kind_files(kind):
+            warn(f"{other} is installed too: remove it, or every job runs twice")
+    if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
+        say("next: systemctl daemon-reload && "
+            "systemctl enable --now keyforge-backup.timer keyforge-sync.timer")
+
+
+# --- capture: learn the command rsync sends ---------------------------------------------------
+
+capture_app = typer.Typer(
+    no_args_is_help=True,
+    help=(
+        "Learn the exact command the sender's rsync asks the receiving host to run, without "
+        "ever leaving the key unrestricted.\n\n"
+        "On the receiving host: 'capture start', push once (it fails, as it should), "
+        "'capture show', then 'keyforge install --from-capture'. On the sending server, "
+        "'capture local -- rsync ...' shows the same command without connecting anywhere."
+    ),
+)
+app.add_typer(capture_app, name="capture")
+
+_CAPTURE_LOG_HELP = (
+    "The capture log. Default: ~/.ssh/keyforge/capture.log in the home of the authorized_keys "
+    "file's user."
+)
+
+
+def _printable(command: str) -> str:
+    """The command for a terminal: control characters escaped so they cannot act on it."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in command
+    )
+
+
+def _show_record(record: Record, *, verbose: bool) -> None:
+    text = "(a login without a command)" if record.command is None else _printable(record.command)
+    if verbose:
+        say(text)
+        say(f"  client {record.client}, key {record.key}, at {record.time}, line {record.lineno}")
+        if record.command is not None and text != record.command:
+            warn("the command holds control characters, shown escaped; --json has it exactly")
+    else:
+        say(f"{record.lineno}\t{record.time}\t{record.client}\t{record.key}\t{text}")
+
+
+@capture_app.command("start")
+def capture_start_command(
+    key: Annotated[
+        str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
+    ],
+    from_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            metavar="PATTERNS",
+            show_default=False,
+            help="Source addresses allowed to use the key while capturing (sshd's from=), as "
+            "for 'keyforge install'. Optional: the key can only reach the recorder anyway.",
+        ),
+    ] = None,
+    authorized_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--authorized-keys",
+            "-f",
+            metavar="PATH",
+            show_default=False,
+            help=_AUTHORIZED_KEYS_HELP,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
+    ] = False,
+) -> None:
+    """Lock the key to a recorder that logs the command the client asks for, and runs nothing.
+
+    Writes ~/.ssh/keyforge/capture-recorder (mode 0700, directory 0700) and makes it the key's
+    forced command, with restrict and every no-* option on, through the same safe edit as
+    'keyforge install'. Then push once from the sending server: the push fails, and the
+    recorder has appended the command, the client address and the time to
+    ~/.ssh/keyforge/capture.log (mode 0600). Read it with 'keyforge capture show'.
+    """
+    from keyforge import capture, install
+
+    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    patterns = [p for value in from_ for p in value.split(",")] if from_ else None
+    started = capture.start(path, _read_key_option(key), from_patterns=patterns, dry_run=dry_run)
+    _report(started.result, started.entry, dry_run=dry_run)
+    verb = "would write" if dry_run else "wrote"
+    say(f"{verb} the recorder {started.recorder.script}; records go to {started.recorder.log}")
+    for message in started.recorder.warnings:
+        warn(message)
+    if not dry_run:
+        say(
+            "Now push once from the sending server (it fails: nothing runs), then run "
+            "'keyforge capture show' here."
+        )
+
+
+@capture_app.command("show")
+def capture_show_command(
+    log: Annotated[
+        Path | None,
+        typer.Option("--log", metavar="PATH", show_default=False, help=_CAPTURE_LOG_HELP),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            "-k",
+            metavar="PUBFILE|-",
+            show_default=False,
+            help="Only the records for this public key.",
+        ),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every record, oldest first, one per line.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="JSON, with the command exactly as captured."),
+    ] = False,
+) -> None:
+    """Print the latest captured command and the client address it came from.
+
+    The first line is the command exactly as the client sent it (control characters shown
+    escaped; --json keeps them). Records that do not decode are reported, never trusted.
+    """
+    import json
+
+    from keyforge import capture
+
+    captured = capture.read_log(log if log is not None else capture.default_log_path())
+    for problem in captured.bad_lines:
+        warn(f"{problem}; skipped")
+    wanted = capture.key_id(_read_key_option(key).blob) if key is not None else None
+    latest = capture.latest_record(captured, wanted)
+    if show_all:
+        records = [r for r in captured.records if wanted is None or r.key == wanted]
+        if as_json:
+            say(json.dumps([r.as_json() for r in records], indent=2))
+        else:
+            for record in records:
+                _show_record(record, verbose=False)
+        return
+    if as_json:
+        say(json.dumps(latest.as_json(), indent=2))
+    else:
+        _show_record(latest, verbose=True)
+
+
+@capture_app.command("local")
+def capture_local_command(
+    rsync_argv: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="-- rsync [ARGS...]",
+            show_default=False,
+            help="Your rsync command line, after '--', exactly as cron would run it.",
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Show the command your rsync would ask the receiving host to run, connecting nowhere.
+
+    Runs the given rsync with a stand-in remote shell that records its arguments and exits, and
+    prints what ssh would send: the same string the recorder logs on the receiving host. Your
+    --rsh/-e options (port, key) are kept in the call and reported, but ssh is never run.
+    rsync's own complaint about the closed connection is expected and hidden.
+    """
+    import json
+    import shlex
+
+    from keyforge import capture
+
+    result = capture.capture_local(rsync_argv)
+    if as_json:
+        shell = result.remote_shell
+        say(
+            json.dumps(
+                {
+                    "command": result.command,
+                    "host": result.host,
+                    "user": result.user,
+                    "remote_shell": shell.command,
+                    "port": shell.port,
+                    "identities": list(shell.identities),
+                },
+                indent=2,
+            )
+        )
+        return
+    say(result.command)
+    login = f"{result.user}@{result.host}" if result.user else result.host
+    say(f"  the receiving host ({login}) would see this in SSH_ORIGINAL_COMMAND")
+    for line in result.remote_shell.describe():
+        say(f"  {line}")
+    say("")
+    say("On the receiving host, lock the key to it with:")
+    say(f"  keyforge install --key PUBFILE --from ADDRESS --command {shlex.quote(result.command)}")
+
+
+def _capture_for_install(
+    key: Entry,
+    path: Path,
+    patterns: list[str] | None,
+    *,
+    from_captured_address: bool,
+    log: Path | None,
+    allow_any_command: bool,
+    keep_tilde: bool,
+) -> tuple[str, list[str] | None]:
+    """For 'install --from-capture': the forced command, and the from= patterns to use."""
+    from keyforge import capture
+
+    plan = capture.install_plan_from_capture(
+        path, key, log=log, allow_any_command=allow_any_command, keep_tilde=keep_tilde
+    )
+    record = plan.record
+    say(f"captured at {record.time} from {record.client}: {_printable(record.command or '')}")
+    for line in plan.captured.notes:
+        say(line)
+    if from_captured_address:
+        if record.client == "unknown":
+            raise UsageError("the capture holds no client address; give --from instead")
+        patterns = [record.client]
+    return plan.captured.command, patterns
+
+
+def _check_capture_options(
+    *,
+    from_capture: bool,
+    command: str | None,
+    from_: list[str] | None,
+    any_source: bool,
+    capture_only: dict[str, bool],
+) -> None:
+    if not from_capture:
+        used = [name for name, given in capture_only.items() if given]
+        if used:
+            raise UsageError(f"{', '.join(used)} only make sense with --from-capture")
+        return
+    if command is not None:
+        raise UsageError("--command and --from-capture contradict each other; give one")
+    if capture_only["--from-captured-address"] and (from_ or any_source):
+        raise UsageError("--from-captured-address replaces --from and --any-source; give one")
+
+
+
+@app.command("status")
+def status_command(
+    config_path: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    max_age: Annotated[
+        float,
+        typer.Option(
+            "--max-age", metavar="HOURS", min=0.0,
+            help="Fail when the last successful backup or sync is older than this.",
+        ),
+    ] = 26.0,
+) -> None:
+    """When the last backup and the last sync of each target succeeded: age and size.
+
+    Exits 1 when any of them is older than --max-age or never succeeded, so a monitoring system
+    (Nagios, a cron MAILTO, a systemd OnFailure) can call it as is. Reads the newest complete
+    manifest in the backup directory and the sync log; connects nowhere.
+    """
+    from datetime import UTC, datetime
+
+    from keyforge import status
+
+    cfg = _load_backup_config(config_path)
+    result = status.assess(cfg, datetime.now(UTC), max_age)
+    if as_json:
+        say(status.as_json(result))
+    else:
+        for line in status.lines(result):
+            say(line)
+    if not result.ok:
+        stale = [item.name for item in result.items if not item.ok]
+        raise KeyforgeError(f"not ok: {', '.join(stale)}")
 
 def main() -> None:
     """Console-script entry point."""

@@ -1,0 +1,777 @@
+"""The authorized_keys model: parse and render the lines sshd reads, refusing what sshd refuses.
+
+The grammar follows sshd(8) "AUTHORIZED_KEYS FILE FORMAT" as OpenSSH 9.x implements it:
+
+* leading spaces and tabs are skipped; an empty line or one starting with ``#`` is ignored;
+* when the first word is a key type the line has no options, otherwise the options run up to the
+  first space or tab outside double quotes, and the key type follows;
+* options are separated by commas and matched case-insensitively; ``name="value"`` options take
+  a double-quoted value in which the only escape is ``\\"``: every other backslash is literal;
+* the key type is followed by the base64 key and an optional free-text comment.
+
+Every refusal is a :class:`~keyforge.errors.ParseError` naming the line and the reason, where sshd
+would silently skip the line. The module is pure: the only file it reads is its template.
+
+Performance matters (a ``parse`` of a 100,000-line file should take well under a second), so the
+per-line work is a few string scans and two cached look-ups: one for the option text, one for
+the key blob. Files repeat both heavily.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import functools
+import ipaddress
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keyforge.errors import ParseError, RenderError
+
+LINE_LIMIT = 8192  # bytes; sshd(8) documents lines "up to a limit of 8 kilobytes"
+
+# --- options ----------------------------------------------------------------------------------
+
+FLAG_OPTIONS = frozenset(
+    {
+        "agent-forwarding",
+        "cert-authority",
+        "no-agent-forwarding",
+        "no-port-forwarding",
+        "no-pty",
+        "no-touch-required",
+        "no-user-rc",
+        "no-verify-required",
+        "no-x11-forwarding",
+        "port-forwarding",
+        "pty",
+        "restrict",
+        "touch-required",
+        "user-rc",
+        "verify-required",
+        "x11-forwarding",
+    }
+)
+VALUE_OPTIONS = frozenset(
+    {
+        "command",
+        "environment",
+        "expiry-time",
+        "from",
+        "permitlisten",
+        "permitopen",
+        "principals",
+        "tunnel",
+    }
+)
+OPTION_NAMES: frozenset[str] = FLAG_OPTIONS | VALUE_OPTIONS
+# sshd refuses a second one of these; the others may repeat
+SINGLE_OPTIONS = frozenset({"command", "from", "principals"})
+_MAX_ENVIRONMENT = 1024  # sshd's limits, checked the way auth-options.c checks them
+_MAX_PERMITS = 4096
+
+# --- key types --------------------------------------------------------------------------------
+
+_CERT_SUFFIX = "-cert-v01@openssh.com"
+PLAIN_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ssh-dss",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+    }
+)
+SK_KEY_TYPES = frozenset({"sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"})
+
+
+def _cert_type(plain: str) -> str:
+    base, at, domain = plain.partition("@")
+    return f"{base}{_CERT_SUFFIX}" if not at else f"{base}-cert-v01@{domain}"
+
+
+# certificate type -> the key type it certifies
+CERT_KEY_TYPES: dict[str, str] = {_cert_type(t): t for t in PLAIN_KEY_TYPES | SK_KEY_TYPES}
+KEY_TYPES: frozenset[str] = PLAIN_KEY_TYPES | SK_KEY_TYPES | frozenset(CERT_KEY_TYPES)
+
+_MIN_RSA_BITS = 1024  # sshd refuses smaller moduli when it reads the key
+_CURVES = {
+    "ecdsa-sha2-nistp256": "nistp256",
+    "ecdsa-sha2-nistp384": "nistp384",
+    "ecdsa-sha2-nistp521": "nistp521",
+    "sk-ecdsa-sha2-nistp256@openssh.com": "nistp256",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str  # canonical lowercase name (sshd matches names case-insensitively)
+    value: str | None = None  # unescaped value for name="value" options; None for flags
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    keytype: str
+    blob: str  # base64 text as written
+    comment: str = ""
+    options: tuple[Option, ...] = ()
+
+    def key_id(self) -> tuple[str, bytes]:
+        """The identity of the key: its declared type and decoded blob, whatever the options."""
+        return (self.keytype, _decode_blob(self.blob))
+
+    def same_key(self, other: Entry) -> bool:
+        return self.key_id() == other.key_id()
+
+    def values(self, name: str) -> list[str]:
+        """Every value of option ``name`` (any case), in file order."""
+        wanted = name.lower()
+        return [o.value for o in self.options if o.name == wanted and o.value is not None]
+
+    def has(self, name: str) -> bool:
+        wanted = name.lower()
+        return any(o.name == wanted for o in self.options)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    raw: str  # exactly as in the file, without the "\n" or "\r\n" terminator
+    lineno: int
+    entry: Entry | None  # None for blank, comment, or (lenient mode) invalid lines
+    error: ParseError | None = None
+    warnings: tuple[str, ...] = ()
+
+
+class _Invalid(Exception):  # noqa: N818 - internal: a reason without a line number yet
+    """Raised inside the parser; the public functions turn it into a ParseError with a line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- one small handler per option value --------------------------------------------------------
+
+_ENV_NAME = re.compile(r"[A-Za-z0-9_]+")
+_STRTONUM = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")  # what C strtonum(3) accepts as a number
+_EXPIRY = re.compile(r"([0-9]{8}|[0-9]{12}|[0-9]{14})(z|utc)?", re.IGNORECASE)
+_SSH_TUNID_MAX = 0x7FFFFFFF - 2
+_NI_MAXHOST = 1025
+_ADDRBUF = 64  # sshd copies a from= entry into 64 bytes; longer ones are only name patterns
+
+
+def _check_command(value: str) -> None:
+    """Any text: sshd hands it to the user's shell."""
+
+
+def _check_principals(value: str) -> None:
+    """Any text: a comma-separated list of principal patterns."""
+
+
+def _check_environment(value: str) -> None:
+    name, eq, _ = value.partition("=")
+    if not eq:
+        raise _Invalid(f'environment="{value}" is not NAME=value')
+    if not _ENV_NAME.fullmatch(name):
+        raise _Invalid(
+            f'environment="{value}": the name may hold only letters, digits and underscores'
+        )
+
+
+def _strtonum(text: str, low: int, high: int) -> int | None:
+    if not _STRTONUM.fullmatch(text):
+        return None
+    number = int(text.strip(" \t\n\v\f\r"))
+    return number if low <= number <= high else None
+
+
+def _check_tunnel(value: str) -> None:
+    if value.lower() == "any":
+        return
+    if _strtonum(value, 0, _SSH_TUNID_MAX) is None:
+        raise _Invalid(f'tunnel="{value}" is not a tun device number or "any"')
+
+
+def _check_expiry_time(value: str) -> None:
+    match = _EXPIRY.fullmatch(value)
+    if not match:
+        raise _Invalid(
+            f'expiry-time="{value}" is not YYYYMMDD, YYYYMMDDHHMM or YYYYMMDDHHMMSS'
+            " (optionally followed by Z for UTC)"
+        )
+    digits, utc = match.group(1), match.group(2) is not None
+    fields = [int(digits[i : i + 2]) for i in range(4, len(digits), 2)]
+    year, month, day = int(digits[:4]), fields[0], fields[1]
+    hour, minute, second = [*fields[2:], 0, 0, 0][:3]
+    # the ranges glibc's strptime accepts; sshd then lets mktime/timegm normalise the date
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 61):
+        raise _Invalid(f'expiry-time="{value}" is not a valid date and time')
+    moment = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    # sshd refuses a time at or before the epoch; local times may lie up to a day either side
+    if moment <= (0 if utc else 86400):
+        raise _Invalid(f'expiry-time="{value}" is before 1970')
+
+
+def _hpdelim(text: str) -> tuple[str, str | None] | None:
+    """Split host[:/]port the way OpenSSH's hpdelim2 does (a [bracketed] host may hold colons)."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        cut = end + 1
+    else:
+        cut = next((i for i, c in enumerate(text) if c in ":/"), len(text))
+    if cut == len(text):
+        return text, None
+    if text[cut] not in ":/":
+        return None
+    return text[:cut], text[cut + 1 :]
+
+
+def _check_permit(name: str, value: str, *, bare_port: bool) -> None:
+    spec = f"*:{value}" if bare_port and ":" not in value else value
+    parts = _hpdelim(spec)
+    if parts is None or len(parts[0].encode()) >= _NI_MAXHOST:
+        raise _Invalid(f'{name}="{value}" has an invalid host')
+    port = parts[1]
+    if port is None or (port != "*" and _strtonum(port, 1, 65535) is None):
+        raise _Invalid(f'{name}="{value}" needs host:port with a port number 1-65535 or *')
+
+
+def _check_permitopen(value: str) -> None:
+    _check_permit("permitopen", value, bare_port=False)
+
+
+def _check_permitlisten(value: str) -> None:
+    _check_permit("permitlisten", value, bare_port=True)
+
+
+def _inet_aton(text: str) -> int | None:
+    """IPv4 in any form C's inet_aton accepts ("10.1", "0x7f.1"), which sshd's getaddrinfo does."""
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers = []
+    for part in parts:
+        try:
+            if part[:2] in ("0x", "0X"):
+                numbers.append(int(part[2:], 16))
+            elif part.startswith("0") and len(part) > 1:
+                numbers.append(int(part[1:], 8))
+            else:
+                numbers.append(int(part, 10))
+        except ValueError:
+            return None
+        if not part.isascii() or "_" in part or part.strip() != part:
+            return None
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 1 << (8 * (5 - len(numbers))):
+        return None
+    value = last
+    for i, n in enumerate(head):
+        value |= n << (8 * (3 - i))
+    return value
+
+
+def _numeric_address(text: str) -> tuple[int, int] | None:
+    """(address as an int, its bit width) when ``text`` is a numeric IPv4/IPv6 address."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        v4 = _inet_aton(text) if text else None
+        return None if v4 is None else (v4, 32)
+    return int(address), address.max_prefixlen
+
+
+def _check_from_entry(value: str, pattern: str) -> None:
+    if len(pattern) >= _ADDRBUF:
+        return
+    address, slash, mask = pattern.partition("/")
+    parsed = _numeric_address(address)
+    if parsed is None:
+        return  # a host name or wildcard pattern: sshd only matches it, never refuses it
+    number, width = parsed
+    if not slash:
+        return
+    if not (mask.isascii() and mask.isdigit()) or int(mask) > width:
+        raise _Invalid(f'from="{value}": "{pattern}" has a bad mask length')
+    masklen = int(mask)
+    if number & ((1 << (width - masklen)) - 1):
+        raise _Invalid(
+            f'from="{value}": "{pattern}" has host bits set beyond the /{masklen} mask'
+        )
+
+
+def _check_from(value: str) -> None:
+    for item in value.split(","):
+        pattern = item[1:] if item.startswith("!") else item
+        if not pattern:
+            raise _Invalid(f'from="{value}" has an empty entry')
+        _check_from_entry(value, pattern)
+
+
+_HANDLERS: dict[str, Callable[[str], None]] = {
+    "command": _check_command,
+    "environment": _check_environment,
+    "expiry-time": _check_expiry_time,
+    "from": _check_from,
+    "permitlisten": _check_permitlisten,
+    "permitopen": _check_permitopen,
+    "principals": _check_principals,
+    "tunnel": _check_tunnel,
+}
+
+# --- the option string: a small quote/backslash state machine --------------------------------
+
+# A quoted value: `\"` is an escaped quote, any other backslash is literal. Possessive, so a
+# backslash before the closing quote can never be re-read as an ordinary character.
+_QUOTED = re.compile(r'"((?:\\"|[^"])*+)"')
+_NAME_END = re.compile(r"[,= \t]")
+_BLANKS = " \t"
+
+
+class _OptionState:
+    """What the options seen so far on one line hold, for the checks that span options."""
+
+    __slots__ = ("env_names", "permits", "seen", "warnings")
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.env_names: list[str] = []
+        self.permits: dict[str, int] = {"permitopen": 0, "permitlisten": 0}
+        self.warnings: list[str] = []
+
+    def admit(self, name: str, value: str | None) -> None:
+        if name in SINGLE_OPTIONS and name in self.seen:
+            raise _Invalid(f'more than one "{name}" option')
+        self.seen.add(name)
+        if value is None:
+            return
+        if name == "environment":
+            self._admit_environment(value)
+        elif name in self.permits:
+            if self.permits[name] > _MAX_PERMITS:
+                raise _Invalid(f"too many {name} options")
+            self.permits[name] += 1
+
+    def _admit_environment(self, value: str) -> None:
+        if len(self.env_names) > _MAX_ENVIRONMENT:
+            raise _Invalid("too many environment options")
+        env_name = value.partition("=")[0]
+        if env_name in self.env_names:
+            self.warnings.append(
+                f'environment variable {env_name} is set twice: sshd keeps the first value'
+            )
+        else:
+            self.env_names.append(env_name)
+
+    def finish(self) -> None:
+        if "principals" in self.seen and "cert-authority" not in self.seen:
+            raise _Invalid('"principals" is only allowed together with "cert-authority"')
+
+
+def _read_value(text: str, pos: int, name: str) -> tuple[str, int]:
+    """The unescaped value starting at ``text[pos]`` (the opening quote) and where it ends."""
+    if pos >= len(text) or text[pos] in ", \t":
+        raise _Invalid(f'option "{name}" needs a value: {name}="..."')
+    if text[pos] != '"':
+        raise _Invalid(f'the value of "{name}" must be in double quotes: {name}="..."')
+    match = _QUOTED.match(text, pos)
+    if match is None:
+        raise _Invalid(f'the value of "{name}" has no closing double quote')
+    return match.group(1).replace('\\"', '"'), match.end()
+
+
+def _scan_options(
+    text: str, *, authorise: bool = True
+) -> tuple[tuple[Option, ...], tuple[str, ...], int]:
+    """Parse options from the start of ``text``; return them, warnings, and where they end.
+
+    ``authorise`` adds the checks sshd makes when it authorises a key with the options
+    (auth_authorise_keyopts), beyond parsing them (sshauthopt_parse).
+    """
+    options: list[Option] = []
+    state = _OptionState()
+    pos, end = 0, len(text)
+    while pos < end and text[pos] not in _BLANKS:
+        stop = _NAME_END.search(text, pos)
+        name_end = stop.start() if stop else end
+        raw_name = text[pos:name_end]
+        name = raw_name.lower()
+        pos = name_end
+        if pos < end and text[pos] == "=":
+            if name not in VALUE_OPTIONS:
+                raise _Invalid(_unknown(raw_name, takes_value=True))
+            value, pos = _read_value(text, pos + 1, name)
+            _HANDLERS[name](value)
+            state.admit(name, value)
+            options.append(Option(name, value))
+        elif raw_name:
+            if name not in FLAG_OPTIONS:
+                raise _Invalid(_unknown(raw_name, takes_value=False))
+            state.admit(name, None)
+            options.append(Option(name))
+        # an empty option between commas is skipped, as sshd does
+        if pos >= end or text[pos] in _BLANKS:
+            break
+        if text[pos] != ",":
+            raise _Invalid(f"unexpected {text[pos]!r} after option {raw_name!r}")
+        pos += 1
+        if pos >= end:
+            raise _Invalid("the options end with a comma")
+    if authorise:
+        state.finish()
+    return tuple(options), tuple(state.warnings), pos
+
+
+def _unknown(raw_name: str, *, takes_value: bool) -> str:
+    name = raw_name.lower()
+    if takes_value and name in FLAG_OPTIONS:
+        return f'option "{name}" takes no value'
+    if not takes_value and name in VALUE_OPTIONS:
+        return f'option "{name}" needs a value: {name}="..."'
+    if '"' in raw_name:
+        return f"unknown option {raw_name!r} (a double quote may only open an option's value)"
+    return f"unknown option {raw_name!r}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _options_cached(text: str) -> tuple[tuple[Option, ...], tuple[str, ...]]:
+    # the blank that follows the options on a line matters: "restrict, key" is accepted
+    options, warnings, pos = _scan_options(text + " ")
+    if pos != len(text):
+        raise _Invalid(f"unexpected text after the options: {text[pos:]!r}")
+    return options, warnings
+
+
+def parse_options(text: str) -> tuple[Option, ...]:
+    """Parse a bare option string (no key), as sshd's sshauthopt_parse does; raises ParseError."""
+    try:
+        options, _warnings, _pos = _scan_options(text, authorise=False)
+    except _Invalid as err:
+        raise ParseError(err.reason) from None
+    return options
+
+
+# --- the key blob ----------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads the length-prefixed fields of an SSH wire-format blob."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, size: int) -> bytes:
+        if self.pos + size > len(self.data):
+            raise _Invalid("the key data is truncated")
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return chunk
+
+    def uint32(self) -> int:
+        value: int = struct.unpack(">I", self.take(4))[0]
+        return value
+
+    def string(self) -> bytes:
+        return self.take(self.uint32())
+
+    def skip(self, count: int) -> None:
+        for _ in range(count):
+            self.string()
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise _Invalid("the key data has trailing bytes")
+
+
+def _read_public_fields(reader: _Reader, plain: str) -> None:
+    """Walk the fields that follow the type string of a ``plain`` key (or its certificate)."""
+    if plain == "ssh-ed25519":
+        if len(reader.string()) != 32:
+            raise _Invalid("the ed25519 key is not 32 bytes long")
+    elif plain == "sk-ssh-ed25519@openssh.com":
+        if len(reader.string()) != 32:
+            raise _Invalid("the ed25519 key is not 32 bytes long")
+        reader.skip(1)  # application
+    elif plain == "ssh-rsa":
+        reader.skip(2)  # e, n
+    elif plain == "ssh-dss":
+        reader.skip(4)  # p, q, g, y
+    else:  # the ecdsa family
+        curve = reader.string()
+        if curve != _CURVES[plain].encode():
+            raise _Invalid(f"the key's curve {curve!r} does not match its type {plain}")
+        reader.skip(1)  # public point
+        if plain.startswith("sk-"):
+            reader.skip(1)  # application
+
+
+def _check_certificate(reader: _Reader, keytype: str) -> None:
+    reader.skip(1)  # nonce
+    _read_public_fields(reader, CERT_KEY_TYPES[keytype])
+    reader.take(8 + 4)  # serial, certificate type
+    reader.skip(2)  # key id, valid principals
+    reader.take(16)  # valid after, valid before
+    reader.skip(5)  # critical options, extensions, reserved, signature key, signature
+    reader.done()
+
+
+def _load_with_cryptography(keytype: str, blob: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415 - cold path
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        load_ssh_public_key,
+    )
+
+    try:
+        key = load_ssh_public_key(f"{keytype} {blob}".encode())
+    except (ValueError, TypeError) as err:
+        raise _Invalid(f"the {keytype} key cannot be loaded: {err}") from None
+    except Exception as err:  # noqa: BLE001 - cryptography's backend may raise its own types
+        raise _Invalid(f"the {keytype} key cannot be loaded: {err}") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+        raise _Invalid(f"the RSA key has {key.key_size} bits; sshd refuses fewer than 1024")
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode_blob(blob: str) -> bytes:
+    try:
+        data = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Invalid("the key data is not valid base64") from None
+    if base64.b64encode(data).decode() != blob:
+        raise _Invalid("the key data is not canonical base64 (padding or trailing bits)")
+    return data
+
+
+@functools.lru_cache(maxsize=8192)
+def _check_key(keytype: str, blob: str) -> None:
+    reader = _Reader(_decode_blob(blob))
+    inner = reader.string()
+    if inner != keytype.encode():
+        shown = inner[:60].decode("ascii", "replace")
+        raise _Invalid(f"the key data holds a {shown!r} key, not the declared {keytype}")
+    if keytype in CERT_KEY_TYPES:
+        _check_certificate(reader, keytype)
+        return
+    _read_public_fields(reader, keytype)
+    reader.done()
+    if keytype in SK_KEY_TYPES or keytype == "ssh-dss":
+        return  # cryptography loads neither; the structure check above is what we can do
+    _load_with_cryptography(keytype, blob)
+
+
+# --- lines -----------------------------------------------------------------------------------
+
+_WORD_END = re.compile(r"[ \t]")
+
+
+def _split_word(text: str, pos: int) -> tuple[str, int]:
+    """The word starting at ``pos`` and the position of the blank after it (or the end)."""
+    stop = _WORD_END.search(text, pos)
+    end = stop.start() if stop else len(text)
+    return text[pos:end], end
+
+
+def _skip_blanks(text: str, pos: int) -> int:
+    end = len(text)
+    while pos < end and text[pos] in _BLANKS:
+        pos += 1
+    return pos
+
+
+def _parse_options_prefix(text: str) -> tuple[tuple[Option, ...], tuple[str, ...], int]:
+    first, _ = _split_word(text, 0)
+    if '"' not in first:
+        try:
+            options, warnings = _options_cached(first)
+        except _Invalid as err:
+            raise _Invalid(_explain_first_word(first, err.reason)) from None
+        return options, warnings, len(first)
+    # quoted values may hold blanks, so the options end wherever the state machine says
+    return _scan_options(text)
+
+
+def _explain_first_word(first: str, reason: str) -> str:
+    if not any(c in first for c in ',="') and first.lower() not in OPTION_NAMES:
+        return f"unknown key type or option {first!r}"
+    return reason
+
+
+def _parse_entry(text: str) -> tuple[Entry | None, tuple[str, ...]]:
+    if "\x00" in text:
+        raise _Invalid("the line contains a NUL character")
+    start = _skip_blanks(text, 0)
+    body = text[start:].rstrip(" \t\r")
+    if not body or body[0] == "#":
+        return None, ()
+    first, end = _split_word(body, 0)
+    if first in KEY_TYPES:
+        options: tuple[Option, ...] = ()
+        warnings: tuple[str, ...] = ()
+        keytype, pos = first, end
+    else:
+        options, warnings, pos = _parse_options_prefix(body)
+        pos = _skip_blanks(body, pos)
+        if pos == len(body):
+            raise _Invalid("no key after the options")
+        keytype, pos = _split_word(body, pos)
+        if keytype not in KEY_TYPES:
+            raise _Invalid(f"unknown key type {keytype!r}")
+    pos = _skip_blanks(body, pos)
+    if pos == len(body):
+        raise _Invalid(f"no key data after the key type {keytype}")
+    blob, pos = _split_word(body, pos)
+    comment = body[_skip_blanks(body, pos) :]
+    _check_key(keytype, blob)
+    return Entry(keytype, blob, comment, options), warnings
+
+
+def _length_warnings(raw: str) -> tuple[str, ...]:
+    # a character is at most 4 bytes in UTF-8: only long lines need the exact count
+    if len(raw) * 4 <= LINE_LIMIT:
+        return ()
+    size = len(raw.encode("utf-8", "surrogatepass"))
+    if size <= LINE_LIMIT:
+        return ()
+    return (f"the line is {size} bytes long; sshd(8) documents a limit of {LINE_LIMIT}",)
+
+
+def parse_line(text: str, *, lineno: int = 1, source: str | None = None) -> Entry | None:
+    """One line (without its terminator) as an Entry, or None for a blank or # comment line."""
+    try:
+        return _parse_entry(text)[0]
+    except _Invalid as err:
+        raise ParseError(err.reason, lineno=lineno, source=source) from None
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of ``text``, each with its own terminator, so ``"".join`` gives ``text`` back.
+
+    Only "\\n" ends a line, as for sshd (which reads with getline): a lone "\\r" or any other
+    character that str.splitlines would break on stays inside its line.
+    """
+    pieces = text.split("\n")
+    lines = [piece + "\n" for piece in pieces[:-1]]
+    if pieces[-1]:
+        lines.append(pieces[-1])
+    return lines
+
+
+def parse(text: str, *, source: str | None = None, strict: bool = True) -> list[Line]:
+    """Every line of an authorized_keys text.
+
+    ``Line.raw`` is the line without its "\\n" or "\\r\\n" terminator. ``strict`` raises a
+    ParseError at the first line sshd would refuse; otherwise such lines come back with
+    ``entry=None`` and ``error`` set, so a caller can keep them untouched.
+    """
+    pieces = text.split("\n")
+    if pieces[-1] == "":
+        pieces.pop()
+    # "\r\n" is one terminator; a "\r" ending an unterminated last line stays in raw
+    terminated = len(pieces) if text.endswith("\n") else len(pieces) - 1
+    lines: list[Line] = []
+    append = lines.append
+    for lineno, piece in enumerate(pieces, 1):
+        raw = piece[:-1] if lineno <= terminated and piece.endswith("\r") else piece
+        warnings = _length_warnings(raw)
+        try:
+            entry, option_warnings = _parse_entry(raw)
+        except _Invalid as err:
+            error = ParseError(err.reason, lineno=lineno, source=source)
+            if strict:
+                raise error from None
+            append(Line(raw, lineno, None, error, warnings))
+            continue
+        append(Line(raw, lineno, entry, None, warnings + option_warnings))
+    return lines
+
+
+def parse_public_key(text: str, *, source: str | None = None) -> Entry:
+    """A public key as in a .pub file: "type base64 [comment]", no options, one line."""
+    lines = [line for line in text.strip().split("\n") if line.strip()]
+    if len(lines) != 1:
+        raise ParseError("expected exactly one public key line", source=source)
+    line = lines[0].strip(" \t\r")
+    first, _ = _split_word(line, 0)
+    if first not in KEY_TYPES:
+        raise ParseError(
+            f"not an OpenSSH public key: {first[:60]!r} is not a key type"
+            " (options are not allowed here)",
+            source=source,
+        )
+    try:
+        entry = _parse_entry(line)[0]
+    except _Invalid as err:
+        raise ParseError(err.reason, source=source) from None
+    assert entry is not None  # the line starts with a key type
+    return entry
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def format_option(option: Option) -> str:
+    """One option as sshd reads it: ``name`` or ``name="value"`` with ``"`` escaped."""
+    name = option.name.lower()
+    if name in FLAG_OPTIONS:
+        if option.value is not None:
+            raise RenderError(f'option "{name}" takes no value')
+        return name
+    if name not in VALUE_OPTIONS:
+        raise RenderError(f"unknown option {option.name!r}")
+    value = option.value
+    if value is None:
+        raise RenderError(f'option "{name}" needs a value')
+    for bad, label in (("\n", "a newline"), ("\r", "a carriage return"), ("\x00", "a NUL")):
+        if bad in value:
+            raise RenderError(f'the value of "{name}" holds {label}, which cannot be written')
+    if value.endswith("\\"):
+        # written as ...\" the closing quote would read as an escaped quote
+        raise RenderError(f'the value of "{name}" ends with a backslash, which cannot be written')
+    escaped = value.replace('"', '\\"')
+    return f'{name}="{escaped}"'
+
+
+def _check_renderable(entry: Entry) -> None:
+    if entry.keytype not in KEY_TYPES:
+        raise RenderError(f"unknown key type {entry.keytype!r}")
+    if not _BASE64.fullmatch(entry.blob):
+        raise RenderError("the key data is not base64 text")
+    comment = entry.comment
+    if any(c in comment for c in "\n\r\x00"):
+        raise RenderError("the comment holds a newline, carriage return or NUL")
+    if comment != comment.strip(" \t"):
+        raise RenderError("the comment cannot start or end with a space or tab")
+
+
+def render(entry: Entry) -> str:
+    """One authorized_keys line without a newline; raises RenderError for anything unwritable.
+
+    The line is read back before it is returned, so whatever keyforge writes, sshd accepts.
+    """
+    _check_renderable(entry)
+    options = ",".join(format_option(option) for option in entry.options)
+    from keyforge import templating  # noqa: PLC0415 - jinja2 only when a line is written
+
+    line = templating.render(
+        "authorized_keys.j2",
+        options=options,
+        keytype=entry.keytype,
+        blob=entry.blob,
+        comment=entry.comment,
+    ).removesuffix("\n")
+    try:
+        parse_line(line)
+    except ParseError as err:
+        raise RenderError(f"the entry cannot be written: {err.reason}") from None
+    return line

@@ -1,0 +1,827 @@
+"""The daily local backup: GNU tar --listed-incremental archives, one per source per run.
+
+Chain semantics (backup-manager's): a run makes a "master" (level 0) on the configured day, on
+``--full`` or when a source has no usable chain, and otherwise an incremental relative to the
+*previous run* of that source. A chain is a master and the incrementals after it, up to the next
+master; restoring a date applies the chain's archives in order, up to that date.
+
+The top half of this module is pure (names, chains, retention, argv lists) so it is tested with
+faked dates; the bottom half runs those plans through ``runner`` and ``fsutil``:
+work happens under ``.NAME.partial`` names renamed only when complete, tar's snapshot file is
+copied and committed only after its archive is, and one lock in the backup directory (shared with
+the sync runner) keeps two runs from overlapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from keyforge import fsutil, runner
+from keyforge.config import WEEKDAYS, BackupConfig, Config
+from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
+
+MASTER = "master"
+INCREMENTAL = "incremental"
+KINDS = (MASTER, INCREMENTAL)
+LOCK_NAME = ".keyforge.lock"
+# the index of every archive present, rewritten after each change; its presence marks a
+# directory as a keyforge backup directory (the sync runner refuses to push one without it)
+MANIFEST_NAME = "keyforge-manifest.json"
+SNAPSHOT_DIR = ".snapshots"
+PARTIAL_SUFFIX = ".partial"
+MANIFEST_SUFFIX = ".manifest.json"
+EXTENSIONS = {"zstd": "zst", "gzip": "gz", "pigz": "gz"}
+
+# GNU tar exits 1 when a file changed while it was read: the archive is usable, so a warning
+TAR_WARNING_EXIT = 1
+
+# What keyforge keeps that backup-manager's defaults lose; --no-check-device because a device
+# number that changes across reboots (LVM, NFS) would otherwise turn every run into a full.
+TAR_METADATA_OPTIONS = (
+    "--xattrs",
+    "--xattrs-include=*",
+    "--acls",
+    "--sparse",
+    "--numeric-owner",
+    "--no-check-device",
+)
+
+_STAMP_RE = r"(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<seq>\d+))?"
+_ARCHIVE_RE = re.compile(
+    rf"^(?P<prefix>.+)\.{_STAMP_RE}\.(?P<kind>master|incremental)\.tar\.(?P<ext>zst|gz)$"
+)
+_MANIFEST_RE = re.compile(rf"^(?P<host>.+)\.{_STAMP_RE}\.manifest\.json$")
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def source_slug(source: str) -> str:
+    """The part of an archive name that says which source it holds: /var/lib -> var_lib."""
+    inner = source.strip("/")
+    if not inner:
+        return "rootfs"
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", inner.replace("/", "_"))
+
+
+def check_sources(backup: BackupConfig) -> None:
+    """Sources must name distinct archives and never contain nor be the backup directory."""
+    seen: dict[str, str] = {}
+    backup_dir = Path(backup.directory)
+    for source in backup.sources:
+        slug = source_slug(source)
+        if slug in seen:
+            raise ConfigError(
+                f"[backup] sources {seen[slug]!r} and {source!r} would share archive name {slug!r}"
+            )
+        seen[slug] = source
+        if backup_dir == Path(source) or Path(source).is_relative_to(backup_dir):
+            raise ConfigError(
+                f"[backup] source {source!r} is inside the backup directory {backup_dir}"
+            )
+    if backup.compression != "zstd" and backup.compression_level > 9:
+        raise ConfigError(
+            f"[backup] compression_level must be between 1 and 9 for {backup.compression}, "
+            f"got {backup.compression_level}"
+        )
+
+
+def stamp_key(stamp: str) -> tuple[str, str, int]:
+    """Sort key of a run stamp: 20261128 < 20261128-093000 < 20261128-093000-2 < 20261129."""
+    match = re.fullmatch(_STAMP_RE, stamp)
+    if match is None:
+        raise ValueError(f"not a run stamp: {stamp!r}")
+    return (match["date"], match["time"] or "", int(match["seq"] or 0))
+
+
+def stamp_datetime(stamp: str) -> dt.datetime:
+    date, clock, _ = stamp_key(stamp)
+    return dt.datetime.strptime(date + (clock or "000000"), "%Y%m%d%H%M%S")
+
+
+def new_stamp(now: dt.datetime, taken: Iterable[str]) -> str:
+    """The run's stamp: the bare date for the day's first run, date-time for any later one."""
+    used = set(taken)
+    candidates = [now.strftime("%Y%m%d"), now.strftime("%Y%m%d-%H%M%S")]
+    candidates += [f"{candidates[1]}-{n}" for n in range(2, 1000)]
+    for candidate in candidates:
+        if candidate not in used and all(stamp_key(candidate) > stamp_key(u) for u in used):
+            return candidate
+    raise KeyforgeError(f"cannot name a run at {now:%Y-%m-%d %H:%M:%S}: newer archives exist")
+
+
+def archive_name(host: str, slug: str, stamp: str, kind: str, compression: str) -> str:
+    return f"{host}-{slug}.{stamp}.{kind}.tar.{EXTENSIONS[compression]}"
+
+
+def manifest_name(host: str, stamp: str) -> str:
+    return f"{host}.{stamp}{MANIFEST_SUFFIX}"
+
+
+def partial_name(name: str) -> str:
+    return f".{name}{PARTIAL_SUFFIX}"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ArchiveRecord:
+    """One committed archive, as its name describes it."""
+
+    sort_key: tuple[str, str, int]
+    slug: str
+    kind: str
+    name: str
+    stamp: str
+
+    @property
+    def when(self) -> dt.datetime:
+        return stamp_datetime(self.stamp)
+
+
+def parse_archive_name(name: str, host: str, slugs: Iterable[str]) -> ArchiveRecord | None:
+    """The record of an archive of ``host`` for one of ``slugs``, or None for any other name."""
+    match = _ARCHIVE_RE.match(name)
+    if match is None:
+        return None
+    prefix = match["prefix"]
+    for slug in slugs:
+        if prefix == f"{host}-{slug}":
+            stamp = name[len(prefix) + 1 :].split(".", 1)[0]
+            return ArchiveRecord(stamp_key(stamp), slug, match["kind"], name, stamp)
+    return None
+
+
+# --- chains and retention (pure) -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """A master and the incrementals after it; ``master`` is None for orphaned incrementals."""
+
+    slug: str
+    archives: tuple[ArchiveRecord, ...]
+
+    @property
+    def master(self) -> ArchiveRecord | None:
+        first = self.archives[0]
+        return first if first.kind == MASTER else None
+
+    @property
+    def newest(self) -> ArchiveRecord:
+        return self.archives[-1]
+
+    @property
+    def name(self) -> str:
+        return self.archives[0].name
+
+
+def chains_of(records: Iterable[ArchiveRecord]) -> dict[str, list[Chain]]:
+    """Group archives into chains per source slug, oldest chain first."""
+    by_slug: dict[str, list[ArchiveRecord]] = {}
+    for record in sorted(records):
+        by_slug.setdefault(record.slug, []).append(record)
+    result: dict[str, list[Chain]] = {}
+    for slug, ordered in by_slug.items():
+        groups: list[list[ArchiveRecord]] = []
+        for record in ordered:
+            if record.kind == MASTER or not groups:
+                groups.append([record])
+            else:
+                groups[-1].append(record)
+        result[slug] = [Chain(slug, tuple(group)) for group in groups]
+    return result
+
+
+def chain_of(records: Iterable[ArchiveRecord], name: str) -> Chain | None:
+    for chains in chains_of(records).values():
+        for chain in chains:
+            if any(a.name == name for a in chain.archives):
+                return chain
+    return None
+
+
+def chains_to_remove(
+    records: Iterable[ArchiveRecord], today: dt.date, retention_days: int
+) -> list[Chain]:
+    """The whole chains retention removes.
+
+    A chain goes only when its newest archive is older than ``retention_days`` before ``today``
+    (so every day inside the window stays restorable), and never the newest chain that has a
+    master: a server whose backups stopped must not prune itself down to nothing.
+    """
+    cutoff = today - dt.timedelta(days=retention_days)
+    doomed: list[Chain] = []
+    for chains in chains_of(records).values():
+        with_master = [c for c in chains if c.master is not None]
+        keep = with_master[-1] if with_master else None
+        for chain in chains:
+            if chain is keep:
+                continue
+            if chain.newest.when.date() < cutoff:
+                doomed.append(chain)
+    return doomed
+
+
+def full_is_due(
+    latest: Chain | None, now: dt.datetime, full_every: str | int, *, has_snapshot: bool
+) -> bool:
+    """Whether this run of a source starts a new chain with a master."""
+    if latest is None or latest.master is None or not has_snapshot:
+        return True
+    master_day = latest.master.when.date()
+    if isinstance(full_every, int):
+        return (now.date() - master_day).days >= full_every
+    return WEEKDAYS[now.weekday()] == full_every and master_day != now.date()
+
+
+def select_for_restore(
+    records: Iterable[ArchiveRecord], slug: str, at: dt.date | None
+) -> list[ArchiveRecord]:
+    """The archives to apply, in order, to rebuild ``slug`` as of the end of day ``at``."""
+    chains = chains_of(records).get(slug, [])
+    usable = [c for c in chains if c.master is not None]
+    for chain in reversed(usable):
+        wanted = [a for a in chain.archives if at is None or a.when.date() <= at]
+        if wanted and wanted[0].kind == MASTER:
+            return wanted
+    return []
+
+
+# --- argv planners (pure) --------------------------------------------------------------------
+
+
+def exclude_options(source: str, backup_dir: str, patterns: Sequence[str]) -> list[str]:
+    """tar --exclude options for one source, the backup directory first.
+
+    Absolute patterns become anchored literal member names (./sub/dir) when they lie under the
+    source and are dropped otherwise; other patterns are globs matched against any name.
+    """
+    anchored: list[str] = []
+    for path in (backup_dir, *[p for p in patterns if p.startswith("/")]):
+        inside = Path(path)
+        if inside != Path(source) and inside.is_relative_to(source):
+            anchored.append("./" + inside.relative_to(source).as_posix())
+    globs = [p for p in patterns if not p.startswith("/")]
+    options: list[str] = []
+    if anchored:
+        options += ["--anchored", "--no-wildcards"] + [f"--exclude={a}" for a in anchored]
+    if globs:
+        options += ["--no-anchored", "--wildcards"] + [f"--exclude={g}" for g in globs]
+    return options
+
+
+def tar_create_argv(
+    source: str, snapshot: Path, backup: BackupConfig, *, exclude: Sequence[str] = ()
+) -> list[str]:
+    argv = [
+        "tar",
+        "--create",
+        "--file=-",
+        f"--listed-incremental={snapshot}",
+        *TAR_METADATA_OPTIONS,
+    ]
+    if backup.one_file_system:
+        argv.append("--one-file-system")
+    argv += exclude_options(source, backup.directory, [*backup.exclude, *exclude])
+    argv += [f"--directory={source}", "."]
+    return argv
+
+
+def compress_argv(compression: str, level: int) -> list[str]:
+    if compression == "zstd":
+        return ["zstd", "-T0", f"-{level}", "-q", "-c"]
+    return [compression, f"-{level}", "-c"]
+
+
+def _decompressor(archive: Path) -> str:
+    name = archive.name.removesuffix(PARTIAL_SUFFIX)
+    return "zstd" if name.endswith(".zst") else "gzip"
+
+
+def decompress_argv(archive: Path) -> list[str]:
+    return [_decompressor(archive), "-d", "-c", "-q", str(archive)]
+
+
+def test_argv(archive: Path) -> list[str]:
+    return [_decompressor(archive), "-t", "-q", str(archive)]
+
+
+def tar_extract_argv(destination: Path) -> list[str]:
+    # /dev/null as snapshot: incremental extraction, which deletes what the dumps say is gone
+    return [
+        "tar",
+        "--extract",
+        "--file=-",
+        "--listed-incremental=/dev/null",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--acls",
+        "--numeric-owner",
+        "--same-owner",
+        "--same-permissions",
+        f"--directory={destination}",
+    ]
+
+
+def priority_of(backup: BackupConfig) -> runner.Priority:
+    return runner.Priority(nice=backup.nice, ionice=backup.ionice)
+
+
+# --- manifest --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveEntry:
+    """What a manifest records about one archive it lists."""
+
+    name: str
+    source: str
+    kind: str
+    chain: str
+    size: int
+    sha256: str
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+def manifest_json(
+    host: str, stamp: str, started: dt.datetime, entries: Sequence[ArchiveEntry]
+) -> bytes:
+    document = {
+        "format": 1,
+        "host": host,
+        "run": stamp,
+        "started": started.isoformat(timespec="seconds"),
+        "archives": [e.to_json() for e in entries],
+    }
+    return (json.dumps(document, indent=2, sort_keys=False) + "\n").encode()
+
+
+def lock_path(backup_dir: Path) -> Path:
+    """The lock shared by every writer and reader of the backup directory, sync included."""
+    return backup_dir / LOCK_NAME
+
+
+def read_manifests(backup_dir: Path, host: str) -> dict[str, dict[str, Any]]:
+    """Every archive entry recorded by this host's run manifests, by archive name."""
+    entries: dict[str, dict[str, Any]] = {}
+    runs = [p for p in backup_dir.glob(f"{host}.*{MANIFEST_SUFFIX}") if _MANIFEST_RE.match(p.name)]
+    for path in sorted(
+        runs, key=lambda p: stamp_key(p.name[len(host) + 1 : -len(MANIFEST_SUFFIX)])
+    ):
+        try:
+            document = json.loads(path.read_text())
+            for entry in document["archives"]:
+                entries[entry["name"]] = entry
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise FileError(f"cannot read manifest {path}: {err}") from err
+    return entries
+
+
+# --- the edge: scanning, locking, running ------------------------------------------------------
+
+
+class Reporter(Protocol):
+    """How a run tells its progress: a terminal display or one log line under cron."""
+
+    def progress(self, source: str, written: int, elapsed: float) -> None: ...
+
+    def archive_done(self, entry: ArchiveEntry, elapsed: float) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def progress(self, source: str, written: int, elapsed: float) -> None:
+        pass
+
+    def archive_done(self, entry: ArchiveEntry, elapsed: float) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedArchive:
+    source: str
+    slug: str
+    kind: str
+    name: str
+    chain: str
+    snapshot: Path
+    tar_argv: tuple[str, ...]
+    compress_argv: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupPlan:
+    stamp: str
+    started: dt.datetime
+    archives: tuple[PlannedArchive, ...]
+    prune: tuple[Chain, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupReport:
+    plan: BackupPlan
+    entries: tuple[ArchiveEntry, ...]
+    pruned: tuple[Chain, ...]
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+def scan_archives(config: Config) -> list[ArchiveRecord]:
+    """The committed archives of the configured host and sources in the backup directory."""
+    slugs = [source_slug(s) for s in config.backup.sources]
+    try:
+        names = [p.name for p in config.backup_dir.iterdir()]
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise FileError.from_os_error("read", config.backup_dir, err) from err
+    records = (parse_archive_name(n, config.host, slugs) for n in names)
+    return sorted(r for r in records if r is not None)
+
+
+def snapshot_path(config: Config, slug: str) -> Path:
+    return config.backup_dir / SNAPSHOT_DIR / f"{config.host}-{slug}.snar"
+
+
+def _taken_stamps(config: Config, records: Iterable[ArchiveRecord]) -> set[str]:
+    stamps = {r.stamp for r in records}
+    for path in config.backup_dir.glob(f"{config.host}.*{MANIFEST_SUFFIX}"):
+        match = _MANIFEST_RE.match(path.name)
+        if match is not None:
+            stamps.add(path.name[len(config.host) + 1 : -len(MANIFEST_SUFFIX)])
+    return stamps
+
+
+def plan_backup(
+    config: Config,
+    records: Sequence[ArchiveRecord],
+    now: dt.datetime,
+    *,
+    force_full: bool,
+    taken_stamps: Iterable[str] = (),
+) -> BackupPlan:
+    """What a run will make, given the archives already there (pure but for snapshot presence)."""
+    backup = config.backup
+    stamp = new_stamp(now, [*taken_stamps, *(r.stamp for r in records)])
+    chains = chains_of(records)
+    planned: list[PlannedArchive] = []
+    for source in backup.sources:
+        slug = source_slug(source)
+        latest = chains.get(slug, [None])[-1]
+        snapshot = snapshot_path(config, slug)
+        full = force_full or full_is_due(
+            latest, now, backup.full_every, has_snapshot=snapshot.exists()
+        )
+        kind = MASTER if full else INCREMENTAL
+        name = archive_name(config.host, slug, stamp, kind, backup.compression)
+        chain = name if full or latest is None else latest.name
+        work_snapshot = snapshot.with_name(partial_name(snapshot.name))
+        planned.append(
+            PlannedArchive(
+                source=source,
+                slug=slug,
+                kind=kind,
+                name=name,
+                chain=chain,
+                snapshot=snapshot,
+                tar_argv=tuple(tar_create_argv(source, work_snapshot, backup)),
+                compress_argv=tuple(compress_argv(backup.compression, backup.compression_level)),
+            )
+        )
+    future = [
+        *records,
+        *(ArchiveRecord(stamp_key(stamp), p.slug, p.kind, p.name, stamp) for p in planned),
+    ]
+    prune = chains_to_remove(future, now.date(), backup.retention_days)
+    return BackupPlan(stamp, now, tuple(planned), tuple(prune))
+
+
+def check_sources_exist(sources: Iterable[str]) -> None:
+    for source in sources:
+        try:
+            st = Path(source).stat()
+        except FileNotFoundError:
+            raise FileError(f"source {source} does not exist") from None
+        except OSError as err:
+            raise FileError.from_os_error("read source", source, err) from err
+        if not stat.S_ISDIR(st.st_mode):
+            raise FileError(f"source {source} is not a directory")
+
+
+def same_filesystem_warnings(backup_dir: Path, sources: Iterable[str]) -> list[str]:
+    try:
+        device = backup_dir.stat().st_dev
+    except OSError:
+        return []
+    shared = [s for s in sources if Path(s).stat().st_dev == device]
+    if not shared:
+        return []
+    return [
+        f"backup directory {backup_dir} is on the same filesystem as {', '.join(shared)}; "
+        "a separate disk or partition survives that filesystem's loss"
+    ]
+
+
+def prepare_backup_dir(backup_dir: Path) -> list[str]:
+    """Create the backup directory 0700 when missing; warn when an existing one is open."""
+    fsutil.ensure_private_dir(backup_dir)
+    fsutil.ensure_private_dir(backup_dir / SNAPSHOT_DIR)
+    mode = stat.S_IMODE(backup_dir.stat().st_mode)
+    if mode & 0o077:
+        return [f"backup directory {backup_dir} has mode {mode:04o}; 0700 keeps it root-only"]
+    return []
+
+
+def remove_leftovers(backup_dir: Path) -> list[Path]:
+    """Delete what a killed run left behind (.NAME.partial); only ever called under the lock."""
+    removed: list[Path] = []
+    for directory in (backup_dir, backup_dir / SNAPSHOT_DIR):
+        for path in directory.glob(f".*{PARTIAL_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def backup_lock(backup_dir: Path) -> Any:
+    """The lock every writer of the backup directory takes (backup, prune, restore, sync)."""
+    with fsutil.locked(lock_path(backup_dir), wait=False):
+        yield
+
+
+def write_index(config: Config, now: dt.datetime) -> None:
+    """Rewrite MANIFEST_NAME: every archive present, with its size, sha256 and chain."""
+    backup_dir = config.backup_dir
+    recorded = read_manifests(backup_dir, config.host)
+    present = scan_archives(config)
+    document = {
+        "format": 1,
+        "host": config.host,
+        "updated": now.isoformat(timespec="seconds"),
+        "archives": [recorded[r.name] for r in present if r.name in recorded],
+    }
+    data = (json.dumps(document, indent=2) + "\n").encode()
+    fsutil.atomic_write(backup_dir / MANIFEST_NAME, data, mode=fsutil.PRIVATE_FILE)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tar_failure(result: runner.Result, source: str) -> str:
+    lines = [
+        ln
+        for ln in result.stderr.splitlines()
+        if ln.strip() and "Exiting with failure status" not in ln
+    ]
+    detail = lines[-1].strip() if lines else f"exit status {result.returncode}"
+    return f"tar failed on {source}: {detail}"
+
+
+def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> ArchiveEntry:
+    """Write one archive and its new snapshot under temporary names; commit the archive.
+
+    Returns the entry; the snapshot stays at its temporary name until ``commit_snapshot``,
+    which the caller runs only after the manifest lists the archive.
+    """
+    backup_dir = config.backup_dir
+    final = backup_dir / item.name
+    partial = backup_dir / partial_name(item.name)
+    work_snapshot = item.snapshot.with_name(partial_name(item.snapshot.name))
+    priority = priority_of(config.backup)
+    started = time.monotonic()
+    try:
+        if item.kind == INCREMENTAL:
+            shutil.copyfile(item.snapshot, work_snapshot)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                work_snapshot.unlink()
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fsutil.PRIVATE_FILE)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            work_snapshot.unlink()
+        raise FileError.from_os_error("write in", backup_dir, err) from err
+    try:
+        with os.fdopen(fd, "wb") as out:
+
+            def tick() -> None:
+                reporter.progress(
+                    item.source, os.fstat(out.fileno()).st_size, time.monotonic() - started
+                )
+
+            result = runner.run_pipe(
+                runner.wrap_priority(item.tar_argv, priority),
+                runner.wrap_priority(item.compress_argv, priority),
+                stdout=out,
+                on_tick=tick,
+            )
+            tar, compressor = result.first, result.second
+            if compressor.returncode != 0:
+                name = config.backup.compression
+                raise CommandError(
+                    f"{name} failed on {item.source}: "
+                    + runner.first_error_line(
+                        compressor.stderr, fallback=f"exit status {compressor.returncode}"
+                    )
+                )
+            if tar.returncode > TAR_WARNING_EXIT or tar.returncode < 0:
+                raise CommandError(_tar_failure(tar, item.source))
+            try:
+                os.fsync(out.fileno())
+            except OSError as err:
+                raise FileError.from_os_error("write", partial, err) from err
+        warnings = tuple(
+            f"{item.source}: {ln.removeprefix('tar: ').strip()}"
+            for ln in tar.stderr.splitlines()
+            if ln.strip() and "Exiting with failure status" not in ln
+        )
+        if config.backup.test_archives:
+            runner.run(runner.wrap_priority(test_argv(partial), priority))
+        entry = ArchiveEntry(
+            name=item.name,
+            source=item.source,
+            kind=item.kind,
+            chain=item.chain,
+            size=partial.stat().st_size,
+            sha256=sha256_of(partial),
+            warnings=warnings,
+        )
+        partial.replace(final)
+        fsutil.fsync_dir(backup_dir)
+    except OSError as err:
+        for leftover in (partial, work_snapshot):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise FileError.from_os_error("write", partial, err) from err
+    except BaseException:
+        for leftover in (partial, work_snapshot):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise
+    for warning in warnings:
+        reporter.warn(warning)
+    reporter.archive_done(entry, time.monotonic() - started)
+    return entry
+
+
+def commit_snapshot(item: PlannedArchive) -> None:
+    work_snapshot = item.snapshot.with_name(partial_name(item.snapshot.name))
+    work_snapshot.chmod(fsutil.PRIVATE_FILE)
+    work_snapshot.replace(item.snapshot)
+    fsutil.fsync_dir(item.snapshot.parent)
+
+
+def remove_chains(config: Config, chains: Iterable[Chain]) -> None:
+    """Delete whole chains, newest archive first so a crash never leaves a chain without its
+    master but with incrementals; then the manifests that no longer list any archive."""
+    backup_dir = config.backup_dir
+    for chain in chains:
+        for record in reversed(chain.archives):
+            try:
+                (backup_dir / record.name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise FileError.from_os_error("remove", backup_dir / record.name, err) from err
+    present = {p.name for p in backup_dir.iterdir()}
+    for path in backup_dir.glob(f"{config.host}.*{MANIFEST_SUFFIX}"):
+        try:
+            document = json.loads(path.read_text())
+            names = {a["name"] for a in document["archives"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if names and not names & present:
+            path.unlink()
+    fsutil.fsync_dir(backup_dir)
+
+
+def run_backup(
+    config: Config,
+    *,
+    force_full: bool = False,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    reporter: Reporter | None = None,
+) -> BackupReport:
+    """One backup run: every source archived, the manifest written, retention applied."""
+    reporter = reporter or SilentReporter()
+    now = now or dt.datetime.now()
+    check_sources(config.backup)
+    check_sources_exist(config.backup.sources)
+    backup_dir = config.backup_dir
+    started = time.monotonic()
+    if dry_run:
+        records = scan_archives(config)
+        taken = _taken_stamps(config, records)
+        plan = plan_backup(config, records, now, force_full=force_full, taken_stamps=taken)
+        return BackupReport(plan, (), (), (), 0.0)
+
+    warnings = prepare_backup_dir(backup_dir)
+    warnings += same_filesystem_warnings(backup_dir, config.backup.sources)
+    for warning in warnings:
+        reporter.warn(warning)
+    with backup_lock(backup_dir):
+        remove_leftovers(backup_dir)
+        records = scan_archives(config)
+        plan = plan_backup(
+            config,
+            records,
+            now,
+            force_full=force_full,
+            taken_stamps=_taken_stamps(config, records),
+        )
+        entries: list[ArchiveEntry] = []
+        manifest = backup_dir / manifest_name(config.host, plan.stamp)
+        for item in plan.archives:
+            entry = make_archive(config, item, reporter)
+            entries.append(entry)
+            try:
+                fsutil.atomic_write(
+                    manifest,
+                    manifest_json(config.host, plan.stamp, now, entries),
+                    mode=fsutil.PRIVATE_FILE,
+                )
+                write_index(config, now)
+            except BaseException:
+                # an archive no manifest lists would look complete yet be unverifiable
+                with contextlib.suppress(OSError):
+                    (backup_dir / entry.name).unlink()
+                with contextlib.suppress(OSError):
+                    item.snapshot.with_name(partial_name(item.snapshot.name)).unlink()
+                raise
+            commit_snapshot(item)
+            warnings += entry.warnings
+        # retention from what is on disk now, so a failed run above never prunes
+        records = scan_archives(config)
+        pruned = chains_to_remove(records, now.date(), config.backup.retention_days)
+        remove_chains(config, pruned)
+        if pruned:
+            write_index(config, now)
+    return BackupReport(
+        plan, tuple(entries), tuple(pruned), tuple(warnings), time.monotonic() - started
+    )
+
+
+def run_prune(
+    config: Config, *, dry_run: bool = False, now: dt.datetime | None = None
+) -> list[Chain]:
+    """Apply retention alone: remove whole chains past the window, never the newest master."""
+    now = now or dt.datetime.now()
+    backup_dir = config.backup_dir
+    if not backup_dir.is_dir():
+        raise FileError(f"backup directory {backup_dir} does not exist")
+    if dry_run:
+        return chains_to_remove(scan_archives(config), now.date(), config.backup.retention_days)
+    with backup_lock(backup_dir):
+        doomed = chains_to_remove(scan_archives(config), now.date(), config.backup.retention_days)
+        remove_chains(config, doomed)
+        if doomed:
+            write_index(config, now)
+    return doomed
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def describe_plan(plan: BackupPlan) -> list[str]:
+    """Human lines for --dry-run: each archive, the commands, what retention would remove."""
+    lines = [f"run {plan.stamp}:"]
+    for item in plan.archives:
+        lines.append(f"  {item.source}: {item.kind} -> {item.name}")
+        lines.append(f"    {' '.join(item.tar_argv)} | {' '.join(item.compress_argv)}")
+    for chain in plan.prune:
+        lines.append(f"  prune chain {chain.name} ({len(chain.archives)} archives)")
+    return lines

@@ -1,0 +1,379 @@
+"""keyforge.toml: TOML in, frozen dataclasses out.
+
+Every section is a frozen dataclass whose fields are the section's keys; the parser walks the
+dataclass fields, so adding a section (or a key) is declaring it, nothing else. Every unknown key,
+wrong type or bad value is a ConfigError naming the file, the section and the key, because a
+backup tool that silently ignores a misspelt ``retention_dayz`` keeps the wrong number of days.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+from keyforge.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/keyforge/keyforge.toml")
+CONFIG_ENV = "KEYFORGE_CONFIG"
+
+DEFAULT_SOURCES = ("/etc", "/home", "/var", "/boot", "/root")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+COMPRESSIONS = ("zstd", "gzip", "pigz")
+IONICE_CLASSES = ("idle", "best-effort", "none")
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+_BWLIMIT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGkmg]?$")
+_TIME_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+_TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def default_host() -> str:
+    """The short host name, as backup-manager names its archives."""
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+# --- value checks (each returns an error text, or None when the value is fine) ---------------
+
+
+def _check_host(value: Any) -> str | None:
+    if not _HOST_RE.match(value):
+        return "must be a host name (letters, digits, '.', '-'), got " + repr(value)
+    return None
+
+
+def _check_target_name(value: Any) -> str | None:
+    if not _TARGET_NAME_RE.match(value):
+        return "must be a short name (letters, digits, '.', '_', '-'), got " + repr(value)
+    return None
+
+
+def _check_absolute_paths(value: Any) -> str | None:
+    for item in value:
+        if not item.startswith("/"):
+            return f"must hold absolute paths, got {item!r}"
+        if "\n" in item or "\0" in item:
+            return f"must not contain newlines or NUL bytes, got {item!r}"
+    if len(set(value)) != len(value):
+        return "lists a path twice"
+    return None
+
+
+def _check_absolute_path(value: Any) -> str | None:
+    return _check_absolute_paths((value,))
+
+
+def _check_excludes(value: Any) -> str | None:
+    for item in value:
+        if not item or "\n" in item or "\0" in item:
+            return f"must hold non-empty patterns without newlines, got {item!r}"
+    return None
+
+
+def _check_full_every(value: Any) -> str | None:
+    if isinstance(value, int):
+        return (
+            None if value >= 1 else f"must be a weekday name or a number of days >= 1, got {value}"
+        )
+    if value.lower() not in WEEKDAYS:
+        return f"must be a weekday name (e.g. 'sunday') or a number of days, got {value!r}"
+    return None
+
+
+def _at_least(minimum: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value >= minimum else f"must be >= {minimum}, got {value}"
+
+    return check
+
+
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value in allowed:
+            return None
+        return f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+
+    return check
+
+
+def _in_range(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}, got {value}"
+
+    return check
+
+
+def _field(default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneralConfig:
+    """[general]: what names this server in archive names and on the receiving host."""
+
+    host: str = _field("", _check_host)  # "" means the short host name, filled in by load()
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupConfig:
+    """[backup]: the daily local tarball-incremental backup."""
+
+    sources: tuple[str, ...] = _field(DEFAULT_SOURCES, _check_absolute_paths)
+    exclude: tuple[str, ...] = _field((), _check_excludes)
+    directory: str = _field("", _check_absolute_path)  # "" means /mnt/backups/<host>
+    full_every: str | int = _field("sunday", _check_full_every)
+    retention_days: int = _field(14, _at_least(1))
+    compression: str = _field("zstd", _one_of(*COMPRESSIONS))
+    compression_level: int = _field(3, _in_range(1, 19))
+    test_archives: bool = _field(True)
+    one_file_system: bool = _field(False)
+    nice: int = _field(10, _in_range(0, 19))
+    ionice: str = _field("idle", _one_of(*IONICE_CLASSES))
+
+
+def _check_bwlimit(value: Any) -> str | None:
+    if value == "" or _BWLIMIT_RE.match(value):
+        return None
+    return f"must be a rate rsync understands, like '500' (KiB/s) or '2m', got {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncConfig:
+    """[sync]: how the nightly push runs (read by the sync runner)."""
+
+    source: str = _field("", lambda v: _check_absolute_path(v) if v else None)  # "": backup dir
+    log: str = _field("/var/log/keyforge-sync.log", _check_absolute_path)
+    timeout: int = _field(300, _at_least(1))
+    bwlimit: str = _field("", _check_bwlimit)
+    max_delete: int = _field(1000, _at_least(0))
+    retries: int = _field(3, _at_least(0))
+    retry_delay: int = _field(60, _at_least(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetConfig:
+    """One [[targets]] entry: a receiving host (or a local disk) for the nightly push."""
+
+    name: str = _field("")
+    host: str = _field("")
+    port: int = _field(22, _in_range(1, 65535))
+    user: str = _field("")
+    key: str = _field("")
+    remote_path: str = _field("")
+    known_hosts: str = _field("")
+    path: str = _field("")
+    require_mountpoint: bool = _field(False)
+
+
+def _check_time_of_day(value: Any) -> str | None:
+    if _TIME_RE.match(value):
+        return None
+    return f"must be a time of day as HH:MM (24-hour clock), got {value!r}"
+
+
+def _check_mailto(value: Any) -> str | None:
+    if value == "" or re.match(r"^[A-Za-z0-9._%+@-]+(,[A-Za-z0-9._%+@-]+)*$", value):
+        return None
+    return f'must be a user or mail address (or "" for no mail), got {value!r}'
+
+
+def _check_user(value: Any) -> str | None:
+    if re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+        return None
+    return f"must be a system user name, got {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """[schedule]: when cron or systemd runs the backup and the nightly sync."""
+
+    backup_at: str = _field("01:15", _check_time_of_day)
+    sync_at: str = _field("03:30", _check_time_of_day)
+    user: str = _field("root", _check_user)  # cron.d runs the jobs as this user
+    mailto: str = _field("root", _check_mailto)  # cron mails a job's output here
+    randomized_delay: int = _field(15, _in_range(0, 720))  # minutes (systemd RandomizedDelaySec)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    general: GeneralConfig
+    backup: BackupConfig
+    sync: SyncConfig
+    targets: tuple[TargetConfig, ...]
+    path: Path | None = None
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @property
+    def host(self) -> str:
+        return self.general.host
+
+    @property
+    def backup_dir(self) -> Path:
+        return Path(self.backup.directory)
+
+
+# The tables of the file and the dataclass each parses into; arrays of tables marked True.
+SECTIONS: Mapping[str, tuple[type[Any], bool]] = {
+    "general": (GeneralConfig, False),
+    "backup": (BackupConfig, False),
+    "sync": (SyncConfig, False),
+    "targets": (TargetConfig, True),
+    "schedule": (ScheduleConfig, False),
+}
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "a list of strings"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    return str(tp)
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if origin is tuple:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if tp is int:
+        # TOML booleans are Python bools, which are ints: 'retention_days = true' is wrong
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _parse_section(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            suggestion = ", ".join(sorted(known))
+            raise ConfigError(f"{where} unknown key {key!r} (known keys: {suggestion})")
+        tp = hints[key]
+        if not _matches(value, tp):
+            raise ConfigError(f"{where} {key} must be {_type_name(tp)}, got {value!r}")
+        coerced = _coerce(value, tp)
+        check = known[key].metadata.get("check")
+        problem = check(coerced) if check is not None else None
+        if problem is not None:
+            raise ConfigError(f"{where} {key} {problem}")
+        values[key] = coerced
+    return cls(**values)
+
+
+def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
+    """Turn a parsed TOML document into a Config, or raise a ConfigError naming the key."""
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in SECTIONS:
+            known = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise ConfigError(f"{source}: unknown section or key {name!r} (known: {known})")
+        cls, is_array = SECTIONS[name]
+        if is_array:
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                raise ConfigError(f"{source}: {name} must be an array of tables ([[{name}]])")
+            sections[name] = tuple(
+                _parse_section(cls, t, f"{source}: [[{name}]] #{i + 1}")
+                for i, t in enumerate(value)
+            )
+        else:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {name} must be a table ([{name}])")
+            sections[name] = _parse_section(cls, value, f"{source}: [{name}]")
+
+    general = sections.get("general", GeneralConfig())
+    if not general.host:
+        general = dataclasses.replace(general, host=default_host())
+    backup = sections.get("backup", BackupConfig())
+    if not backup.directory:
+        backup = dataclasses.replace(backup, directory=f"/mnt/backups/{general.host}")
+    if isinstance(backup.full_every, str):
+        backup = dataclasses.replace(backup, full_every=backup.full_every.lower())
+    return Config(
+        general=general,
+        backup=backup,
+        sync=sections.get("sync", SyncConfig()),
+        targets=sections.get("targets", ()),
+        schedule=sections.get("schedule", ScheduleConfig()),
+    )
+
+
+def resolve_path(explicit: Path | None) -> Path:
+    """--config wins, then $KEYFORGE_CONFIG, then /etc/keyforge/keyforge.toml."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG_PATH
+
+
+def load(path: Path) -> Config:
+    """Read and check the config file at ``path``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; 'keyforge init' writes one") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path.name}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path.name}: invalid TOML: {err}") from None
+    config = parse(data, source=path.name)
+    return dataclasses.replace(config, path=path)
+
+
+def render_default(host: str | None = None) -> str:
+    """The commented default config that 'keyforge init' writes."""
+    from keyforge.templating import render  # noqa: PLC0415 - jinja2 only when rendering
+
+    name = host or default_host()
+    if not _HOST_RE.match(name):
+        name = "localhost"
+    defaults = BackupConfig()
+    return render(
+        "keyforge.toml.j2",
+        host=toml_string(name),
+        sources=", ".join(toml_string(s) for s in defaults.sources),
+        directory=toml_string(f"/mnt/backups/{name}"),
+        full_every=toml_string(str(defaults.full_every)),
+        retention_days=defaults.retention_days,
+        compression=toml_string(defaults.compression),
+        compression_level=defaults.compression_level,
+        nice=defaults.nice,
+        ionice=toml_string(defaults.ionice),
+        sync=SyncConfig(),
+        schedule=ScheduleConfig(),
+        sync_log=toml_string(SyncConfig().log),
+    )
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string; JSON's escaping is a subset TOML accepts."""
+    return json.dumps(value, ensure_ascii=True)

@@ -1,0 +1,505 @@
+"""keyforge demo: the whole system on one machine, in a temporary directory.
+
+The sending server ("server1") and the receiving host ("raspberrypi") both live in one
+directory made with ``tempfile.mkdtemp`` (mode 0700). The receiving host is a private sshd on
+127.0.0.1 (``keyforge.sshd``). Every step calls the library, exactly as the commands do:
+
+pair -> start the receiver -> backup -> capture start -> one push (recorded, refused) ->
+capture show -> install the locked key from the capture -> sync -> verify from the offsite copy
+-> show the final authorized_keys line and what the key can no longer do.
+
+The directory is removed at the end (unless ``keep``) and sshd is stopped whatever happens, so
+no process is left running. Nothing outside the directory is touched, except /run/sshd when
+root's sshd needs it and the system lacks it (created for the run, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from keyforge import authorized_keys as ak
+from keyforge import backup, capture, config, install, keys, restore, runner, sync
+from keyforge.errors import KeyforgeError
+from keyforge.sshd import LOOPBACK, PrivateSshd, private_sshd
+from keyforge.templating import render
+
+STEPS = 10
+HOST = "server1"
+TARGET = "offsite"
+# another loopback address: a connection from it is "another machine" as far as from= goes
+OTHER_ADDRESS = "127.0.0.2"
+
+Say = Callable[[str], None]
+
+
+class DemoError(KeyforgeError):
+    """A step of the demo did not do what it must."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    """What a finished demo did; the tests check it."""
+
+    directory: Path
+    kept: bool
+    sshd_pid: int
+    port: int
+    forced_command: str
+    authorized_keys_line: str
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each part of the demo lives inside its directory."""
+
+    root: Path
+
+    @property
+    def sender(self) -> Path:
+        return self.root / "sender"
+
+    @property
+    def key(self) -> Path:
+        return self.sender / ".ssh" / "backups"
+
+    @property
+    def sample(self) -> Path:
+        return self.sender / "data"
+
+    @property
+    def backups(self) -> Path:
+        return self.sender / "backups"
+
+    @property
+    def config(self) -> Path:
+        return self.sender / "keyforge.toml"
+
+    @property
+    def sync_log(self) -> Path:
+        return self.sender / "sync.log"
+
+    @property
+    def receiver(self) -> Path:
+        """The receiving user's home: its .ssh/authorized_keys is the one sshd reads."""
+        return self.root / "receiver"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.receiver / ".ssh" / "authorized_keys"
+
+    @property
+    def offsite(self) -> Path:
+        return self.receiver / "srvbackups"
+
+    @property
+    def restored(self) -> Path:
+        return self.receiver / "restored"
+
+    @property
+    def sshd(self) -> Path:
+        return self.root / "sshd"
+
+
+# --- the sample tree --------------------------------------------------------------------------
+
+SAMPLE_FILES: dict[str, tuple[bytes, int]] = {
+    "etc/hostname": (b"server1\n", 0o644),
+    "etc/app/app.conf": (b"[app]\nlisten = 127.0.0.1:8080\npassword = demo-only\n", 0o600),
+    "home/foo/notes.txt": ("Backups are real once restored. \u2013 foo\n".encode(), 0o644),
+    "home/foo/with space/caf\u00e9.txt": ("caf\u00e9 cr\u00e8me\n".encode(), 0o644),
+    "usr/local/bin/hello": (b"#!/bin/sh\necho hello\n", 0o755),
+    "var/log/empty.log": (b"", 0o640),
+}
+SAMPLE_LINKS = {"home/foo/hostname": "../../etc/hostname"}
+RANDOM_FILE = "var/lib/app/data.bin"
+RANDOM_SIZE = 256 * 1024
+
+
+def make_sample_tree(root: Path) -> None:
+    """Files of several modes, an empty one, a name with a space and an accent, a symlink,
+    nested directories and some incompressible data."""
+    for name, (data, mode) in SAMPLE_FILES.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(mode)
+    for name, target in SAMPLE_LINKS.items():
+        (root / name).symlink_to(target)
+    data_file = root / RANDOM_FILE
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    data_file.write_bytes(os.urandom(RANDOM_SIZE))
+
+
+def change_sample_tree(root: Path) -> list[str]:
+    """A day's changes before the incremental: one file edited, one added, one removed."""
+    (root / "etc/hostname").write_bytes(b"server1.example.org\n")
+    (root / "home/foo/todo.txt").write_bytes(b"restore test: done\n")
+    (root / "var/log/empty.log").unlink()
+    return ["edited etc/hostname", "added home/foo/todo.txt", "removed var/log/empty.log"]
+
+
+Snapshot = dict[str, tuple[str, int, str]]
+
+
+def tree_snapshot(root: Path) -> Snapshot:
+    """Each entry under ``root``: type, permission bits, and content digest or link target."""
+    entries: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            st = path.lstat()
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                entries[rel] = ("symlink", 0, os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                entries[rel] = ("dir", mode, "")
+            elif stat.S_ISREG(st.st_mode):
+                entries[rel] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                entries[rel] = ("other", mode, "")
+    return entries
+
+
+def tree_differences(expected: Snapshot, actual: Snapshot) -> list[str]:
+    """Every way ``actual`` differs from ``expected``, one line each (pure)."""
+    problems = [f"{name}: missing" for name in sorted(expected.keys() - actual.keys())]
+    problems += [f"{name}: unexpected" for name in sorted(actual.keys() - expected.keys())]
+    for name in sorted(expected.keys() & actual.keys()):
+        want, got = expected[name], actual[name]
+        if want[0] != got[0]:
+            problems.append(f"{name}: is a {got[0]}, expected a {want[0]}")
+        elif want[1] != got[1]:
+            problems.append(f"{name}: mode {got[1]:04o}, expected {want[1]:04o}")
+        elif want[2] != got[2]:
+            problems.append(f"{name}: {'target' if want[0] == 'symlink' else 'content'} differs")
+    return problems
+
+
+def describe_tree(snapshot: Snapshot) -> str:
+    kinds = [kind for kind, _, _ in snapshot.values()]
+    return (
+        f"{kinds.count('file')} files, {kinds.count('symlink')} symlink, "
+        f"{kinds.count('dir')} directories"
+    )
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+    layout: Layout
+    say: Say
+    server: PrivateSshd | None = None
+    public_key: ak.Entry | None = None
+    cfg: config.Config | None = None
+    forced_command: str = ""
+    line: str = ""
+    log_offset: int = 0
+
+    def detail(self, text: str) -> None:
+        for line in text.splitlines() or [""]:
+            self.say(f"      {line}")
+
+    def need_server(self) -> PrivateSshd:
+        assert self.server is not None
+        return self.server
+
+    def need_key(self) -> ak.Entry:
+        assert self.public_key is not None
+        return self.public_key
+
+    def need_config(self) -> config.Config:
+        assert self.cfg is not None
+        return self.cfg
+
+    def new_sshd_lines(self) -> list[str]:
+        """What sshd logged since the last call (it logs each session before it starts)."""
+        text = self.need_server().log.read_text(errors="replace")
+        fresh = text[self.log_offset :]
+        self.log_offset = len(text)
+        return fresh.splitlines()
+
+
+@contextlib.contextmanager
+def _step(run: _Run, number: int, title: str) -> Iterator[None]:
+    run.say(f"[{number}/{STEPS}] {title}")
+    try:
+        yield
+    except KeyforgeError as err:
+        if isinstance(err, DemoError):
+            raise
+        raise DemoError(f"step {number}/{STEPS} ({title.split(':')[0]}) failed: {err}") from err
+
+
+def step_pair(run: _Run) -> None:
+    pair = keys.generate("ed25519", comment=f"backups@{HOST}")
+    written = keys.write_pair(run.layout.key, pair, force=False)
+    run.public_key = install.public_key_from_text(pair.public_line, source=str(written.public_path))
+    run.detail(f"{written.private_path} (0600, no passphrase) and {written.public_path.name}")
+    run.detail(pair.fingerprint)
+
+
+def step_config(run: _Run, server: PrivateSshd) -> None:
+    layout = run.layout
+    has_zstd = shutil.which("zstd") is not None
+    text = render(
+        "demo_keyforge.toml.j2",
+        host=config.toml_string(HOST),
+        source=config.toml_string(str(layout.sample)),
+        directory=config.toml_string(str(layout.backups)),
+        compression=config.toml_string("zstd" if has_zstd else "gzip"),
+        sync_log=config.toml_string(str(layout.sync_log)),
+        port=server.port,
+        user=config.toml_string(server.user),
+        key=config.toml_string(str(layout.key)),
+        remote_path=config.toml_string(f"{layout.offsite}/"),
+        known_hosts=config.toml_string(str(server.known_hosts)),
+    )
+    layout.config.write_text(text)
+    layout.config.chmod(0o600)
+    run.cfg = config.load(layout.config)
+
+
+def step_backup(run: _Run) -> None:
+    cfg = run.need_config()
+    make_sample_tree(run.layout.sample)
+    run.detail(f"sample tree {run.layout.sample}: {describe_tree(tree_snapshot(run.layout.sample))}")
+    first = backup.run_backup(cfg, force_full=True)
+    for entry in first.entries:
+        run.detail(f"{entry.kind:<11} {entry.name} ({backup.human_size(entry.size)})")
+    run.detail("then: " + ", ".join(change_sample_tree(run.layout.sample)))
+    second = backup.run_backup(cfg)
+    for entry in second.entries:
+        run.detail(f"{entry.kind:<11} {entry.name} ({backup.human_size(entry.size)})")
+    if [e.kind for e in (*first.entries, *second.entries)] != [backup.MASTER, backup.INCREMENTAL]:
+        raise DemoError("the two backup runs did not make a master and an incremental")
+
+
+def _quiet_effects() -> sync.Effects:
+    # the demo's runs stay out of the system log; they are printed instead
+    return sync.Effects(syslog=lambda report: None)
+
+
+def step_capture_start(run: _Run) -> None:
+    key = run.need_key()
+    recorder = capture.install_recorder(run.layout.receiver)
+    command = capture.recorder_command(recorder.script, capture.key_id(key.blob))
+    entry = install.locked_entry(key, from_patterns=[LOOPBACK], command=command)
+    result = install.install_key(run.layout.authorized_keys, entry)
+    run.detail(f"recorder {recorder.script}; records go to {recorder.log}")
+    run.detail(f"{result.action} in {result.path}:")
+    run.detail(f"  {result.plan.line}")
+
+
+def step_push(run: _Run) -> None:
+    cfg = run.need_config()
+    [report] = sync.sync(cfg, TARGET, effects=_quiet_effects())
+    run.detail(sync.display(report.argv))
+    if report.ok:
+        raise DemoError("the push went through although only the recorder was allowed")
+    run.detail(f"refused, as expected: {report.message}")
+
+
+def step_capture_show(run: _Run) -> None:
+    key = run.need_key()
+    log = capture.read_log(capture.default_log_path(run.layout.receiver))
+    record = capture.latest_record(log, capture.key_id(key.blob))
+    captured = capture.command_from_record(record, home=run.layout.receiver)
+    run.forced_command = captured.command
+    run.detail(f"recorded {record.time} from {record.client}, key {record.key}:")
+    run.detail(f"  {captured.command}")
+    for note in captured.notes:
+        run.detail(f"  {note}")
+
+
+def step_install(run: _Run) -> None:
+    entry = install.locked_entry(
+        run.need_key(), from_patterns=[LOOPBACK], command=run.forced_command
+    )
+    result = install.install_key(run.layout.authorized_keys, entry)
+    assert result.plan.line is not None
+    run.line = result.plan.line
+    run.detail(f"{result.action} the key's line in {result.path}")
+    for warning in result.warnings:
+        run.detail(f"note: {warning}")
+
+
+def step_sync(run: _Run) -> None:
+    cfg = run.need_config()
+    [report] = sync.sync(cfg, TARGET, effects=_quiet_effects())
+    if not report.ok:
+        raise DemoError(f"{sync.summary(report)} (sshd's log: {run.need_server().log})")
+    run.detail(sync.summary(report))
+    names = sorted(p.name for p in run.layout.offsite.iterdir())
+    run.detail(f"{run.layout.offsite}: {', '.join(names)}")
+
+
+def step_verify(run: _Run) -> None:
+    cfg = run.need_config()
+    offsite_backup = dataclasses.replace(cfg.backup, directory=str(run.layout.offsite))
+    offsite = dataclasses.replace(cfg, backup=offsite_backup)
+    report = restore.run_verify(offsite)
+    problems = [*report.problems, *(p for s in report.sources for p in s.problems)]
+    if problems:
+        raise DemoError(f"the offsite copy does not verify: {restore.summarize_problems(problems)}")
+    run.detail(f"{report.checked_archives} archives match the sha256 in their manifests")
+    source = cfg.backup.sources[0]
+    archives = restore.run_restore(offsite, source, run.layout.restored)
+    run.detail(f"restored {' + '.join(a.kind for a in archives)} into {run.layout.restored}")
+    expected = tree_snapshot(run.layout.sample)
+    differences = tree_differences(expected, tree_snapshot(run.layout.restored))
+    if differences:
+        raise DemoError(
+            "the tree restored from the offsite copy differs from the sample: "
+            + restore.summarize_problems(differences)
+        )
+    run.detail(f"identical to the sample tree ({describe_tree(expected)}, modes, symlink)")
+
+
+def _ssh(run: _Run, extra: Sequence[str], command: Sequence[str]) -> runner.Result:
+    server = run.need_server()
+    argv = [
+        sync.find_tools().ssh,
+        *server.ssh_options(),
+        "-i",
+        str(run.layout.key),
+        *extra,
+        f"{server.user}@{server.host}",
+        *command,
+    ]
+    return runner.run(argv, check=False)
+
+
+def _sshd_said(lines: Sequence[str], *fragments: str) -> str | None:
+    for line in lines:
+        if any(fragment in line for fragment in fragments):
+            return line.strip()
+    return None
+
+
+def _ran_forced_command(run: _Run, result: runner.Result, what: str) -> None:
+    said = _sshd_said(run.new_sshd_lines(), "forced-command")
+    if said is None:
+        raise DemoError(f"{what}: sshd did not log running the forced command")
+    if b"root:" in result.stdout or len(result.stdout) > 16:
+        raise DemoError(f"{what}: the key printed {len(result.stdout)} bytes; expected none")
+    run.detail(f"{what}: refused; sshd ran the forced rsync instead")
+    run.detail(f"  sshd: {said}")
+    shown = f"{len(result.stdout)} bytes (rsync's protocol greeting)" if result.stdout else "nothing"
+    run.detail(f"  printed {shown}; exit status {result.returncode}")
+
+
+def step_locked(run: _Run) -> None:
+    run.detail("the final authorized_keys line:")
+    run.detail(f"  {run.line}")
+    before = tree_snapshot(run.layout.offsite)
+    run.new_sshd_lines()
+
+    result = _ssh(run, [], ["cat", "/etc/shadow"])
+    _ran_forced_command(run, result, "ssh ... 'cat /etc/shadow'")
+
+    result = _ssh(run, ["-tt"], [])
+    if b"PTY allocation request failed" not in result.stdout + result.stderr.encode():
+        raise DemoError("an interactive login got a terminal")
+    _ran_forced_command(run, result, "ssh -tt (an interactive shell)")
+    run.detail("  no terminal: 'PTY allocation request failed'")
+
+    result = _ssh(run, ["-b", OTHER_ADDRESS], ["true"])
+    said = _sshd_said(run.new_sshd_lines(), "not from a permitted host", "from=")
+    if result.returncode != 255 or said is None:
+        raise DemoError(f"the key was not refused from {OTHER_ADDRESS} (exit {result.returncode})")
+    run.detail(f"the same key from {OTHER_ADDRESS}: {runner.first_error_line(result.stderr, fallback='refused')}")
+    run.detail(f"  sshd: {said}")
+
+    if tree_snapshot(run.layout.offsite) != before:
+        raise DemoError("the offsite copy changed during the refused attempts")
+    run.detail("the offsite copy is unchanged")
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+
+def run_demo(*, keep: bool = False, say: Say = print, parent: Path | None = None) -> DemoResult:
+    """Run every step; raise DemoError naming the step that failed. See the module docstring."""
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="keyforge-demo-", dir=parent))
+    root.chmod(0o700)
+    layout = Layout(root)
+    run = _Run(layout, say)
+    say(f"keyforge demo in {root} ({'kept' if keep else 'removed'} at the end)")
+    say(f"  sending server '{HOST}': {layout.sender}")
+    say(f"  receiving host: a private sshd on {LOOPBACK}, its user's files in {layout.receiver}")
+    sshd_pid = port = 0
+    try:
+        for directory in (layout.sender, layout.receiver, layout.sshd):
+            directory.mkdir(mode=0o700)
+        with _step(run, 1, "pair: the backup key, made on the sending server"):
+            step_pair(run)
+        with _step(run, 2, "receiver: a private sshd, its host key pinned"):
+            server = run.server = _enter(run, layout)
+            sshd_pid, port = server.pid, server.port
+            run.detail(f"sshd pid {server.pid} on {LOOPBACK}:{server.port}, config {server.config}")
+            run.detail(f"known_hosts: {server.known_hosts.read_text().strip()}")
+            if server.created_privsep_dir:
+                run.detail("created /run/sshd, which root's sshd needs; removed at the end")
+            step_config(run, server)
+            run.detail(f"sender's config: {layout.config}")
+        with _step(run, 3, "backup: a full backup, a change, an incremental"):
+            step_backup(run)
+        with _step(run, 4, "capture start: the key may run only the recorder"):
+            step_capture_start(run)
+        with _step(run, 5, "push: keyforge sync with the key, recorded and refused"):
+            step_push(run)
+        with _step(run, 6, "capture show: the command rsync asked the receiver to run"):
+            step_capture_show(run)
+        with _step(run, 7, "install --from-capture: the key locked to that command, from 127.0.0.1"):
+            step_install(run)
+        with _step(run, 8, "sync: the nightly push, with the locked key"):
+            step_sync(run)
+        with _step(run, 9, "verify: restore from the offsite copy"):
+            step_verify(run)
+        with _step(run, 10, "locked: what the key can no longer do"):
+            step_locked(run)
+    finally:
+        _leave(run)
+        if keep:
+            say(f"kept {root} (sshd's log: {layout.sshd / 'sshd.log'})")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    seconds = time.monotonic() - started
+    say(f"cleanup: sshd stopped, no process left{'' if keep else f'; removed {root}'}")
+    say(f"demo passed in {seconds:.1f} s")
+    return DemoResult(root, keep, sshd_pid, port, run.forced_command, run.line, seconds)
+
+
+# The sshd context manager is entered in step 2 and left in the finally clause of run_demo; an
+# ExitStack carries it across so every step can fail without leaving sshd running.
+_STACKS: dict[int, contextlib.ExitStack] = {}
+
+
+def _enter(run: _Run, layout: Layout) -> PrivateSshd:
+    stack = contextlib.ExitStack()
+    _STACKS[id(run)] = stack
+    return stack.enter_context(
+        private_sshd(layout.sshd, authorized_keys=layout.authorized_keys)
+    )
+
+
+def _leave(run: _Run) -> None:
+    stack = _STACKS.pop(id(run), None)
+    if stack is not None:
+        stack.close()

@@ -1,0 +1,643 @@
+"""Install or revoke one locked-down key in an authorized_keys file, on the receiving host.
+
+Three layers, each usable alone:
+
+* ``locked_entry`` builds the restricted line (``restrict``, the ``no-*`` flags, ``from=``,
+  ``command=``) from validated values;
+* ``plan_install`` / ``plan_revoke`` are pure: current text in, new text out, every other line
+  byte-identical and in place, and a result that does not parse back is refused;
+* ``install_key`` / ``revoke_key`` do the side effects under a lock: backup, atomic write,
+  modes, and warnings about anything that would make sshd ignore the file or widen a key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import glob
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from keyforge import authorized_keys as ak
+from keyforge import fsutil
+from keyforge.errors import (
+    FileError,
+    KeyforgeError,
+    KeyMaterialError,
+    ParseError,
+    RenderError,
+    UsageError,
+)
+
+Action = Literal["added", "replaced", "unchanged", "removed", "absent"]
+
+# Spelled lowercase: sshd and Dropbear both match option names case-insensitively.
+LOCKDOWN_FLAGS = (
+    "no-port-forwarding",
+    "no-x11-forwarding",
+    "no-agent-forwarding",
+    "no-pty",
+    "no-user-rc",
+)
+# Dropbear refuses the whole line on an option it does not know, so these must not appear.
+DROPBEAR_UNKNOWN = frozenset({"restrict", "no-user-rc", "from", "expiry-time", "environment"})
+# What ``restrict`` switches off (sshd(8)); the matching option names switch it back on.
+RESTRICT_COVERS = {
+    "no-port-forwarding": "port-forwarding",
+    "no-x11-forwarding": "x11-forwarding",
+    "no-agent-forwarding": "agent-forwarding",
+    "no-pty": "pty",
+    "no-user-rc": "user-rc",
+}
+BACKUP_SUFFIX = ".keyforge-bak"
+
+_EXPIRY = re.compile(r"([0-9]{8}|[0-9]{12}|[0-9]{14})(z|utc)?", re.IGNORECASE)
+_IPV4_WILDCARD = re.compile(r"[0-9.*?]+")
+_IPV6_WILDCARD = re.compile(r"[0-9A-Fa-f:.*?]+")
+
+
+# --- validating values ----------------------------------------------------------------------
+# What sshd itself would refuse is checked by the authorized_keys model (one handler per option);
+# here only what keyforge refuses on top of that: values that parse but cannot be what was meant.
+
+
+def _sshd_option(name: str, value: str) -> ak.Option:
+    """``name="value"``, proven writable and acceptable to sshd by the authorized_keys model."""
+    option = ak.Option(name, value)
+    try:
+        ak.parse_options(ak.format_option(option))
+    except (ParseError, RenderError) as err:
+        raise UsageError(str(err)) from None
+    return option
+
+
+def check_command(command: str, *, dropbear: bool = False) -> ak.Option:
+    """The ``command=`` option; refuses what cannot be written into it and read back."""
+    if not command.strip():
+        raise UsageError("the forced command is empty")
+    if dropbear and '"' in command:
+        # Dropbear keeps \" literally where sshd unescapes it: the two would run different commands
+        raise UsageError("Dropbear cannot take a double quote in the forced command")
+    return _sshd_option("command", command)
+
+
+def _is_ip_like(pattern: str) -> bool:
+    """An address, CIDR or wildcard address pattern: matched against the client's IP."""
+    if "/" in pattern:
+        return True
+    if _IPV4_WILDCARD.fullmatch(pattern) and any(c.isdigit() or c in "*?" for c in pattern):
+        return True
+    return ":" in pattern and _IPV6_WILDCARD.fullmatch(pattern) is not None
+
+
+def _host_bits_hint(patterns: Sequence[str]) -> str:
+    for pattern in patterns:
+        bare = pattern.removeprefix("!")
+        try:
+            ipaddress.ip_network(bare, strict=True)
+        except ValueError:
+            try:
+                network = ipaddress.ip_network(bare, strict=False)
+            except ValueError:
+                continue
+            return f"; did you mean {network.with_prefixlen}?"
+    return ""
+
+
+def check_from_patterns(patterns: Sequence[str]) -> ak.Option:
+    """The ``from=`` option for sshd patterns (each optionally negated with ``!``)."""
+    if not patterns:
+        raise UsageError("no from pattern given")
+    for pattern in patterns:
+        if not pattern:
+            raise UsageError("empty from pattern (a doubled or trailing comma?)")
+        if any(c in pattern for c in "\",'") or any(c.isspace() for c in pattern):
+            raise UsageError(
+                f"from pattern {pattern!r} holds a quote, comma or whitespace; give one "
+                "address, CIDR block or wildcard pattern per entry"
+            )
+        bare = pattern.removeprefix("!")
+        if "/" in bare and any(c in bare for c in "*?"):
+            # sshd would fall back to a plain wildcard match that no address ever satisfies
+            raise UsageError(f"from pattern {pattern!r}: a CIDR block cannot hold wildcards")
+    try:
+        return _sshd_option("from", ",".join(patterns))
+    except UsageError as err:
+        raise UsageError(f"{err}{_host_bits_hint(patterns)}") from None
+
+
+def hostname_patterns(patterns: Sequence[str]) -> list[str]:
+    """The patterns that name hosts rather than addresses."""
+    return [p for p in patterns if not _is_ip_like(p.removeprefix("!"))]
+
+
+def check_expiry_time(value: str) -> ak.Option:
+    """sshd's ``expiry-time``: YYYYMMDD[HHMM[SS]], local time, or UTC with a trailing Z."""
+    return _sshd_option("expiry-time", value)
+
+
+def _expiry_datetime(value: str) -> dt.datetime | None:
+    match = _EXPIRY.fullmatch(value)
+    if match is None:
+        return None
+    digits = match.group(1)
+    layout = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(digits)]
+    try:
+        moment = dt.datetime.strptime(digits, layout)
+    except ValueError:
+        return None  # sshd normalises dates like Feb 31; no warning rather than a wrong one
+    if match.group(2):
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone()
+
+
+def check_environment(assignment: str) -> ak.Option:
+    """An ``environment="NAME=VALUE"`` option."""
+    return _sshd_option("environment", assignment)
+
+
+# --- the locked-down line -------------------------------------------------------------------
+
+
+def _refuse_for_dropbear(
+    from_patterns: Sequence[str] | None, expiry_time: str | None, environment: Sequence[str]
+) -> None:
+    if from_patterns is not None:
+        raise UsageError(
+            "Dropbear has no from= option and rejects a key line that carries one; limit the "
+            "source address with a firewall and pass --any-source"
+        )
+    if expiry_time is not None:
+        raise UsageError("Dropbear has no expiry-time= option and would reject the key line")
+    if environment:
+        raise UsageError("Dropbear has no environment= option and would reject the key line")
+
+
+def locked_entry(
+    key: ak.Entry,
+    *,
+    from_patterns: Sequence[str] | None,
+    command: str,
+    restrict: bool = True,
+    dropbear: bool = False,
+    expiry_time: str | None = None,
+    environment: Sequence[str] = (),
+) -> ak.Entry:
+    """The key, allowed to run ``command`` only, from ``from_patterns`` only (None: anywhere).
+
+    ``restrict`` (OpenSSH 7.2+) also covers restrictions future sshd versions add; the explicit
+    ``no-*`` flags keep the line tight on servers that predate it (``restrict=False``).
+    ``dropbear`` writes only options Dropbear accepts: it rejects the whole line otherwise.
+    """
+    forced = check_command(command, dropbear=dropbear)
+    if dropbear:
+        _refuse_for_dropbear(from_patterns, expiry_time, environment)
+    options: list[ak.Option] = []
+    if restrict and not dropbear:
+        options.append(ak.Option("restrict"))
+    options.extend(
+        ak.Option(flag) for flag in LOCKDOWN_FLAGS if not (dropbear and flag in DROPBEAR_UNKNOWN)
+    )
+    if from_patterns is not None:
+        options.append(check_from_patterns(from_patterns))
+    options.append(forced)
+    if expiry_time is not None:
+        options.append(check_expiry_time(expiry_time))
+    options.extend(check_environment(item) for item in environment)
+    return ak.Entry(keytype=key.keytype, blob=key.blob, comment=key.comment, options=tuple(options))
+
+
+def entry_warnings(entry: ak.Entry, *, now: dt.datetime | None = None) -> list[str]:
+    """What an admin should know about a line keyforge is about to write."""
+    warnings: list[str] = []
+    patterns = [p for value in entry.values("from") for p in value.split(",")]
+    names = hostname_patterns(patterns)
+    if names:
+        warnings.append(
+            f"from= names hosts ({', '.join(names)}): with sshd's default 'UseDNS no' the "
+            "client is known by its address only, so these never match; use IP addresses"
+        )
+    if not entry.has("from"):
+        warnings.append("no from= restriction: the key works from any source address")
+    if entry.has("environment"):
+        warnings.append(
+            "environment= only takes effect with 'PermitUserEnvironment yes' in sshd_config"
+        )
+    for value in entry.values("expiry-time"):
+        moment = now if now is not None else dt.datetime.now(dt.UTC)
+        expires = _expiry_datetime(value)
+        if expires is not None and expires <= moment:
+            warnings.append(f"expiry-time {value} is already past: sshd will refuse the key")
+    return warnings
+
+
+def render_line(entry: ak.Entry) -> str:
+    """The entry as one authorized_keys line, proven to parse back to the same entry."""
+    line = ak.render(entry).removesuffix("\n")
+    if "\n" in line or "\r" in line:
+        raise RenderError("the rendered authorized_keys line spans several lines")
+    try:
+        parsed = ak.parse_line(line)
+    except ParseError as err:
+        raise RenderError(f"the rendered line does not parse back: {err.reason}") from None
+    if parsed != entry:
+        raise RenderError("the rendered line does not read back as the same options and key")
+    return line
+
+
+# --- widening ---------------------------------------------------------------------------------
+
+
+def _effective_restrictions(entry: ak.Entry) -> set[str]:
+    active = {flag for flag in RESTRICT_COVERS if entry.has(flag)}
+    if entry.has("restrict"):
+        active |= {flag for flag, undo in RESTRICT_COVERS.items() if not entry.has(undo)}
+    return active
+
+
+def _from_patterns_of(entry: ak.Entry) -> list[str]:
+    return [p for value in entry.values("from") for p in value.split(",")]
+
+
+def _from_widening(old: ak.Entry, new: ak.Entry) -> list[str]:
+    old_patterns, new_patterns = _from_patterns_of(old), _from_patterns_of(new)
+    if not old_patterns:
+        return []
+    if not new_patterns:
+        return [
+            f'the existing line only allowed from="{",".join(old_patterns)}"; '
+            "the new line allows any source address"
+        ]
+    gained = [p for p in new_patterns if not p.startswith("!") and p not in old_patterns]
+    gained += [p for p in old_patterns if p.startswith("!") and p not in new_patterns]
+    if gained:
+        return [f'from= now also allows {", ".join(gained)} (was "{",".join(old_patterns)}")']
+    return []
+
+
+def widening_warnings(old: ak.Entry, new: ak.Entry) -> list[str]:
+    """Every way the new line lets the key do more than the line it replaces."""
+    warnings: list[str] = []
+    if old.has("restrict") and not new.has("restrict"):
+        warnings.append(
+            "the existing line has 'restrict' and the new one drops it (restrictions added "
+            "by future sshd versions will not apply)"
+        )
+    lost = sorted(_effective_restrictions(old) - _effective_restrictions(new))
+    if lost:
+        warnings.append(f"the new line no longer has {', '.join(lost)}")
+    old_cmd, new_cmd = old.values("command"), new.values("command")
+    if old_cmd and not new_cmd:
+        warnings.append(
+            f"the existing line forced command={old_cmd[0]!r}; the new line lets the key run "
+            "any command"
+        )
+    elif old_cmd and old_cmd != new_cmd:
+        warnings.append(f"the forced command changes from {old_cmd[0]!r} to {new_cmd[0]!r}")
+    warnings.extend(_from_widening(old, new))
+    old_expiry, new_expiry = old.values("expiry-time"), new.values("expiry-time")
+    if old_expiry and old_expiry != new_expiry:
+        after = new_expiry[0] if new_expiry else "never"
+        warnings.append(f"the key's expiry changes from {old_expiry[0]} to {after}")
+    for name in ("permitopen", "permitlisten"):
+        if old.has(name) and not new.has(name) and not new.has("no-port-forwarding"):
+            warnings.append(f"the new line drops {name}= and does not forbid port forwarding")
+    return [f"{new.keytype} key {new.comment or new.blob[-12:]}: {w}" for w in warnings]
+
+
+# --- planning (pure) --------------------------------------------------------------------------
+
+
+def _body(line: str) -> str:
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def _ending(line: str) -> str:
+    return line[len(_body(line)) :]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an install or revoke would do to one authorized_keys text; pure data."""
+
+    action: Action
+    old_text: str | None
+    new_text: str | None
+    line: str | None = None
+    linenos: tuple[int, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return self.new_text != self.old_text
+
+    def diff(self, label: str = "authorized_keys") -> str:
+        """A unified diff from the current text to the new one ("" when nothing changes)."""
+        if not self.changed:
+            return ""
+        old = ak.split_lines(self.old_text or "")
+        new = ak.split_lines(self.new_text or "")
+        out: list[str] = []
+        for row in difflib.unified_diff(old, new, f"{label} (current)", f"{label} (new)"):
+            out.append(row if row.endswith("\n") else row + "\n\\ No newline at end of file\n")
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    entries: list[ak.Entry | None]
+    matches: list[int]
+    errors: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _scan(text: str, lines: list[str], key: ak.Entry, source: str | None) -> _Scan:
+    """Parse every line; find the key; refuse when an unparseable line seems to hold it."""
+    parsed = ak.parse(text, source=source, strict=False)
+    if len(parsed) != len(lines):
+        raise RenderError(
+            "refusing to write: the authorized_keys model splits the file differently"
+        )
+    entries: list[ak.Entry | None] = []
+    matches: list[int] = []
+    warnings: list[str] = []
+    errors = 0
+    for index, line in enumerate(parsed):
+        entries.append(line.entry)
+        if line.error is not None:
+            errors += 1
+            if key.blob in line.raw:
+                raise ParseError(
+                    f"this key stands on a line keyforge cannot parse ({line.error.reason}); "
+                    "fix or remove that line by hand first",
+                    lineno=line.lineno,
+                    source=source,
+                )
+            warnings.append(f"{line.error}; kept as it is")
+        elif line.entry is not None and line.entry.same_key(key):
+            matches.append(index)
+    return _Scan(entries, matches, errors, warnings)
+
+
+def _newline_style(lines: list[str]) -> str:
+    terminated = [line for line in lines if line.endswith("\n")]
+    return "\r\n" if terminated and terminated[-1].endswith("\r\n") else "\n"
+
+
+def _verify(
+    new_text: str,
+    expected: list[str],
+    scan: _Scan,
+    *,
+    touched: int | None,
+    entry: ak.Entry | None,
+    entry_delta: int,
+) -> None:
+    """Refuse a new text that does not read back exactly as planned."""
+    if ak.split_lines(new_text) != expected:
+        raise RenderError("refusing to write: the new file does not split into the planned lines")
+    if touched is not None and entry is not None:
+        try:
+            parsed = ak.parse_line(_body(expected[touched]), lineno=touched + 1)
+        except ParseError as err:
+            raise RenderError(f"refusing to write: the new line does not parse: {err}") from None
+        if parsed != entry:
+            raise RenderError("refusing to write: the new line does not read back as planned")
+    reread = ak.parse(new_text, strict=False)
+    errors = sum(1 for line in reread if line.error is not None)
+    found = sum(1 for line in reread if line.entry is not None)
+    wanted = sum(1 for e in scan.entries if e is not None) + entry_delta
+    if errors != scan.errors or found != wanted:
+        raise RenderError(
+            f"refusing to write: the new file reads back with {found} keys and {errors} bad "
+            f"lines, expected {wanted} and {scan.errors}"
+        )
+
+
+def _refuse_duplicates(scan: _Scan, source: str | None) -> None:
+    if len(scan.matches) > 1:
+        where = ", ".join(str(i + 1) for i in scan.matches)
+        label = source or "authorized_keys"
+        raise KeyforgeError(
+            f"the key stands on several lines of {label} ({where}) and keyforge will not guess "
+            "which one sshd should use; remove all but one, then run install again "
+            "(or 'keyforge revoke' to remove them all)"
+        )
+
+
+def plan_install(current_text: str | None, entry: ak.Entry, *, source: str | None = None) -> Plan:
+    """Put ``entry`` in the text: replace the key's line where it stands, else append it."""
+    line = render_line(entry)
+    lines = ak.split_lines(current_text or "")
+    scan = _scan(current_text or "", lines, entry, source)
+    _refuse_duplicates(scan, source)
+    warnings = [*scan.warnings, *entry_warnings(entry)]
+    new_lines = list(lines)
+    if scan.matches:
+        index = scan.matches[0]
+        if _body(lines[index]) == line:
+            return Plan(
+                "unchanged", current_text, current_text, line, (index + 1,), tuple(warnings)
+            )
+        old_entry = scan.entries[index]
+        assert old_entry is not None  # a match is always a parsed entry
+        warnings.extend(widening_warnings(old_entry, entry))
+        new_lines[index] = line + _ending(lines[index])
+        action: Action = "replaced"
+        delta = 0
+    else:
+        newline = _newline_style(lines)
+        if new_lines and not new_lines[-1].endswith("\n"):
+            new_lines[-1] += newline
+        new_lines.append(line + newline)
+        index = len(new_lines) - 1
+        action = "added"
+        delta = 1
+    new_text = "".join(new_lines)
+    _verify(new_text, new_lines, scan, touched=index, entry=entry, entry_delta=delta)
+    return Plan(action, current_text, new_text, line, (index + 1,), tuple(warnings))
+
+
+def plan_revoke(current_text: str | None, key: ak.Entry, *, source: str | None = None) -> Plan:
+    """Remove every line holding ``key`` (all of them: one left behind would still let it in)."""
+    lines = ak.split_lines(current_text or "")
+    scan = _scan(current_text or "", lines, key, source)
+    if not scan.matches:
+        return Plan("absent", current_text, current_text, warnings=tuple(scan.warnings))
+    doomed = set(scan.matches)
+    new_lines = [line for i, line in enumerate(lines) if i not in doomed]
+    new_text = "".join(new_lines)
+    _verify(new_text, new_lines, scan, touched=None, entry=None, entry_delta=-len(doomed))
+    linenos = tuple(i + 1 for i in scan.matches)
+    return Plan("removed", current_text, new_text, linenos=linenos, warnings=tuple(scan.warnings))
+
+
+# --- applying (side effects) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``install_key`` / ``revoke_key`` did (or, with dry_run, would do)."""
+
+    path: Path
+    plan: Plan
+    written: bool
+    backup: Path | None = None
+    created_dir: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def action(self) -> Action:
+        return self.plan.action
+
+
+def default_authorized_keys() -> Path:
+    return Path.home() / ".ssh" / "authorized_keys"
+
+
+def lock_path_for(path: Path) -> Path:
+    """The lock file beside ``path``: every keyforge writer of that file takes it first."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def backup_path_for(path: Path) -> Path:
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def _refuse_symlink(path: Path) -> None:
+    # Following a link as root could rewrite any file on the system; replacing it would
+    # silently detach whatever manages the real file. Neither is what the admin asked for.
+    if path.is_symlink():
+        raise FileError(
+            f"{path} is a symbolic link; keyforge will not follow or replace it: "
+            "pass the real file with --authorized-keys"
+        )
+
+
+def _hand_over(path: Path, reference: Path) -> None:
+    """When root creates a file for a user, give it to that user so sshd can read it."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = reference.stat()
+        if path.stat().st_uid != owner.st_uid:
+            os.chown(path, owner.st_uid, owner.st_gid)
+    except OSError as err:
+        raise FileError.from_os_error("set the owner of", path, err) from err
+
+
+def _prepare_lock(lock: Path) -> None:
+    # a lock file left root-owned 0600 would lock the user out of their own later runs
+    if os.geteuid() == 0 and not lock.exists():
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT, fsutil.PRIVATE_FILE))
+        except OSError as err:
+            raise FileError.from_os_error("create lock file", lock, err) from err
+        _hand_over(lock, lock.parent)
+
+
+def _write_with_backup(path: Path, plan: Plan) -> Path | None:
+    assert plan.new_text is not None
+    backup = None
+    if plan.old_text is not None:
+        backup = backup_path_for(path)
+        _refuse_symlink(backup)
+        old_bytes = plan.old_text.encode("utf-8", "surrogateescape")
+        fsutil.atomic_write(backup, old_bytes, mode=fsutil.PRIVATE_FILE)
+        _hand_over(backup, path)
+    fsutil.atomic_write(path, plan.new_text.encode("utf-8", "surrogateescape"))
+    if plan.old_text is None:
+        _hand_over(path, path.parent)
+    return backup
+
+
+def _sweep_stale_temporaries(path: Path) -> list[str]:
+    """Remove temporary files a killed keyforge run left beside ``path``.
+
+    Only called under the lock, so no live keyforge writer owns them; the names are the ones
+    fsutil.atomic_write gives (``.<name>.<random>.tmp``), which nothing else creates.
+    """
+    notes = []
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError as err:
+            raise FileError.from_os_error("remove the leftover", stale, err) from err
+        notes.append(f"removed {stale}, left over by an interrupted run")
+    return notes
+
+
+def _mode_warnings(path: Path) -> list[str]:
+    return fsutil.loose_mode_warnings(path.parent.parent, path.parent, path)
+
+
+def _apply(
+    path: Path, make_plan: Callable[[str | None], Plan], *, dry_run: bool, create_dir: bool
+) -> Result:
+    _refuse_symlink(path)
+    directory = path.parent
+    if dry_run or (not create_dir and not directory.is_dir()):
+        plan = make_plan(fsutil.read_text_if_exists(path))
+        return Result(path, plan, False, warnings=(*plan.warnings, *_mode_warnings(path)))
+    created = fsutil.ensure_private_dir(directory)
+    if created:
+        _hand_over(directory, directory.parent)
+    lock = lock_path_for(path)
+    _prepare_lock(lock)
+    backup = None
+    with fsutil.locked(lock):
+        _refuse_symlink(path)
+        swept = _sweep_stale_temporaries(path)
+        plan = make_plan(fsutil.read_text_if_exists(path))
+        if plan.changed:
+            backup = _write_with_backup(path, plan)
+    warnings = (*plan.warnings, *swept, *_mode_warnings(path))
+    return Result(path, plan, plan.changed, backup, created, warnings)
+
+
+def install_key(path: Path, entry: ak.Entry, *, dry_run: bool = False) -> Result:
+    """Install ``entry`` in the authorized_keys file ``path`` (created 0600 in a 0700 dir)."""
+    return _apply(
+        path,
+        lambda text: plan_install(text, entry, source=str(path)),
+        dry_run=dry_run,
+        create_dir=True,
+    )
+
+
+def revoke_key(path: Path, key: ak.Entry, *, dry_run: bool = False) -> Result:
+    """Remove every line of ``path`` that holds ``key``; a missing file means nothing to do."""
+    return _apply(
+        path,
+        lambda text: plan_revoke(text, key, source=str(path)),
+        dry_run=dry_run,
+        create_dir=False,
+    )
+
+
+def public_key_from_text(text: str, *, source: str) -> ak.Entry:
+    """The one public key in ``text``; a private key is refused without echoing any of it."""
+    if "PRIVATE KEY" in text:
+        raise KeyMaterialError(
+            f"{source} is a private key; give the public key (the .pub file) instead"
+        )
+    if not text.strip():
+        raise KeyMaterialError(f"{source} is empty; expected one public key line")
+    return ak.parse_public_key(text, source=source)
+
+
+def read_public_key(path: Path) -> ak.Entry:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise FileError.from_os_error("read", path, err) from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyMaterialError(f"{path} is not a text public key file") from None
+    return public_key_from_text(text, source=str(path))

@@ -1,0 +1,168 @@
+"""The single place where keyforge starts other programs.
+
+Only argv lists, never a shell: a path with a space or a quote is one argument and nothing
+else. Long runs (tar, rsync) are wrapped in ``nice``/``ionice`` so a backup does not disturb the
+server's own work. Two programs joined by a pipe (tar into zstd) are started here too, and the
+exit status of *both* is reported, which a shell pipeline would hide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from keyforge.errors import CommandError
+
+IONICE_ARGS = {"idle": ("-c", "3"), "best-effort": ("-c", "2", "-n", "7"), "none": ()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Priority:
+    """How gently a long command runs: a nice level and an I/O scheduling class."""
+
+    nice: int = 0
+    ionice: str = "none"
+
+
+def wrap_priority(argv: Sequence[str], priority: Priority) -> list[str]:
+    """``argv`` prefixed with ionice and nice as ``priority`` asks (pure)."""
+    prefix: list[str] = []
+    io_args = IONICE_ARGS[priority.ionice]
+    if io_args:
+        prefix += ["ionice", *io_args]
+    if priority.nice:
+        prefix += ["nice", "-n", str(priority.nice)]
+    return [*prefix, *argv]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PipeResult:
+    first: Result
+    second: Result
+
+
+def first_error_line(stderr: str, *, fallback: str) -> str:
+    """The line of a program's stderr worth showing: its first non-empty one."""
+    for line in stderr.splitlines():
+        if line.strip():
+            return line.strip()
+    return fallback
+
+
+def _command_name(argv: Sequence[str]) -> str:
+    """The program's name, past any ionice/nice wrapping added by wrap_priority."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("ionice", "nice"):
+            i += 1
+            while i < len(argv) and argv[i].startswith("-"):
+                i += 2  # every option of both takes one value
+            continue
+        return argv[i].rsplit("/", 1)[-1]
+    return "command"
+
+
+def _spawn(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload,no-any-return]
+    except FileNotFoundError:
+        raise CommandError(f"{_command_name(argv)}: command not found") from None
+    except OSError as err:
+        raise CommandError(f"cannot run {_command_name(argv)}: {err.strerror or err}") from err
+
+
+def _read_back(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    return handle.read().decode("utf-8", errors="replace")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    capture_stdout: bool = True,
+    check: bool = True,
+) -> Result:
+    """Run ``argv`` to completion; with ``check`` a non-zero exit raises CommandError."""
+    with tempfile.TemporaryFile() as err_file:
+        proc = _spawn(
+            argv,
+            stdin=stdin,
+            stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+            stderr=err_file,
+        )
+        out, _ = proc.communicate()
+        result = Result(tuple(argv), proc.returncode, out or b"", _read_back(err_file))
+    if check and result.returncode != 0:
+        name = _command_name(argv)
+        raise CommandError(
+            f"{name} failed: "
+            + first_error_line(result.stderr, fallback=f"exit status {result.returncode}")
+        )
+    return result
+
+
+def run_pipe(
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+    on_tick: Callable[[], None] | None = None,
+    tick_seconds: float = 0.5,
+) -> PipeResult:
+    """Run ``first | second`` without a shell and report both exit statuses.
+
+    The caller judges the statuses (tar's 1 is a warning, not a failure). ``on_tick`` is
+    called every ``tick_seconds`` while the pipe runs, for a progress display.
+    """
+    with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2:
+        p1 = _spawn(first, stdin=stdin, stdout=subprocess.PIPE, stderr=err1)
+        try:
+            p2 = _spawn(second, stdin=p1.stdout, stdout=stdout, stderr=err2)
+        except BaseException:
+            p1.kill()
+            p1.wait()
+            raise
+        finally:
+            # the consumer holds its own copy; ours would keep the pipe open after it exits
+            assert p1.stdout is not None
+            p1.stdout.close()
+        try:
+            while p2.poll() is None or p1.poll() is None:
+                if on_tick is not None:
+                    on_tick()
+                _wait_either(p1, p2, tick_seconds)
+        except BaseException:
+            for proc in (p1, p2):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+            raise
+        return PipeResult(
+            Result(tuple(first), p1.returncode, b"", _read_back(err1)),
+            Result(tuple(second), p2.returncode, b"", _read_back(err2)),
+        )
+
+
+def _wait_either(p1: subprocess.Popen[bytes], p2: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for proc in (p2, p1):
+        remaining = deadline - time.monotonic()
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=max(remaining, 0.01))
+            except subprocess.TimeoutExpired:
+                return

@@ -1,0 +1,216 @@
+"""keyforge status: when the last backup and the last sync of each target succeeded.
+
+Made for monitoring: the age of each, its size, and a verdict that is bad when either is older
+than the limit or never happened. The backup's time is its newest complete manifest (written as
+each archive is committed, so its mtime is when the run finished); a sync's is the newest ``ok``
+line of the sync log. Reading is separated from judging, which is pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from keyforge import sync
+from keyforge.backup import MANIFEST_SUFFIX, source_slug
+from keyforge.config import Config
+from keyforge.errors import FileError
+
+DEFAULT_MAX_AGE_HOURS = 26.0  # a daily job, plus its random delay and a slow run
+
+
+@dataclasses.dataclass(frozen=True)
+class Success:
+    when: datetime
+    size: int | None
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One line of the status: the backup, or one target's sync."""
+
+    name: str
+    last_success: Success | None
+    last_failure: str | None
+    age_hours: float | None
+    ok: bool
+    problem: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    items: tuple[Item, ...]
+    max_age_hours: float
+
+    @property
+    def ok(self) -> bool:
+        return all(item.ok for item in self.items)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("archives"), list):
+        return None
+    return document
+
+
+def last_backup(directory: Path, host: str, sources: Sequence[str]) -> Success | None:
+    """The newest run that archived every configured source (any run, for another host's)."""
+    wanted = {source_slug(s) for s in sources}
+    best: Success | None = None
+    for path in directory.glob(f"*{MANIFEST_SUFFIX}"):
+        document = _manifest(path)
+        if document is None:
+            continue
+        archives = [a for a in document["archives"] if isinstance(a, dict)]
+        if document.get("host") == host:
+            done = {source_slug(str(a.get("source", ""))) for a in archives}
+            if not wanted <= done:
+                continue  # a run that stopped part way is not a success
+        try:
+            when = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except OSError:
+            continue
+        size = sum(int(a.get("size", 0)) for a in archives)
+        if best is None or when > best.when:
+            best = Success(when, size, f"{len(archives)} archive(s), {path.name}")
+    return best
+
+
+def read_sync_log(path: Path) -> list[dict[str, Any]]:
+    """Every well-formed line of the sync log; a torn last line (a crash) is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise FileError.from_os_error("read", path, err) from err
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("command") == "sync":
+            records.append(record)
+    return records
+
+
+# --- judging (pure) --------------------------------------------------------------------------
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def judge(
+    name: str, success: Success | None, failure: str | None, now: datetime, max_age_hours: float
+) -> Item:
+    if success is None:
+        return Item(name, None, failure, None, False, "never succeeded")
+    age = (now - success.when).total_seconds() / 3600
+    ok = age <= max_age_hours
+    problem = None if ok else f"last success {age:.1f} h ago, over the {max_age_hours:g} h limit"
+    return Item(name, success, failure, age, ok, problem)
+
+
+def sync_items(
+    records: Iterable[dict[str, Any]], targets: Sequence[str], now: datetime, max_age: float
+) -> list[Item]:
+    """One item per configured target from its newest success and any later failure."""
+    items = []
+    for target in targets:
+        success: Success | None = None
+        failure: str | None = None
+        for record in records:
+            if record.get("target") != target:
+                continue
+            end = _parse_time(record.get("end"))
+            if end is None:
+                continue
+            if record.get("ok") is True:
+                sent = record.get("bytes_sent")
+                success = Success(end, sent if isinstance(sent, int) else None, "bytes sent")
+                failure = None
+            else:
+                failure = f"{end.isoformat(timespec='seconds')}: {record.get('message', '')}"
+        items.append(judge(f"sync {target}", success, failure, now, max_age))
+    return items
+
+
+def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
+    source = sync.source_dir(config)
+    backup = last_backup(source, config.host, config.backup.sources) if source.is_dir() else None
+    items = [judge("backup", backup, None, now, max_age_hours)]
+    names = [t.name for t in sync.select_targets(config.targets, None)] if config.targets else []
+    records = read_sync_log(Path(config.sync.log))
+    items += sync_items(records, names, now, max_age_hours)
+    return Status(tuple(items), max_age_hours)
+
+
+# --- showing ---------------------------------------------------------------------------------
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def lines(status: Status) -> list[str]:
+    out = []
+    for item in status.items:
+        mark = "ok  " if item.ok else "FAIL"
+        if item.last_success is None:
+            out.append(f"{mark} {item.name}: {item.problem}")
+        else:
+            s = item.last_success
+            size = "" if s.size is None else f", {human_size(s.size)}"
+            when = s.when.astimezone().isoformat(timespec="seconds")
+            out.append(f"{mark} {item.name}: {item.age_hours:.1f} h ago ({when}){size}")
+            if item.problem:
+                out.append(f"     {item.problem}")
+        if item.last_failure:
+            out.append(f"     failed since: {item.last_failure}")
+    return out
+
+
+def as_json(status: Status) -> str:
+    def item_json(item: Item) -> dict[str, Any]:
+        s = item.last_success
+        return {
+            "name": item.name,
+            "ok": item.ok,
+            "last_success": s.when.isoformat(timespec="seconds") if s else None,
+            "age_hours": None if item.age_hours is None else round(item.age_hours, 3),
+            "size": s.size if s else None,
+            "last_failure": item.last_failure,
+            "problem": item.problem,
+        }
+
+    document = {
+        "ok": status.ok,
+        "max_age_hours": status.max_age_hours,
+        "items": [item_json(item) for item in status.items],
+    }
+    return json.dumps(document, indent=2)

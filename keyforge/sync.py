@@ -1,0 +1,609 @@
+"""keyforge sync: push the backup directory to each target with the post's rsync command.
+
+The command is the post's ``rsync -az --delete --rsh='ssh ...' SRC USER@HOST:DEST`` with
+absolute paths, a pinned known_hosts file and no trust on first use, plus ``--partial``,
+``--timeout`` and ``--max-delete``. Everything that decides something is pure and tested on
+its own: the argv, the reading of an exit status, the retry delays, the ``--stats`` parsing
+and the log line. ``sync`` runs them under the backup directory's lock.
+
+Two guards matter more than the rest. A source without a keyforge manifest is never sent: an
+empty or unmounted backup disk would otherwise ``--delete`` the offsite copy. And a dry run
+never connects: the receiving side runs its forced command, which ignores the client's ``-n``
+and would really delete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+import syslog
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from keyforge import fsutil, runner
+from keyforge.backup import LOCK_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX
+from keyforge.config import Config, SyncConfig, TargetConfig
+from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
+
+# rsync and ssh exit statuses worth another try: the network, not the request, failed
+NETWORK_EXITS: dict[int, str] = {
+    10: "error in socket I/O",
+    12: "error in rsync protocol data stream",
+    30: "timeout in data send/receive",
+    35: "timeout waiting for daemon connection",
+    255: "ssh could not connect",
+}
+MAX_DELETE_EXIT = 25
+RSYNC_EXITS: dict[int, str] = {
+    1: "syntax or usage error",
+    2: "protocol incompatibility",
+    3: "errors selecting input/output files, dirs",
+    4: "requested action not supported",
+    5: "error starting client-server protocol",
+    6: "daemon unable to append to log-file",
+    11: "error in file I/O",
+    13: "errors with program diagnostics",
+    14: "error in IPC code",
+    20: "received SIGUSR1 or SIGINT",
+    21: "some error returned by waitpid()",
+    22: "error allocating core memory buffers",
+    23: "partial transfer due to error",
+    24: "partial transfer due to vanished source files",
+    MAX_DELETE_EXIT: "the --max-delete limit stopped deletions",
+    **NETWORK_EXITS,
+}
+
+# ssh's own words for failures that another try cannot fix
+_HOST_KEY_SIGNS = (
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "host key is known for",
+)
+_AUTH_SIGNS = ("Permission denied (",)
+_PROTECTED_SIGNS = ("protocol version mismatch",)
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+_IPV6_RE = re.compile(r"^[0-9A-Fa-f:.]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+# ssh expands '%' tokens and '~' in these, and splits UserKnownHostsFile on whitespace
+_SSH_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@,=-]*$")
+_REMOTE_PATH_RE = re.compile(r"^[A-Za-z0-9._/~+@,=-]+$")
+_BYTES_SENT_RE = re.compile(r"^Total bytes sent:\s*([0-9][0-9,.']*)", re.MULTILINE)
+CONNECT_TIMEOUT = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Tools:
+    """Absolute paths of the programs a sync runs (cron's PATH is not the shell's)."""
+
+    rsync: str
+    ssh: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteTarget:
+    name: str
+    host: str
+    port: int
+    user: str
+    key: Path
+    remote_path: str
+    known_hosts: Path
+
+    @property
+    def destination(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}:{self.remote_path}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalTarget:
+    name: str
+    path: Path
+    require_mountpoint: bool
+
+    @property
+    def destination(self) -> str:
+        return f"{self.path}/"
+
+
+Target = RemoteTarget | LocalTarget
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What an exit status means: success, worth a retry, or a failure to report as is."""
+
+    ok: bool
+    retry: bool
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """One target's run, as logged and printed."""
+
+    target: str
+    destination: str
+    argv: tuple[str, ...]
+    start: datetime
+    end: datetime
+    exit: int | None
+    bytes_sent: int | None
+    attempts: int
+    ok: bool
+    message: str
+
+
+# --- configuration -> targets (pure) ---------------------------------------------------------
+
+
+def _require(cfg: TargetConfig, where: str, *names: str) -> None:
+    missing = [n for n in names if not getattr(cfg, n)]
+    if missing:
+        raise ConfigError(f"{where} needs {', '.join(missing)}")
+
+
+def _check_ssh_path(value: str, key: str, where: str) -> Path:
+    if not _SSH_PATH_RE.match(value) or "/../" in f"{value}/":
+        raise ConfigError(
+            f"{where} {key} must be an absolute path of letters, digits and ._/+@,=- "
+            f"(ssh would expand or split anything else), got {value!r}"
+        )
+    return Path(value)
+
+
+def target_from_config(cfg: TargetConfig, index: int) -> Target:
+    """Check one [[targets]] table and turn it into a remote or a local target."""
+    where = f"[[targets]] #{index + 1}"
+    remote_keys = ("host", "user", "key", "remote_path", "known_hosts")
+    if cfg.name and not _NAME_RE.match(cfg.name):
+        raise ConfigError(
+            f"{where} name must be a short name of letters, digits and ._-, got {cfg.name!r}"
+        )
+    if cfg.path:
+        if not cfg.path.startswith("/") or "\n" in cfg.path:
+            raise ConfigError(f"{where} path must be an absolute path, got {cfg.path!r}")
+        extra = [k for k in remote_keys if getattr(cfg, k)]
+        if extra:
+            raise ConfigError(
+                f"{where} sets path (a local target) and {', '.join(extra)} (a remote one); "
+                "keep one kind per target"
+            )
+        return LocalTarget(cfg.name or cfg.path, Path(cfg.path), cfg.require_mountpoint)
+    if cfg.require_mountpoint:
+        raise ConfigError(f"{where} require_mountpoint applies to a local target (path = ...)")
+    _require(cfg, where, *remote_keys)
+    host = cfg.host
+    if not (_HOSTNAME_RE.match(host) or (":" in host and _IPV6_RE.match(host))):
+        raise ConfigError(f"{where} host must be a host name or an IP address, got {host!r}")
+    if not _USER_RE.match(cfg.user):
+        raise ConfigError(f"{where} user must be a login name, got {cfg.user!r}")
+    if not _REMOTE_PATH_RE.match(cfg.remote_path) or cfg.remote_path.startswith("-"):
+        raise ConfigError(
+            f"{where} remote_path must be a path of letters, digits and ._/~+@,=- "
+            f"not starting with '-', got {cfg.remote_path!r}"
+        )
+    return RemoteTarget(
+        name=cfg.name or host,
+        host=host,
+        port=cfg.port,
+        user=cfg.user,
+        key=_check_ssh_path(cfg.key, "key", where),
+        remote_path=cfg.remote_path,
+        known_hosts=_check_ssh_path(cfg.known_hosts, "known_hosts", where),
+    )
+
+
+def select_targets(configs: Sequence[TargetConfig], name: str | None) -> list[Target]:
+    """Every configured target, or the one called ``name``."""
+    targets = [target_from_config(cfg, i) for i, cfg in enumerate(configs)]
+    if not targets:
+        raise ConfigError("no [[targets]] configured; add one to the config file")
+    names = [t.name for t in targets]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"two [[targets]] are called {n!r}; give each its own name")
+    if name is None:
+        return targets
+    for target in targets:
+        if target.name == name:
+            return [target]
+    raise UsageError(f"no target called {name!r} (configured: {', '.join(names)})")
+
+
+def source_dir(config: Config) -> Path:
+    return Path(config.sync.source or config.backup.directory)
+
+
+# --- the command (pure) ----------------------------------------------------------------------
+
+
+def ssh_argv(ssh: str, target: RemoteTarget, *, connect_timeout: int) -> list[str]:
+    """The ssh half of the command: this key only, this host key only, never a prompt."""
+    return [
+        ssh,
+        "-p",
+        str(target.port),
+        "-i",
+        str(target.key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={target.known_hosts}",
+        # the pin is the one file: a key in /etc/ssh/ssh_known_hosts must not vouch for the host
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+    ]
+
+
+def rsh_value(argv: Sequence[str]) -> str:
+    """``argv`` as one --rsh string; rsync splits it on spaces and honours POSIX single quotes."""
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def rsync_argv(tools: Tools, source: Path, target: Target, settings: SyncConfig) -> list[str]:
+    """The whole rsync command for one target, absolute paths throughout.
+
+    The options the receiving side acts on (--delete, --partial, --timeout, --max-delete) reach
+    it inside the ``rsync --server`` line, which a forced command replaces: the locked key's
+    command must be captured from exactly this argv.
+    """
+    remote = isinstance(target, RemoteTarget)
+    argv = [tools.rsync, "-az" if remote else "-a", "--delete", "--partial"]
+    argv += [f"--timeout={settings.timeout}", f"--max-delete={settings.max_delete}"]
+    if settings.bwlimit:
+        argv.append(f"--bwlimit={settings.bwlimit}")
+    argv.append("--stats")
+    # filter rules travel inside the protocol, so they leave the forced command unchanged
+    argv += [f"--exclude=/{LOCK_NAME}", f"--exclude=.*{PARTIAL_SUFFIX}"]
+    if isinstance(target, RemoteTarget):
+        connect_timeout = min(settings.timeout, CONNECT_TIMEOUT)
+        argv.append(
+            f"--rsh={rsh_value(ssh_argv(tools.ssh, target, connect_timeout=connect_timeout))}"
+        )
+    # the trailing slash sends the directory's contents: the copy mirrors the backup directory
+    argv += [f"{source}/", target.destination]
+    return argv
+
+
+def display(argv: Sequence[str]) -> str:
+    """``argv`` as a line a user can paste into a shell."""
+    return shlex.join(argv)
+
+
+# --- reading the outcome (pure) --------------------------------------------------------------
+
+
+def judge(exit_code: int, stderr: str, settings: SyncConfig) -> Verdict:
+    """What rsync's exit status and stderr mean, and whether another try can help."""
+    if exit_code == 0:
+        return Verdict(ok=True, retry=False, message="done")
+    if any(sign in stderr for sign in _HOST_KEY_SIGNS):
+        return Verdict(
+            ok=False,
+            retry=False,
+            message="the receiving host's key is not the one pinned in the known_hosts file "
+            "(ssh: Host key verification failed); if the host was really re-installed, verify "
+            "its new key out of band and pin it again",
+        )
+    if any(sign in stderr for sign in _AUTH_SIGNS):
+        return Verdict(
+            ok=False,
+            retry=False,
+            message="the receiving host refused the key (ssh: Permission denied); "
+            "is it installed there, and does its from= allow this address?",
+        )
+    if exit_code == MAX_DELETE_EXIT:
+        return Verdict(
+            ok=False,
+            retry=False,
+            message=f"the run would delete more than max_delete = {settings.max_delete} files "
+            "on the copy, so rsync stopped deleting (exit 25); check the backup directory, "
+            "and raise [sync] max_delete (and the receiver's forced command) if this is meant",
+        )
+    meaning = RSYNC_EXITS.get(exit_code, "unknown exit status")
+    detail = _last_error_line(stderr)
+    message = f"rsync exit {exit_code} ({meaning})" + (f": {detail}" if detail else "")
+    protocol_trouble = any(sign in stderr for sign in _PROTECTED_SIGNS)
+    return Verdict(
+        ok=False, retry=exit_code in NETWORK_EXITS and not protocol_trouble, message=message
+    )
+
+
+def _last_error_line(stderr: str) -> str:
+    """The most telling line: the first that is not rsync's generic "rsync error:" footer."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if not line.startswith("rsync error:"):
+            return line
+    return lines[-1] if lines else ""
+
+
+def retry_delays(retries: int, first_delay: float, *, cap: float = 3600.0) -> list[float]:
+    """Seconds to wait before each retry: first_delay, then doubled, never above ``cap``."""
+    return [min(first_delay * 2**i, cap) for i in range(retries)]
+
+
+def parse_bytes_sent(stats: str) -> int | None:
+    """The "Total bytes sent" figure from rsync --stats output, or None when absent."""
+    match = _BYTES_SENT_RE.search(stats)
+    if match is None:
+        return None
+    digits = re.sub(r"[^0-9]", "", match.group(1))
+    return int(digits) if digits else None
+
+
+def log_record(report: Report) -> dict[str, Any]:
+    return {
+        "command": "sync",
+        "target": report.target,
+        "destination": report.destination,
+        "start": report.start.isoformat(timespec="seconds"),
+        "end": report.end.isoformat(timespec="seconds"),
+        "exit": report.exit,
+        "bytes_sent": report.bytes_sent,
+        "attempts": report.attempts,
+        "ok": report.ok,
+        "message": report.message,
+    }
+
+
+def log_line(report: Report) -> str:
+    return json.dumps(log_record(report), sort_keys=True, ensure_ascii=True) + "\n"
+
+
+def summary(report: Report) -> str:
+    """The one line printed and sent to syslog for a run."""
+    seconds = (report.end - report.start).total_seconds()
+    if report.ok:
+        sent = "" if report.bytes_sent is None else f", {report.bytes_sent:,} bytes sent"
+        tries = "" if report.attempts == 1 else f" after {report.attempts} attempts"
+        return f"sync {report.target}: ok in {seconds:.1f} s{sent}{tries}"
+    return f"sync {report.target}: FAILED after {report.attempts} attempt(s): {report.message}"
+
+
+# --- guards (read the file system, change nothing) -------------------------------------------
+
+
+def is_manifest(path: Path) -> bool:
+    """A file keyforge backup wrote: JSON with its format number and an archive list."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(document, dict)
+        and isinstance(document.get("format"), int)
+        and isinstance(document.get("archives"), list)
+    )
+
+
+def check_source(source: Path) -> None:
+    """Refuse a source that is not a keyforge backup directory: it would --delete the copy."""
+    if not source.is_dir():
+        raise KeyforgeError(
+            f"refusing to sync: the source {source} is not a directory (is the backup disk "
+            "mounted?)"
+        )
+    # any host's manifest will do: on a receiving host the copy holds the sender's manifests
+    if not any(is_manifest(p) for p in source.glob(f"*{MANIFEST_SUFFIX}") if p.is_file()):
+        raise KeyforgeError(
+            f"refusing to sync: {source} holds no keyforge manifest (*{MANIFEST_SUFFIX}); an "
+            "empty or unmounted backup directory would delete the copy. Run 'keyforge backup' "
+            "first"
+        )
+
+
+def check_target(source: Path, target: Target) -> None:
+    """What can be checked before connecting: the pin and the key, or the mounted drive."""
+    if isinstance(target, RemoteTarget):
+        _check_readable_file(target.known_hosts, "the pinned known_hosts file", target)
+        _check_readable_file(target.key, "the key", target)
+        return
+    dest = target.path
+    src = source.resolve()
+    resolved = dest.resolve()
+    if resolved == src or src in resolved.parents or resolved in src.parents:
+        raise ConfigError(f"target {target.name}: {dest} overlaps the source {source}")
+    if target.require_mountpoint and not os.path.ismount(dest):
+        raise KeyforgeError(
+            f"refusing to sync to {target.name}: {dest} is not a mounted filesystem "
+            "(require_mountpoint = true); mount the drive first"
+        )
+
+
+def _check_readable_file(path: Path, what: str, target: RemoteTarget) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        hint = ""
+        if path == target.known_hosts:
+            hint = (
+                "; pin the receiving host's key there (ssh-keyscan -p "
+                f"{target.port} {target.host}, checked against the host's own fingerprint)"
+            )
+        raise FileError(f"target {target.name}: {what} {path} does not exist{hint}") from None
+    except OSError as err:
+        raise FileError.from_os_error("read", path, err) from err
+    if size == 0:
+        raise FileError(f"target {target.name}: {what} {path} is empty")
+
+
+# --- side effects ----------------------------------------------------------------------------
+
+
+def find_tools() -> Tools:
+    """rsync and ssh as absolute paths, found once on PATH."""
+    found = {name: shutil.which(name) for name in ("rsync", "ssh")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise CommandError(f"{' and '.join(missing)} not found on PATH; install it")
+    return Tools(
+        rsync=str(Path(found["rsync"] or "").resolve()), ssh=str(Path(found["ssh"] or "").resolve())
+    )
+
+
+def append_log(path: Path, report: Report) -> None:
+    """Append one JSON line; a single O_APPEND write keeps concurrent lines whole."""
+    if not path.parent.is_dir():
+        fsutil.ensure_private_dir(path.parent)
+    data = log_line(report).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fsutil.PRIVATE_FILE)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise FileError.from_os_error("append to", path, err) from err
+
+
+def send_syslog(report: Report) -> None:
+    syslog.openlog("keyforge", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_INFO if report.ok else syslog.LOG_ERR, summary(report))
+    syslog.closelog()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclasses.dataclass
+class Effects:
+    """The outside world a sync touches, replaceable in tests."""
+
+    run: Callable[[Sequence[str]], runner.Result] = dataclasses.field(
+        default=lambda argv: runner.run(argv, check=False)
+    )
+    sleep: Callable[[float], None] = time.sleep
+    now: Callable[[], datetime] = _now
+    notify: Callable[[str], None] = lambda message: None
+    syslog: Callable[[Report], None] = send_syslog
+
+
+def push(argv: Sequence[str], target: Target, settings: SyncConfig, effects: Effects) -> Report:
+    """Run ``argv``, retrying network failures with backoff; never raises for rsync's status."""
+    start = effects.now()
+    delays = retry_delays(settings.retries, settings.retry_delay)
+    attempt = 0
+    while True:
+        attempt += 1
+        result = effects.run(argv)
+        verdict = judge(result.returncode, result.stderr, settings)
+        if verdict.ok or not verdict.retry or attempt > len(delays):
+            break
+        delay = delays[attempt - 1]
+        effects.notify(
+            f"sync {target.name}: {verdict.message}; retry {attempt} of {len(delays)} "
+            f"in {delay:g} s"
+        )
+        effects.sleep(delay)
+    stdout = result.stdout.decode("utf-8", errors="replace")
+    return Report(
+        target=target.name,
+        destination=target.destination,
+        argv=tuple(argv),
+        start=start,
+        end=effects.now(),
+        exit=result.returncode,
+        bytes_sent=parse_bytes_sent(stdout),
+        attempts=attempt,
+        ok=verdict.ok,
+        message=verdict.message,
+    )
+
+
+def refused(target: Target, argv: Sequence[str], err: KeyforgeError, now: datetime) -> Report:
+    return Report(
+        target=target.name,
+        destination=target.destination,
+        argv=tuple(argv),
+        start=now,
+        end=now,
+        exit=None,
+        bytes_sent=None,
+        attempts=0,
+        ok=False,
+        message=str(err),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The commands a sync would run, one per target, and the source they send."""
+
+    source: Path
+    commands: tuple[tuple[Target, tuple[str, ...]], ...]
+
+
+def plan(config: Config, target_name: str | None, tools: Tools) -> Plan:
+    source = source_dir(config)
+    targets = select_targets(config.targets, target_name)
+    commands = tuple((t, tuple(rsync_argv(tools, source, t, config.sync))) for t in targets)
+    return Plan(source, commands)
+
+
+def dry_run(config: Config, target_name: str | None, tools: Tools) -> list[str]:
+    """The commands, checked but not run; nothing connects anywhere."""
+    the_plan = plan(config, target_name, tools)
+    check_source(the_plan.source)
+    for target, _ in the_plan.commands:
+        check_target(the_plan.source, target)
+    return [display(argv) for _, argv in the_plan.commands]
+
+
+def sync(
+    config: Config,
+    target_name: str | None,
+    *,
+    wait: bool = False,
+    tools: Tools | None = None,
+    effects: Effects | None = None,
+) -> list[Report]:
+    """Push the source to each target under the backup lock; log and syslog every run.
+
+    A refused or failed target does not stop the next one; the caller turns the reports into
+    an exit status. ``wait`` waits for a running backup instead of refusing at once.
+    """
+    effects = effects or Effects()
+    the_plan = plan(config, target_name, tools or find_tools())
+    log = Path(config.sync.log)
+    reports: list[Report] = []
+
+    def record(report: Report) -> None:
+        append_log(log, report)
+        effects.syslog(report)
+        reports.append(report)
+
+    try:
+        check_source(the_plan.source)
+    except KeyforgeError as err:
+        for target, argv in the_plan.commands:
+            record(refused(target, argv, err, effects.now()))
+        raise
+    # the same lock as keyforge backup: never send a directory while a backup rewrites it
+    with fsutil.locked(the_plan.source / LOCK_NAME, wait=wait):
+        for target, argv in the_plan.commands:
+            try:
+                check_source(the_plan.source)
+                check_target(the_plan.source, target)
+            except KeyforgeError as err:
+                record(refused(target, argv, err, effects.now()))
+                continue
+            record(push(argv, target, config.sync, effects))
+    return reports

@@ -1,0 +1,52 @@
+"""The rendered systemd units pass systemd's own checker, which warns about what it ignores."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keyforge import schedule
+from keyforge.config import parse
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def _write_units(directory: Path, text_change: tuple[str, str] | None = None) -> list[Path]:
+    config = parse({"backup": {"directory": str(directory)}})
+    # ExecStart must name an executable that exists, so the running python stands in
+    jobs = schedule.jobs_for(config, Path("/etc/keyforge/keyforge.toml"), [sys.executable])
+    paths = []
+    for name, text in schedule.render_systemd(config.schedule, jobs).items():
+        if text_change is not None:
+            text = text.replace(*text_change)
+        path = directory / name
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def _verify(paths: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["systemd-analyze", "verify", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_systemd_analyze_verify_accepts_the_units_without_a_warning(tmp_path: Path) -> None:
+    result = _verify(_write_units(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_the_check_notices_a_setting_systemd_would_ignore(tmp_path: Path) -> None:
+    result = _verify(_write_units(tmp_path, ("Nice=10", "Nice=high")))
+    assert "Failed to parse nice priority" in result.stderr

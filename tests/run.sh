@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Runs keyforge's test suite, the Docker tests included, on a Debian machine.
+#
+#   bash tests/run.sh                  # everything
+#   bash tests/run.sh -m "not docker"  # no Docker at all (no engine started, no images built)
+#   bash tests/run.sh tests/unit -x    # any pytest arguments pass through
+#
+# It installs what the tests need and is safe to run again on the same machine:
+#   1. Debian packages (Docker engine, Compose, mmdebstrap, OpenSSH, rsync...) with apt, only
+#      when one is missing;
+#   2. a virtual environment .venv with keyforge installed editable with its test extras,
+#      reinstalled only when pyproject.toml changes;
+#   3. a Docker engine, started in the background when none answers (log: $KEYFORGE_DOCKERD_LOG);
+#   4. the test images (docker/build.sh: local base image, no registry needed);
+#   5. pytest. Its exit status is this script's; "no tests ran" counts as a failure.
+#
+# Environment: PYTHON (interpreter for the venv, default python3), KEYFORGE_VENV (default .venv),
+# KEYFORGE_DOCKERD_LOG (default /tmp/keyforge-dockerd.log).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+python=${PYTHON:-python3}
+venv=${KEYFORGE_VENV:-$root/.venv}
+dockerd_log=${KEYFORGE_DOCKERD_LOG:-/tmp/keyforge-dockerd.log}
+apt_packages=(docker.io docker-compose mmdebstrap openssh-client openssh-server rsync zstd acl attr
+    iptables)
+
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1
+# The classic image builder: it takes local base images as they are and needs no buildx.
+export DOCKER_BUILDKIT=0
+# This script brings Docker up, so a Docker test that cannot reach it is a failure, not a skip.
+export KEYFORGE_REQUIRE_DOCKER=1
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'tests/run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "must run as root (or with sudo) to $*"
+    fi
+}
+
+missing_packages() {
+    local pkg
+    for pkg in "${apt_packages[@]}"; do
+        dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' \
+            || printf '%s\n' "$pkg"
+    done
+}
+
+install_packages() {
+    local missing
+    missing=$(missing_packages)
+    if [[ -z $missing ]]; then
+        return
+    fi
+    say "apt: installing $(echo $missing)"
+    # No service may start from a package's install script: there is no init system to run
+    # it, and a failed start would fail the install. dockerd is started below, by hand.
+    local policy=/usr/sbin/policy-rc.d made_policy=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 0755 "$policy"
+        made_policy=1
+    fi
+    local status=0
+    as_root apt-get update -q || status=$?
+    if [[ $status -eq 0 ]]; then
+        # shellcheck disable=SC2086  # one package a word
+        as_root apt-get install -y -q --no-install-recommends $missing || status=$?
+    fi
+    if [[ -n $made_policy ]]; then
+        as_root rm -f "$policy"
+    fi
+    [[ $status -eq 0 ]] || die "apt failed (exit $status)"
+}
+
+setup_venv() {
+    local stamp=$venv/.keyforge-installed want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+        return
+    fi
+    say "venv: $venv with keyforge[test]"
+    [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q -e '.[test]'
+    printf '%s' "$want" >"$stamp"
+}
+
+docker_answers() { docker info >/dev/null 2>&1; }
+
+start_docker() {
+    if docker_answers; then
+        return
+    fi
+    command -v dockerd >/dev/null || die "dockerd not found (apt package docker.io)"
+    say "docker: starting dockerd in the background (log: $dockerd_log)"
+    # Its own session, no terminal and no inherited descriptors, so it neither holds the
+    # caller's output open nor dies with it.
+    as_root setsid nohup dockerd </dev/null >"$dockerd_log" 2>&1 &
+    local waited=0
+    until docker_answers; do
+        if ((waited >= 60)); then
+            tail -n 30 "$dockerd_log" >&2 || true
+            die "dockerd did not answer within 60 s"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+wants_docker() {
+    # '-m "not docker"' needs neither the engine nor the images.
+    local arg
+    for arg in "$@"; do
+        [[ $arg == "not docker" ]] && return 1
+    done
+    return 0
+}
+
+install_packages
+setup_venv
+if wants_docker "$@"; then
+    start_docker
+    say "docker: building the test images"
+    PYTHON="$venv/bin/python" bash docker/build.sh
+fi
+
+say "pytest $*"
+status=0
+"$venv/bin/python" -m pytest "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+    echo "tests/run.sh: error: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$status"

@@ -1,0 +1,101 @@
+"""keyforge.toml parsing: defaults, and an error naming the key for every wrong one."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from keyforge import config
+from keyforge.errors import ConfigError
+
+
+def test_an_empty_file_gives_the_posts_defaults() -> None:
+    cfg = config.parse({})
+    assert cfg.backup.sources == ("/etc", "/home", "/var", "/boot", "/root")
+    assert cfg.backup.retention_days == 14
+    assert cfg.backup.compression == "zstd"
+    assert cfg.backup.full_every == "sunday"
+    assert cfg.backup_dir == Path(f"/mnt/backups/{cfg.host}")
+
+
+def test_the_backup_directory_defaults_to_mnt_backups_host() -> None:
+    cfg = config.parse({"general": {"host": "server1"}})
+    assert cfg.backup.directory == "/mnt/backups/server1"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"backup": {"retention_days": "x"}},
+            "keyforge.toml: [backup] retention_days must be an integer, got 'x'",
+        ),
+        ({"backup": {"retention_days": True}}, "[backup] retention_days must be an integer"),
+        ({"backup": {"retention_dayz": 3}}, "[backup] unknown key 'retention_dayz'"),
+        ({"backup": {"sources": "/etc"}}, "[backup] sources must be a list of strings"),
+        ({"backup": {"sources": ["etc"]}}, "[backup] sources must hold absolute paths"),
+        ({"backup": {"compression": "xz"}}, "[backup] compression must be one of"),
+        ({"backup": {"full_every": "someday"}}, "[backup] full_every must be a weekday name"),
+        ({"backup": {"full_every": 0}}, "[backup] full_every must be a weekday name or a number"),
+        ({"backup": {"retention_days": 0}}, "[backup] retention_days must be >= 1"),
+        ({"general": {"host": "bad host"}}, "[general] host must be a host name"),
+        ({"backups": {}}, "unknown section or key 'backups'"),
+        ({"backup": 3}, "backup must be a table"),
+        ({"targets": [{"port": "22"}]}, "[[targets]] #1 port must be an integer, got '22'"),
+        ({"sync": {"retries": -1}}, "[sync] retries must be >= 0"),
+    ],
+)
+def test_a_wrong_key_or_type_is_an_error_naming_it(document: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.parse(document)
+    assert message in str(caught.value)
+
+
+def test_full_every_takes_a_weekday_in_any_case_or_a_number_of_days() -> None:
+    assert config.parse({"backup": {"full_every": "Monday"}}).backup.full_every == "monday"
+    assert config.parse({"backup": {"full_every": 7}}).backup.full_every == 7
+
+
+def test_load_names_the_file_in_a_toml_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "keyforge.toml"
+    path.write_text("[backup\n")
+    with pytest.raises(ConfigError, match=r"keyforge.toml: invalid TOML"):
+        config.load(path)
+
+
+def test_a_missing_config_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="keyforge init"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_config_path_comes_from_option_then_environment_then_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(config.CONFIG_ENV, raising=False)
+    assert config.resolve_path(None) == Path("/etc/keyforge/keyforge.toml")
+    monkeypatch.setenv(config.CONFIG_ENV, "/srv/k.toml")
+    assert config.resolve_path(None) == Path("/srv/k.toml")
+    assert config.resolve_path(Path("/x.toml")) == Path("/x.toml")
+
+
+def test_the_default_template_parses_to_the_defaults() -> None:
+    text = config.render_default("server1")
+    cfg = config.parse(tomllib.loads(text))
+    assert cfg.host == "server1"
+    assert cfg.backup == config.parse({"general": {"host": "server1"}}).backup
+    # every default is shown, commented where it need not be set
+    for key in ("retention_days", "full_every", "compression", "exclude", "nice", "ionice"):
+        assert f"#{key} = " in text
+
+
+def test_every_uncommented_backup_line_still_parses() -> None:
+    text = config.render_default("server1")
+    section = "[backup]" + text.split("[backup]", 1)[1].split("\n[", 1)[0]
+    uncommented = "\n".join(
+        line[1:] if line.startswith("#") and " = " in line else line
+        for line in section.splitlines()
+    )
+    cfg = config.parse(tomllib.loads(uncommented))
+    assert cfg.backup.exclude == ("/var/cache", "/var/tmp", "lost+found")

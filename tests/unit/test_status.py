@@ -1,0 +1,110 @@
+"""keyforge status: ages, sizes and the verdict a monitoring system reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from keyforge import status
+from keyforge.config import Config, parse
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _manifest(directory: Path, name: str, host: str, sources: list[str], when: datetime) -> None:
+    archives = [{"name": f"{host}-{s}", "source": s, "size": 1000} for s in sources]
+    path = directory / name
+    path.write_text(json.dumps({"format": 1, "host": host, "archives": archives}))
+    os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+def _config(tmp_path: Path) -> Config:
+    backups = tmp_path / "backups"
+    backups.mkdir(exist_ok=True)
+    return parse(
+        {
+            "general": {"host": "server1"},
+            "backup": {"directory": str(backups), "sources": ["/etc", "/home"]},
+            "sync": {"log": str(tmp_path / "sync.log")},
+            "targets": [{"name": "external", "path": "/mnt/external"}],
+        }
+    )
+
+
+def _log(tmp_path: Path, *records: dict[str, object]) -> None:
+    with (tmp_path / "sync.log").open("a") as handle:
+        for record in records:
+            handle.write(json.dumps({"command": "sync", "target": "external", **record}) + "\n")
+
+
+def test_fresh_backup_and_sync_are_ok_with_age_and_size(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _manifest(
+        config.backup_dir,
+        "server1.20260301.manifest.json",
+        "server1",
+        ["/etc", "/home"],
+        NOW - timedelta(hours=3),
+    )
+    _log(tmp_path, {"end": (NOW - timedelta(hours=1)).isoformat(), "ok": True, "bytes_sent": 42})
+    result = status.assess(config, NOW, 26)
+    assert result.ok
+    backup, sync = result.items
+    assert backup.age_hours == 3
+    assert backup.last_success is not None
+    assert backup.last_success.size == 2000
+    assert sync.age_hours == 1
+    assert sync.last_success is not None
+    assert sync.last_success.size == 42
+
+
+def test_a_stale_sync_fails_and_says_by_how_much(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _manifest(
+        config.backup_dir, "server1.20260301.manifest.json", "server1", ["/etc", "/home"], NOW
+    )
+    _log(tmp_path, {"end": (NOW - timedelta(hours=30)).isoformat(), "ok": True, "bytes_sent": 1})
+    result = status.assess(config, NOW, 26)
+    assert not result.ok
+    assert result.items[1].problem == "last success 30.0 h ago, over the 26 h limit"
+
+
+def test_a_failed_run_after_the_success_is_shown_but_the_age_is_the_successs(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    _log(
+        tmp_path,
+        {"end": (NOW - timedelta(hours=2)).isoformat(), "ok": True, "bytes_sent": 1},
+        {"end": (NOW - timedelta(hours=1)).isoformat(), "ok": False, "message": "rsync exit 12"},
+    )
+    [_, sync] = status.assess(config, NOW, 26).items
+    assert sync.age_hours == 2
+    assert sync.last_failure is not None
+    assert "rsync exit 12" in sync.last_failure
+
+
+def test_a_partial_backup_run_does_not_count_and_never_is_a_failure(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _manifest(config.backup_dir, "server1.20260301.manifest.json", "server1", ["/etc"], NOW)
+    result = status.assess(config, NOW, 26)
+    assert not result.ok
+    assert result.items[0].problem == "never succeeded"
+    assert result.items[1].problem == "never succeeded"
+
+
+def test_a_torn_log_line_is_skipped(tmp_path: Path) -> None:
+    _log(tmp_path, {"end": NOW.isoformat(), "ok": True, "bytes_sent": 5})
+    with (tmp_path / "sync.log").open("a") as handle:
+        handle.write('{"command": "sync", "tar')
+    assert len(status.read_sync_log(tmp_path / "sync.log")) == 1
+
+
+def test_json_output_carries_the_verdict_and_each_item(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    document = json.loads(status.as_json(status.assess(config, NOW, 12)))
+    assert document["ok"] is False
+    assert document["max_age_hours"] == 12
+    assert [i["name"] for i in document["items"]] == ["backup", "sync external"]
