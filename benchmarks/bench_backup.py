@@ -6,7 +6,7 @@ run, on the same tree and with the same tar options:
 
     full         keyforge backup (a master)      vs  tar --listed-incremental ... | zstd -T0 -3
     incremental  keyforge backup (day 2)         vs  the same, on a copy of the day-1 snapshot
-    restore      keyforge restore (both archives) vs  zstd -dc | tar -x --listed-incremental=/dev/null
+    restore      keyforge restore (both archives) vs  zstd -dc | tar -x --listed-incremental=...
 
 For each: wall time, CPU (user + system of every process involved), peak memory (the largest
 resident set of any process involved) and archive size, with the ratios the targets ask for.
@@ -30,9 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TAR_OPTS = (
-    "--xattrs --xattrs-include='*' --acls --sparse --numeric-owner --no-check-device"
-)
+TAR_OPTS = "--xattrs --xattrs-include='*' --acls --sparse --numeric-owner --no-check-device"
 
 
 @dataclass
@@ -155,7 +153,9 @@ def median(samples: list[Sample]) -> Sample:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mb", type=int, default=500, help="size of the synthetic tree")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each step (median kept)")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -165,7 +165,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="kf-bench-", dir=args.workdir))
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = (
+        str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    )
     try:
         run(work, args, env)
     finally:
@@ -205,9 +207,19 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
         shutil.rmtree(kf_dirs[name], ignore_errors=True)
         return keyforge("backup", "--config", str(configs[name]))
 
-    results: dict[str, list[Sample]] = {k: [] for k in (
-        "hand full", "hand full + zstd -t", "keyforge full (no test)", "keyforge full",
-        "hand incremental", "keyforge incremental", "hand restore", "keyforge restore")}
+    results: dict[str, list[Sample]] = {
+        k: []
+        for k in (
+            "hand full",
+            "hand full + zstd -t",
+            "keyforge full (no test)",
+            "keyforge full",
+            "hand incremental",
+            "keyforge incremental",
+            "hand restore",
+            "keyforge restore",
+        )
+    }
     for _ in range(args.repeat):
         results["hand full"].append(measure(hand_full(), env))
         results["keyforge full (no test)"].append(measure(kf_full("kf-notest"), env))
@@ -221,11 +233,20 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
     saved_snar = work / "kf-day1.snar"
     shutil.copy2(kf_snar, saved_snar)
     for _ in range(args.repeat):
-        results["hand incremental"].append(measure(sh(
-            f"cp {hand}/full.snar {hand}/inc.snar; tar --listed-incremental={hand}/inc.snar "
-            f"{TAR_OPTS} -C {src} -cf - . | zstd -T0 -3 -q -f -o {hand}/inc.tar.zst"
-        ), env))
-        for leftover in [*kf_dir.glob("*.incremental.tar.zst"), *kf_dir.glob("bench.*-*.manifest.json")]:
+        results["hand incremental"].append(
+            measure(
+                sh(
+                    f"cp {hand}/full.snar {hand}/inc.snar; "
+                    f"tar --listed-incremental={hand}/inc.snar "
+                    f"{TAR_OPTS} -C {src} -cf - . | zstd -T0 -3 -q -f -o {hand}/inc.tar.zst"
+                ),
+                env,
+            )
+        )
+        for leftover in [
+            *kf_dir.glob("*.incremental.tar.zst"),
+            *kf_dir.glob("bench.*-*.manifest.json"),
+        ]:
             leftover.unlink()
         shutil.copy2(saved_snar, kf_snar)
         results["keyforge incremental"].append(
@@ -238,17 +259,39 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
         out = work / "hand-restore"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
-        results["hand restore"].append(measure(sh(
-            f"zstd -dc -q {hand}/full.tar.zst | {extract} -C {out} -f -; "
-            f"zstd -dc -q {hand}/inc.tar.zst | {extract} -C {out} -f -"
-        ), env))
+        results["hand restore"].append(
+            measure(
+                sh(
+                    f"zstd -dc -q {hand}/full.tar.zst | {extract} -C {out} -f -; "
+                    f"zstd -dc -q {hand}/inc.tar.zst | {extract} -C {out} -f -"
+                ),
+                env,
+            )
+        )
         out = work / "kf-restore"
         shutil.rmtree(out, ignore_errors=True)
-        results["keyforge restore"].append(measure(keyforge(
-            "restore", "--config", str(configs["kf"]), "--source", str(src), "--to", str(out)
-        ), env))
-    same = subprocess.run(["diff", "-r", "--no-dereference", str(src), str(work / "kf-restore")],
-                          capture_output=True, check=False).returncode == 0
+        results["keyforge restore"].append(
+            measure(
+                keyforge(
+                    "restore",
+                    "--config",
+                    str(configs["kf"]),
+                    "--source",
+                    str(src),
+                    "--to",
+                    str(out),
+                ),
+                env,
+            )
+        )
+    same = (
+        subprocess.run(
+            ["diff", "-r", "--no-dereference", str(src), str(work / "kf-restore")],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
 
     sizes = {
         "full": ((hand / "full.tar.zst").stat().st_size, master.stat().st_size),
@@ -271,7 +314,11 @@ def report(results: dict[str, list[Sample]], sizes: dict[str, tuple[int, int]], 
     checks = [
         ("full / hand", med["keyforge full (no test)"].wall / med["hand full"].wall, "<= 1.10"),
         ("full with zstd -t / hand", med["keyforge full"].wall / med["hand full"].wall, "<= 1.25"),
-        ("incremental - hand (s)", med["keyforge incremental"].wall - med["hand incremental"].wall, "<= 0.50"),
+        (
+            "incremental - hand (s)",
+            med["keyforge incremental"].wall - med["hand incremental"].wall,
+            "<= 0.50",
+        ),
         ("restore / hand", med["keyforge restore"].wall / med["hand restore"].wall, "<= 1.10"),
         ("keyforge peak MB", max(med[k].peak_mb for k in med if k.startswith("keyforge")), "< 100"),
     ]

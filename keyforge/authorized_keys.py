@@ -23,6 +23,7 @@ import base64
 import binascii
 import calendar
 import functools
+import gc
 import ipaddress
 import re
 import struct
@@ -107,13 +108,13 @@ _CURVES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Option:
     name: str  # canonical lowercase name (sshd matches names case-insensitively)
     value: str | None = None  # unescaped value for name="value" options; None for flags
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Entry:
     keytype: str
     blob: str  # base64 text as written
@@ -137,7 +138,7 @@ class Entry:
         return any(o.name == wanted for o in self.options)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Line:
     raw: str  # exactly as in the file, without the "\n" or "\r\n" terminator
     lineno: int
@@ -301,9 +302,7 @@ def _check_from_entry(value: str, pattern: str) -> None:
         raise _Invalid(f'from="{value}": "{pattern}" has a bad mask length')
     masklen = int(mask)
     if number & ((1 << (width - masklen)) - 1):
-        raise _Invalid(
-            f'from="{value}": "{pattern}" has host bits set beyond the /{masklen} mask'
-        )
+        raise _Invalid(f'from="{value}": "{pattern}" has host bits set beyond the /{masklen} mask')
 
 
 def _check_from(value: str) -> None:
@@ -364,7 +363,7 @@ class _OptionState:
         env_name = value.partition("=")[0]
         if env_name in self.env_names:
             self.warnings.append(
-                f'environment variable {env_name} is set twice: sshd keeps the first value'
+                f"environment variable {env_name} is set twice: sshd keeps the first value"
             )
         else:
             self.env_names.append(env_name)
@@ -534,7 +533,7 @@ def _load_with_cryptography(keytype: str, blob: str) -> None:
         key = load_ssh_public_key(f"{keytype} {blob}".encode())
     except (ValueError, TypeError) as err:
         raise _Invalid(f"the {keytype} key cannot be loaded: {err}") from None
-    except Exception as err:  # noqa: BLE001 - cryptography's backend may raise its own types
+    except Exception as err:  # cryptography's backend may raise its own types
         raise _Invalid(f"the {keytype} key cannot be loaded: {err}") from None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
         raise _Invalid(f"the RSA key has {key.key_size} bits; sshd refuses fewer than 1024")
@@ -587,16 +586,22 @@ def _skip_blanks(text: str, pos: int) -> int:
     return pos
 
 
+# Where the options end: the first blank outside double quotes, reading \" as a pair, the way
+# sshd's sshkey_advance_past_options finds the key.
+_OPTIONS_END = re.compile(r'(?:[^ \t"\\]++|\\"?|"(?:[^"\\]++|\\"?)*+")*+')
+
+
 def _parse_options_prefix(text: str) -> tuple[tuple[Option, ...], tuple[str, ...], int]:
-    first, _ = _split_word(text, 0)
-    if '"' not in first:
-        try:
-            options, warnings = _options_cached(first)
-        except _Invalid as err:
-            raise _Invalid(_explain_first_word(first, err.reason)) from None
-        return options, warnings, len(first)
-    # quoted values may hold blanks, so the options end wherever the state machine says
-    return _scan_options(text)
+    match = _OPTIONS_END.match(text)
+    end = match.end() if match else 0
+    if end < len(text) and text[end] == '"':
+        return _scan_options(text)  # an unclosed quote: let the state machine say where
+    options_text = text[:end]
+    try:
+        options, warnings = _options_cached(options_text)
+    except _Invalid as err:
+        raise _Invalid(_explain_first_word(options_text, err.reason)) from None
+    return options, warnings, end
 
 
 def _explain_first_word(first: str, reason: str) -> str:
@@ -605,13 +610,73 @@ def _explain_first_word(first: str, reason: str) -> str:
     return reason
 
 
+# A line's common shape, blanks stripped: "[options] type blob [comment]", with a known key type.
+# Quoted option values are read in runs; a backslash always takes a following quote with it, as
+# in sshd. Possessive, so the options never give back a character. Anything else takes the slow
+# path, which names the problem.
+_OPTIONS_PATTERN = r'(?:[^ \t"\\]++|\\"?|"(?:[^"\\]++|\\"?)*+")++'
+_KEY_TYPE_PATTERN = "|".join(sorted(map(re.escape, KEY_TYPES), key=len, reverse=True))
+_FAST_LINE = re.compile(
+    rf"(?:({_OPTIONS_PATTERN})[ \t]+)??({_KEY_TYPE_PATTERN})[ \t]+([A-Za-z0-9+/]+={{0,2}})"
+    r"(?:[ \t]+(.*))?",
+    re.DOTALL,
+)
+
+# Frozen dataclasses set each field through object.__setattr__, which dominates parse time on
+# big files; these build the same objects with one call. Equality, hashing and immutability
+# are the dataclasses' own.
+_new = object.__new__
+
+
+def _fast_entry(keytype: str, blob: str, comment: str, options: tuple[Option, ...]) -> Entry:
+    entry = _new(Entry)
+    fields = entry.__dict__
+    fields["keytype"] = keytype
+    fields["blob"] = blob
+    fields["comment"] = comment
+    fields["options"] = options
+    return entry
+
+
+def _fast_line(
+    raw: str, lineno: int, entry: Entry | None, error: ParseError | None, warnings: tuple[str, ...]
+) -> Line:
+    line = _new(Line)
+    fields = line.__dict__
+    fields["raw"] = raw
+    fields["lineno"] = lineno
+    fields["entry"] = entry
+    fields["error"] = error
+    fields["warnings"] = warnings
+    return line
+
+
+_NO_OPTIONS: tuple[tuple[Option, ...], tuple[str, ...]] = ((), ())
+
+
 def _parse_entry(text: str) -> tuple[Entry | None, tuple[str, ...]]:
-    if "\x00" in text:
-        raise _Invalid("the line contains a NUL character")
-    start = _skip_blanks(text, 0)
-    body = text[start:].rstrip(" \t\r")
+    body = text.lstrip(" \t").rstrip(" \t\r")
     if not body or body[0] == "#":
         return None, ()
+    if "\x00" in body:
+        raise _Invalid("the line contains a NUL character")
+    match = _FAST_LINE.fullmatch(body)
+    if match is None:
+        return _parse_entry_slowly(body)
+    options_text, keytype, blob, comment = match.groups("")
+    if options_text:
+        try:
+            options, warnings = _options_cached(options_text)
+        except _Invalid:
+            return _parse_entry_slowly(body)
+    else:
+        options, warnings = (), ()
+    _check_key(keytype, blob)
+    return _fast_entry(keytype, blob, comment, options), warnings
+
+
+def _parse_entry_slowly(body: str) -> tuple[Entry | None, tuple[str, ...]]:
+    """Walk the line step by step, to name exactly what is wrong with it."""
     first, end = _split_word(body, 0)
     if first in KEY_TYPES:
         options: tuple[Option, ...] = ()
@@ -672,6 +737,18 @@ def parse(text: str, *, source: str | None = None, strict: bool = True) -> list[
     ParseError at the first line sshd would refuse; otherwise such lines come back with
     ``entry=None`` and ``error`` set, so a caller can keep them untouched.
     """
+    # The objects built here hold no reference cycles, yet allocating hundreds of thousands of
+    # them sets off the cyclic collector over and over: pausing it doubles parse speed.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_lines(text, source, strict)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _parse_lines(text: str, source: str | None, strict: bool) -> list[Line]:
     pieces = text.split("\n")
     if pieces[-1] == "":
         pieces.pop()
@@ -681,16 +758,35 @@ def parse(text: str, *, source: str | None = None, strict: bool = True) -> list[
     append = lines.append
     for lineno, piece in enumerate(pieces, 1):
         raw = piece[:-1] if lineno <= terminated and piece.endswith("\r") else piece
-        warnings = _length_warnings(raw)
+        warnings = _length_warnings(raw) if len(raw) * 4 > LINE_LIMIT else ()
+        # the common line inline (see _parse_entry): this loop is the hot path of keyforge
+        body = raw.lstrip(" \t").rstrip(" \t\r")
+        if not body or body[0] == "#":
+            append(_fast_line(raw, lineno, None, None, warnings))
+            continue
+        match = _FAST_LINE.fullmatch(body) if "\x00" not in body else None
+        if match is not None:
+            options_text, keytype, blob, comment = match.groups("")
+            try:
+                options, option_warnings = (
+                    _options_cached(options_text) if options_text else _NO_OPTIONS
+                )
+                _check_key(keytype, blob)
+            except _Invalid:
+                pass  # the slow path below names the problem
+            else:
+                fast = _fast_entry(keytype, blob, comment, options)
+                append(_fast_line(raw, lineno, fast, None, warnings + option_warnings))
+                continue
         try:
             entry, option_warnings = _parse_entry(raw)
         except _Invalid as err:
             error = ParseError(err.reason, lineno=lineno, source=source)
             if strict:
                 raise error from None
-            append(Line(raw, lineno, None, error, warnings))
+            append(_fast_line(raw, lineno, None, error, warnings))
             continue
-        append(Line(raw, lineno, entry, None, warnings + option_warnings))
+        append(_fast_line(raw, lineno, entry, None, warnings + option_warnings))
     return lines
 
 

@@ -23,8 +23,9 @@ import os
 import re
 import shutil
 import stat
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -315,6 +316,13 @@ def decompress_argv(archive: Path) -> list[str]:
 
 def test_argv(archive: Path) -> list[str]:
     return [_decompressor(archive), "-t", "-q", str(archive)]
+
+
+def test_stdin_argv(compression: str) -> list[str]:
+    """Test a compressed stream arriving on stdin (pigz output is plain gzip)."""
+    if compression == "zstd":
+        return ["zstd", "-t", "-q", "-"]
+    return ["gzip", "-t", "-q", "-"]
 
 
 def tar_extract_argv(destination: Path) -> list[str]:
@@ -630,17 +638,20 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
             work_snapshot.unlink()
         raise FileError.from_os_error("write in", backup_dir, err) from err
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb", buffering=0) as out, _flushing(out.fileno()):
+            writer = _ArchiveWriter(out.fileno())
 
             def tick() -> None:
-                reporter.progress(
-                    item.source, os.fstat(out.fileno()).st_size, time.monotonic() - started
-                )
+                reporter.progress(item.source, writer.size, time.monotonic() - started)
 
+            test = config.backup.test_archives
             result = runner.run_pipe(
                 runner.wrap_priority(item.tar_argv, priority),
                 runner.wrap_priority(item.compress_argv, priority),
-                stdout=out,
+                consume=writer.write,
+                checker=runner.wrap_priority(test_stdin_argv(config.backup.compression), priority)
+                if test
+                else None,
                 on_tick=tick,
             )
             tar, compressor = result.first, result.second
@@ -654,24 +665,24 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
                 )
             if tar.returncode > TAR_WARNING_EXIT or tar.returncode < 0:
                 raise CommandError(_tar_failure(tar, item.source))
-            try:
-                os.fsync(out.fileno())
-            except OSError as err:
-                raise FileError.from_os_error("write", partial, err) from err
+            if result.checker is not None and result.checker.returncode != 0:
+                raise CommandError(
+                    f"{item.name} does not decompress: "
+                    + runner.first_error_line(result.checker.stderr, fallback="test failed")
+                )
+            os.fsync(out.fileno())
         warnings = tuple(
             f"{item.source}: {ln.removeprefix('tar: ').strip()}"
             for ln in tar.stderr.splitlines()
             if ln.strip() and "Exiting with failure status" not in ln
         )
-        if config.backup.test_archives:
-            runner.run(runner.wrap_priority(test_argv(partial), priority))
         entry = ArchiveEntry(
             name=item.name,
             source=item.source,
             kind=item.kind,
             chain=item.chain,
-            size=partial.stat().st_size,
-            sha256=sha256_of(partial),
+            size=writer.size,
+            sha256=writer.digest.hexdigest(),
             warnings=warnings,
         )
         partial.replace(final)
@@ -690,6 +701,43 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
         reporter.warn(warning)
     reporter.archive_done(entry, time.monotonic() - started)
     return entry
+
+
+class _ArchiveWriter:
+    """Writes the compressed stream to the archive, hashing and counting it in the same pass."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.digest.update(chunk)
+        self.size += len(chunk)
+
+
+@contextlib.contextmanager
+def _flushing(fd: int, every: float = 1.0) -> Iterator[None]:
+    """Flush the archive to disk in the background while it is written, so the final fsync
+    (which makes the rename safe) has little left to do and the run does not wait for it."""
+    stop = threading.Event()
+
+    def flush() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(OSError):
+                os.fdatasync(fd)
+
+    thread = threading.Thread(target=flush, name="keyforge-flush", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def commit_snapshot(item: PlannedArchive) -> None:

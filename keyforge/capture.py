@@ -627,6 +627,7 @@ def command_from_record(
     if not keep_tilde:
         rewrite = rewrite_tilde(server, home)
         command = rewrite.command
+        parse_server_command(command)  # the home spliced in must leave one plain command
         for old, new in rewrite.changes:
             notes.append(
                 f"rewrote {old} to {new}: sshd runs the forced command through the user's login "

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 from keyforge import runner, sync
-from keyforge.config import Config
+from keyforge.config import Config, SyncConfig
 from keyforge.errors import CommandError, KeyforgeError
 
 # rsync's protocol numbers in use since 2.6 (29) to today (32), with room for what comes next
@@ -87,7 +87,7 @@ def connection_problem(result: runner.Result) -> str | None:
     """Why the key could not log in at all, when that is what happened."""
     if result.returncode != 255 or result.stdout:
         return None
-    verdict = sync.judge(255, result.stderr, sync.SyncConfig())
+    verdict = sync.judge(255, result.stderr, SyncConfig())
     if not verdict.retry:
         return verdict.message
     return "ssh could not connect: " + runner.first_error_line(result.stderr, fallback="exit 255")

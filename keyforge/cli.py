@@ -666,9 +666,8 @@ def verify_command(
     report = restore.run_verify(cfg, scratch=scratch)
     for verdict in report.sources:
         state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
-        say(
-            f"{verdict.source}: {len(verdict.archives)} archive(s), {verdict.entries} entries, {state}"
-        )
+        count = len(verdict.archives)
+        say(f"{verdict.source}: {count} archive(s), {verdict.entries} entries, {state}")
     if not report.ok:
         problems = [*report.problems]
         for verdict in report.sources:
@@ -1083,6 +1082,75 @@ def status_command(
     if not result.ok:
         stale = [item.name for item in result.items if not item.ok]
         raise KeyforgeError(f"not ok: {', '.join(stale)}")
+
+
+@app.command("check")
+def check_command(
+    config_path: ConfigOption = None,
+    target: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--target", "-t", metavar="NAME", show_default=False,
+            help="Check only the [[targets]] entry with this name. Default: every remote target.",
+        ),
+    ] = None,
+) -> None:
+    """Prove from the sending server that the backup key can do nothing but its rsync.
+
+    Logs in with the key as the sync does and asks for a command of its own, a shell, a
+    terminal and a port forward. A locked key answers each with the forced rsync server (which
+    stops at the first unreadable byte, before any file or deletion). Prints what each probe
+    saw and exits 1 when the key is less restricted than expected.
+    """
+    from keyforge import check
+
+    cfg = _load_backup_config(config_path)
+    findings = check.run_checks(cfg, target)
+    loose = []
+    for name, results in findings.items():
+        say(f"{name}:")
+        for finding in results:
+            say(f"  {'ok  ' if finding.ok else 'FAIL'} {finding.probe}: {finding.saw}")
+            if not finding.ok:
+                loose.append(f"{name}: {finding.probe}")
+    for item in check.NOT_PROBED:
+        say(f"  not probed: {item}")
+    if loose:
+        raise KeyforgeError(f"the key is less restricted than expected ({'; '.join(loose)})")
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_command(
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Keep the temporary directory (keys, config, archives, the offsite copy, "
+            "sshd's config and log) to look at afterwards; sshd is stopped all the same.",
+        ),
+    ] = False,
+) -> None:
+    """Run the whole system on this machine in under a minute, and check every step.
+
+    In a new temporary directory (mode 0700) a private sshd on 127.0.0.1, with its own host
+    key and config, plays the receiving host. Then: pair, backup of a small sample tree,
+    capture start, one push (recorded, refused), capture show, install --from-capture, sync
+    with the locked key, restore from the offsite copy and compare, and finally the
+    authorized_keys line and what the key can no longer do (a command of its own, a shell, a
+    terminal, a port forward, a login from another address).
+
+    Needs openssh-server (sshd), openssh-client, rsync and zstd; not Docker, not a running
+    system sshd. Touches nothing outside the temporary directory (except /run/sshd, created
+    for the run and removed if the system lacks it), removes the directory unless --keep,
+    and leaves no process behind. Exits non-zero naming the step that failed.
+    """
+    from keyforge import demo
+
+    demo.run_demo(keep=keep, say=say)
+
 
 def main() -> None:
     """Console-script entry point."""

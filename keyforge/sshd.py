@@ -407,6 +407,13 @@ def private_sshd(
         known_hosts=directory / KNOWN_HOSTS_NAME,
         authorized_keys=authorized_keys or directory / AUTHORIZED_KEYS_NAME,
     )
+    # refuse a path sshd_config cannot hold before anything is written or started
+    for path, what in (
+        (files.host_key, "host key"),
+        (files.pid_file, "pid file"),
+        (files.authorized_keys, "authorized_keys"),
+    ):
+        config_path_value(path, what)
     host_key_line = _write_host_key(files.host_key)
     extra = extra_config_lines(sshd_version(program))
     made_privsep = _ensure_privsep_dir()

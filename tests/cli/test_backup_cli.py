@@ -28,7 +28,9 @@ def write_config(tmp_path: Path, src: Path) -> Path:
 
 def test_init_dry_run_prints_the_commented_defaults_and_writes_nothing(tmp_path: Path) -> None:
     target = tmp_path / "keyforge.toml"
-    result = CliRunner().invoke(app, ["init", "--config", str(target), "--host", "server1", "--dry-run"])
+    result = CliRunner().invoke(
+        app, ["init", "--config", str(target), "--host", "server1", "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert "[backup]" in result.stdout
     assert 'directory = "/mnt/backups/server1"' in result.stdout
@@ -45,7 +47,9 @@ def test_init_writes_a_private_file_and_refuses_to_overwrite_without_force(tmp_p
     target.write_text("# mine\n")
     again = CliRunner().invoke(app, ["init", "--config", str(target)])
     assert again.exit_code == 2
-    assert again.stderr == f"keyforge: error: {target} already exists; pass --force to overwrite it\n"
+    assert (
+        again.stderr == f"keyforge: error: {target} already exists; pass --force to overwrite it\n"
+    )
     assert target.read_text() == "# mine\n"
     forced = CliRunner().invoke(app, ["init", "--config", str(target), "--force", "--host", "web"])
     assert forced.exit_code == 0
@@ -94,14 +98,26 @@ def test_backup_restore_verify_prune_from_the_command_line(tmp_path: Path) -> No
     assert "1 archives (1 master, 0 incremental)" in made.stdout
     assert len(made.stdout.splitlines()) == 1  # one line when not in a terminal
 
-    dry = runner.invoke(app, ["restore", "--config", config, "--source", str(src), "--to",
-                              str(tmp_path / "out"), "--dry-run"])
+    dry = runner.invoke(
+        app,
+        [
+            "restore",
+            "--config",
+            config,
+            "--source",
+            str(src),
+            "--to",
+            str(tmp_path / "out"),
+            "--dry-run",
+        ],
+    )
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.startswith("would apply server1-")
     assert not (tmp_path / "out").exists()
 
-    done = runner.invoke(app, ["restore", "--config", config, "--source", str(src), "--to",
-                               str(tmp_path / "out")])
+    done = runner.invoke(
+        app, ["restore", "--config", config, "--source", str(src), "--to", str(tmp_path / "out")]
+    )
     assert done.exit_code == 0, done.output
     assert (tmp_path / "out/d/f").read_text() == "hello\n"
 
@@ -118,8 +134,9 @@ def test_restore_of_an_unknown_source_names_the_configured_ones(tmp_path: Path) 
     src = tmp_path / "src"
     src.mkdir()
     config = str(write_config(tmp_path, src))
-    result = CliRunner().invoke(app, ["restore", "--config", config, "--source", "/etc", "--to",
-                                      str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["restore", "--config", config, "--source", "/etc", "--to", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
     assert result.stderr == (
         f"keyforge: error: --source /etc is not a configured source (sources: {src})\n"
@@ -130,8 +147,20 @@ def test_restore_at_a_malformed_date_is_a_usage_error(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     config = str(write_config(tmp_path, src))
-    result = CliRunner().invoke(app, ["restore", "--config", config, "--source", str(src), "--to",
-                                      str(tmp_path / "o"), "--at", "yesterday"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "restore",
+            "--config",
+            config,
+            "--source",
+            str(src),
+            "--to",
+            str(tmp_path / "o"),
+            "--at",
+            "yesterday",
+        ],
+    )
     assert result.exit_code == 2
     assert "--at must be a date like 2026-11-28, got 'yesterday'" in result.stderr
 

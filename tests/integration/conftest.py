@@ -1,6 +1,7 @@
 """The Docker lab: a real OpenSSH sshd (the receiving host) and two clients on a fixed network.
 
-docker/compose.yaml starts three containers on 172.30.57.0/24:
+docker/compose.yaml starts three containers on one network (Docker picks its subnet; each
+test run is its own Compose project, so runs side by side never meet):
 
 - ``receiver`` (the post's raspberrypi): sshd, rsync, keyforge, user ``foo``;
 - ``sender`` (server1): the one address the backup key is allowed from;
@@ -29,12 +30,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker" / "compose.yaml"
-PROJECT = "keyforge-tests"
+PROJECT = f"keyforge-tests-{os.getpid()}"
 IMAGES = ("keyforge/receiver:test", "keyforge/sender:test")
-
-RECEIVER_IP = "172.30.57.10"
-SENDER_IP = "172.30.57.20"
-INTRUDER_IP = "172.30.57.30"
 
 FOO_HOME = "/home/foo"
 BACKUP_KEY = f"{FOO_HOME}/.ssh/backups"
@@ -211,9 +208,18 @@ class Lab:
     intruder: Host
     ssh_port_on_host: int
 
-    RECEIVER_IP: ClassVar[str] = RECEIVER_IP
-    SENDER_IP: ClassVar[str] = SENDER_IP
-    INTRUDER_IP: ClassVar[str] = INTRUDER_IP
+    @property
+    def RECEIVER_IP(self) -> str:
+        return self.receiver.address
+
+    @property
+    def SENDER_IP(self) -> str:
+        return self.sender.address
+
+    @property
+    def INTRUDER_IP(self) -> str:
+        return self.intruder.address
+
     FOO_HOME: ClassVar[str] = FOO_HOME
     BACKUP_KEY: ClassVar[str] = BACKUP_KEY
     ADMIN_KEY: ClassVar[str] = ADMIN_KEY
@@ -249,10 +255,11 @@ class Lab:
         return self.receiver.read_file(AUTHORIZED_KEYS, user="foo")
 
     def keyforge_install(
-        self, public_key: str, *, command: str, source: str = SENDER_IP, extra: Sequence[str] = ()
+        self, public_key: str, *, command: str, extra: Sequence[str] = ()
     ) -> subprocess.CompletedProcess[str]:
-        """``keyforge install`` inside the receiver, as foo, the key read from stdin."""
-        argv = ["keyforge", "install", "--key", "-", "--from", source, "--command", command]
+        """``keyforge install`` inside the receiver, as foo, locked to the sender's address,
+        the key read from stdin."""
+        argv = ["keyforge", "install", "--key", "-", "--from", self.SENDER_IP, "--command", command]
         return self.receiver.run([*argv, *extra], user="foo", input=public_key)
 
     def keyforge_revoke(self, public_key: str) -> subprocess.CompletedProcess[str]:
@@ -262,7 +269,7 @@ class Lab:
         """The post's nightly push: rsync -az --delete --rsh='ssh -i KEY' SRC foo@host:DEST."""
         return [
             "rsync", "-az", "--delete", f"--rsh={self.rsh(key)}", source,
-            f"foo@{RECEIVER_IP}:{destination}",
+            f"foo@{self.RECEIVER_IP}:{destination}",
         ]  # fmt: skip
 
     @staticmethod
@@ -330,8 +337,6 @@ def docker_compose_command() -> str:
 
 @pytest.fixture(scope="session")
 def docker_compose_project_name() -> str:
-    # Fixed, because the network's subnet is fixed: a run killed half-way leaves containers
-    # that the next run's "down" removes instead of tripping over their subnet.
     return PROJECT
 
 
@@ -345,12 +350,23 @@ def docker_cleanup() -> list[str]:
     return ["down -v --remove-orphans"]
 
 
-def container_id(service: str) -> str:
+def started_host(service: str) -> Host:
+    """The service's one container and its address on the lab network."""
     argv = [*(compose_argv() or []), "-f", str(COMPOSE_FILE), "-p", PROJECT, "ps", "-q", service]
     result = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
     ids = result.stdout.split()
     assert len(ids) == 1, f"expected one {service} container, found {ids}"
-    return ids[0]
+    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+    inspect = subprocess.run(
+        ["docker", "inspect", "--format", template, ids[0]],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    addresses = inspect.stdout.split()
+    assert len(addresses) == 1, f"expected one address for {service}, found {addresses}"
+    return Host(service, ids[0], addresses[0])
 
 
 @pytest.fixture(scope="session")
@@ -360,17 +376,9 @@ def lab(docker_available: None, docker_services: object) -> Iterator[Lab]:
     docker_services.wait_until_responsive(  # type: ignore[attr-defined]
         check=lambda: sshd_answers(port), timeout=60.0, pause=0.3
     )
-    hosts = {
-        name: Host(name, container_id(name), address)
-        for name, address in (
-            ("receiver", RECEIVER_IP),
-            ("sender", SENDER_IP),
-            ("intruder", INTRUDER_IP),
-        )
-    }
-    the_lab = Lab(hosts["receiver"], hosts["sender"], hosts["intruder"], port)
+    the_lab = Lab(started_host("receiver"), started_host("sender"), started_host("intruder"), port)
     host_key = the_lab.receiver.read_file("/etc/ssh/ssh_host_ed25519_key.pub").split()
-    pinned = f"{RECEIVER_IP} {host_key[0]} {host_key[1]}\n"
+    pinned = f"{the_lab.RECEIVER_IP} {host_key[0]} {host_key[1]}\n"
     for client in (the_lab.sender, the_lab.intruder):
         client.write_file(KNOWN_HOSTS, pinned, user="foo", mode="0644")
     yield the_lab
@@ -436,7 +444,7 @@ def rsync_server_command(lab: Lab, keys: Keys, backup_source: str) -> str:
     lab.write_authorized_keys(f'command="{FOO_HOME}/.ssh/record" {keys.backup_public}\n')
     lab.sender.run(
         ["rsync", "-az", "--delete", f"--rsh={lab.rsh(BACKUP_KEY)}", backup_source,
-         f"foo@{RECEIVER_IP}:~/srvbackups/"],
+         f"foo@{lab.RECEIVER_IP}:~/srvbackups/"],
         user="foo",
         check=False,  # the recorder speaks no rsync protocol
     )  # fmt: skip

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from keyforge import capture, install, keys, sshd, sync
+from keyforge import authorized_keys, capture, install, keys, sshd, sync
 from keyforge.config import Config, parse
 
 
@@ -100,8 +100,6 @@ def locked_key_line(public: str, command: str) -> str:
         from_patterns=[sshd.LOOPBACK],
         command=command,
     )
-    from keyforge import authorized_keys
-
     return authorized_keys.render(entry)
 
 

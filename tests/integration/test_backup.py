@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from keyforge import backup, config, fsutil, restore
 from keyforge.cli import app
-from keyforge.errors import CommandError, FileError, LockedError
+from keyforge.errors import CommandError, FileError, KeyforgeError, LockedError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="backups of owners need root")
 
@@ -368,7 +368,7 @@ def test_a_full_disk_leaves_no_archive_and_the_chain_intact(tmp_path: Path, tmpf
     snapshot = backup.snapshot_path(cfg, backup.source_slug(str(src)))
     snapshot_before = snapshot.read_bytes()
     write(src / "big", os.urandom(4 * 1024 * 1024))
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(KeyforgeError) as caught:
         backup.run_backup(cfg, now=DAY2)
     assert "No space left on device" in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -413,6 +413,11 @@ def test_leftovers_of_a_killed_run_never_look_finished_and_are_cleaned(tmp_path:
     assert name not in [r.name for r in backup.scan_archives(cfg)]
     backup.run_backup(cfg, now=DAY2)
     assert not leftover.exists()
+
+
+def acl(path: Path) -> str:
+    argv = ["getfacl", "-c", "-p", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
 def fake_tar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_code: int) -> None:
@@ -496,11 +501,6 @@ def test_xattrs_acls_sparse_files_owners_and_mtimes_come_back(tmp_path: Path) ->
 
     assert_same_tree(src, out)
     assert os.getxattr(out / "attrs", "trusted.keyforge") == b"\x00\x01binary"
-    acl = lambda p: (
-        subprocess.run(
-            ["getfacl", "-c", "-p", str(p)], capture_output=True, text=True, check=True
-        ).stdout
-    )  # noqa: E731
     assert acl(out / "acl") == acl(src / "acl")
     assert "user:4321:rw-" in acl(out / "acl")
     assert acl(out / "acldir") == acl(src / "acldir")
@@ -523,3 +523,26 @@ def test_a_change_hidden_behind_the_old_size_and_mtime_is_caught_by_ctime(tmp_pa
     backup.run_backup(cfg, now=DAY2)
     restore.run_restore(cfg, str(src), tmp_path / "out")
     assert (tmp_path / "out/config").read_bytes() == b"password=new"
+
+
+def test_an_archive_that_does_not_decompress_is_never_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    write(src / "a", b"1")
+    cfg = make_config(tmp_path, src)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    real = shutil.which("zstd")
+    script = bindir / "zstd"
+    # compresses to garbage, but tests with the real zstd
+    script.write_text(
+        f'#!/bin/sh\nif [ "$1" = "-t" ]; then exec {real} "$@"; fi\n'
+        "cat >/dev/null\necho 'not zstd'\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    with pytest.raises(CommandError, match="does not decompress"):
+        backup.run_backup(cfg, now=DAY1)
+    assert backup.scan_archives(cfg) == []
+    assert not list(cfg.backup_dir.glob("*.partial"))

@@ -88,7 +88,14 @@ def test_capture_local_prints_what_the_recorder_logs(receiving, options):
 
 def test_the_cli_prints_the_command_first_and_reports_the_remote_shell(receiving):
     recorder, ssh, source = receiving
-    argv = ["rsync", "-az", "--delete", f"--rsh={ssh} -p 2222", str(source), "foo@rpi:~/srvbackups/"]
+    argv = [
+        "rsync",
+        "-az",
+        "--delete",
+        f"--rsh={ssh} -p 2222",
+        str(source),
+        "foo@rpi:~/srvbackups/",
+    ]
     logged = push_through_the_recorder(recorder, ssh, argv)
 
     result = CliRunner().invoke(app, ["capture", "local", "--", *argv])
@@ -145,5 +152,5 @@ def test_an_rsync_daemon_target_is_refused_before_rsync_connects(tmp_path, remot
 
 
 def test_rsync_failing_before_its_remote_shell_is_an_error_saying_so(tmp_path):
-    with pytest.raises(capture.CaptureError, match="did not start a remote shell.*no-such-opt"):
+    with pytest.raises(capture.CaptureError, match=r"did not start a remote shell.*no-such-opt"):
         capture.capture_local(["rsync", "--no-such-opt", str(tmp_path), "h:/x/"])

@@ -23,10 +23,9 @@ def _write_units(directory: Path, text_change: tuple[str, str] | None = None) ->
     jobs = schedule.jobs_for(config, Path("/etc/keyforge/keyforge.toml"), [sys.executable])
     paths = []
     for name, text in schedule.render_systemd(config.schedule, jobs).items():
-        if text_change is not None:
-            text = text.replace(*text_change)
+        changed = text.replace(*text_change) if text_change is not None else text
         path = directory / name
-        path.write_text(text)
+        path.write_text(changed)
         paths.append(path)
     return paths
 

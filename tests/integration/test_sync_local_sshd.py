@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sync_lab import Lab, locked_receiver, tree
 
-from keyforge import keys, sshd, sync
+from keyforge import fsutil, keys, sshd, sync
 from keyforge.errors import KeyforgeError
 
 pytestmark = pytest.mark.slow
@@ -159,8 +159,6 @@ def test_a_sync_killed_halfway_then_run_again_completes_exactly(lab: Lab, tmp_pa
 
 
 def test_a_held_lock_refuses_a_second_run(lab: Lab) -> None:
-    from keyforge import fsutil
-
     with fsutil.locked(lab.source / ".keyforge.lock"):
         result = _keyforge("sync", "--config", str(lab.write_config(max_delete=5)))
     assert result.returncode == 75
@@ -171,3 +169,47 @@ def test_a_missing_source_directory_is_refused(lab: Lab, tmp_path: Path) -> None
     config = lab.config(max_delete=5, source=str(tmp_path / "unmounted"))
     with pytest.raises(KeyforgeError, match="is not a directory"):
         sync.sync(config, None)
+
+
+# --- keyforge check ----------------------------------------------------------------------------
+
+
+def _with_key_line(lab: Lab, options: str) -> str:
+    """Swap the authorized_keys line for the same key under other options; return the old text."""
+    old = lab.server.authorized_keys.read_text()
+    key = old[old.index("ssh-ed25519 ") :]
+    lab.server.authorized_keys.write_text(f"{options} {key}".lstrip())
+    return old
+
+
+def test_check_proves_the_locked_key_refuses_everything_but_rsync(lab: Lab) -> None:
+    result = _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   a command of its own: refused: the forced rsync server answered" in result.stdout
+    assert "ok   an interactive shell: refused" in result.stdout
+    assert "ok   terminal: refused: PTY allocation request failed" in result.stdout
+    assert "ok   port forwarding: refused: administratively prohibited" in result.stdout
+    assert tree(lab.copy) == {}
+
+
+def test_check_fails_on_an_unrestricted_key(lab: Lab) -> None:
+    old = _with_key_line(lab, "")
+    try:
+        result = _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
+    finally:
+        lab.server.authorized_keys.write_text(old)
+    assert result.returncode == 1
+    assert "FAIL a command of its own: it ran what was asked" in result.stdout
+    assert "FAIL port forwarding" in result.stdout
+    assert "less restricted than expected" in result.stderr
+
+
+def test_check_fails_on_a_forced_command_that_is_not_rsync(lab: Lab) -> None:
+    old = _with_key_line(lab, 'restrict,command="ls"')
+    try:
+        result = _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
+    finally:
+        lab.server.authorized_keys.write_text(old)
+    assert result.returncode == 1
+    assert "FAIL a command of its own: no rsync server answered" in result.stdout
+    assert "ok   terminal" in result.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -24,11 +26,9 @@ value_text = st.text(
 env_name = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 ipv4 = st.ip_addresses(v=4).map(str)
 cidr = st.builds(
-    lambda net: str(net),
+    str,
     st.ip_addresses(v=4).flatmap(
-        lambda a: st.integers(0, 32).map(
-            lambda m: __import__("ipaddress").ip_network(f"{a}/{m}", strict=False)
-        )
+        lambda a: st.integers(0, 32).map(lambda m: ipaddress.ip_network(f"{a}/{m}", strict=False))
     ),
 )
 port = st.integers(1, 65535).map(str)
@@ -39,7 +39,9 @@ value_options = st.one_of(
     st.lists(st.one_of(ipv4, cidr, st.just("*.example.org")), min_size=1, max_size=3).map(
         lambda xs: ak.Option("from", ",".join(xs))
     ),
-    st.builds(lambda h, p: ak.Option("permitopen", f"{h}:{p}"), st.sampled_from(["h", "[::1]"]), port),
+    st.builds(
+        lambda h, p: ak.Option("permitopen", f"{h}:{p}"), st.sampled_from(["h", "[::1]"]), port
+    ),
     port.map(lambda p: ak.Option("permitlisten", p)),
     st.sampled_from(["20991231", "209912312359Z", "20991231235959"]).map(
         lambda v: ak.Option("expiry-time", v)
@@ -72,17 +74,15 @@ entries = st.builds(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(entries)
 def test_parse_of_render_gives_back_the_entry(entry: ak.Entry) -> None:
     assert ak.parse_line(ak.render(entry)) == entry
 
 
-@settings(max_examples=300)
-@given(st.lists(entries, max_size=5), st.sampled_from(["\n", "\r\n"]))
-def test_a_rendered_file_parses_back_line_by_line(
-    wanted: list[ak.Entry], newline: str
-) -> None:
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(entries, max_size=4), st.sampled_from(["\n", "\r\n"]))
+def test_a_rendered_file_parses_back_line_by_line(wanted: list[ak.Entry], newline: str) -> None:
     text = "".join(ak.render(e) + newline for e in wanted)
     assert [line.entry for line in ak.parse(text)] == wanted
 
@@ -99,7 +99,7 @@ noisy_text = st.one_of(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(noisy_text)
 def test_parse_raises_nothing_but_parse_error_on_any_text(text: str) -> None:
     try:
@@ -113,7 +113,5 @@ def test_parse_raises_nothing_but_parse_error_on_any_text(text: str) -> None:
 @settings(max_examples=300)
 @given(noisy_text)
 def test_bare_option_parsing_raises_nothing_but_parse_error(text: str) -> None:
-    try:
+    with contextlib.suppress(ParseError):
         ak.parse_options(text)
-    except ParseError:
-        pass

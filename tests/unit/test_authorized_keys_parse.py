@@ -139,9 +139,7 @@ def test_blank_and_comment_lines_have_no_entry(text: str) -> None:
 
 def test_leading_blanks_are_skipped_and_the_comment_kept_whole() -> None:
     entry = ak.parse_line(f" \t no-pty\t{ED_TYPE}  {ED_BLOB}   backup key  for server1  ")
-    assert entry == ak.Entry(
-        ED_TYPE, ED_BLOB, "backup key  for server1", (ak.Option("no-pty"),)
-    )
+    assert entry == ak.Entry(ED_TYPE, ED_BLOB, "backup key  for server1", (ak.Option("no-pty"),))
 
 
 def test_option_names_are_read_case_insensitively_and_kept_lowercase() -> None:

@@ -102,6 +102,8 @@ def test_an_unwritable_key_or_comment_is_refused(bad: ak.Entry, reason: str) -> 
 
 
 def test_the_template_holds_the_layout_only() -> None:
-    template = (Path(__file__).resolve().parents[2] / "templates" / "authorized_keys.j2").read_text()
+    template = (
+        Path(__file__).resolve().parents[2] / "templates" / "authorized_keys.j2"
+    ).read_text()
     assert "replace" not in template
     assert "{{ options }}" in template

@@ -47,7 +47,9 @@ def test_the_backup_directory_defaults_to_mnt_backups_host() -> None:
         ({"sync": {"retries": -1}}, "[sync] retries must be >= 0"),
     ],
 )
-def test_a_wrong_key_or_type_is_an_error_naming_it(document: dict[str, object], message: str) -> None:
+def test_a_wrong_key_or_type_is_an_error_naming_it(
+    document: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         config.parse(document)
     assert message in str(caught.value)

@@ -26,7 +26,9 @@ def daily(slug: str, start: dt.date, days: int, full_every: int) -> list[Archive
     out = []
     for i in range(days):
         day = start + dt.timedelta(days=i)
-        out.append(rec(slug, day.strftime("%Y%m%d"), MASTER if i % full_every == 0 else INCREMENTAL))
+        out.append(
+            rec(slug, day.strftime("%Y%m%d"), MASTER if i % full_every == 0 else INCREMENTAL)
+        )
     return out
 
 
@@ -186,7 +188,9 @@ def test_tar_keeps_xattrs_acls_sparseness_and_ignores_device_numbers() -> None:
 
 
 def test_the_backup_directory_inside_a_source_is_excluded() -> None:
-    options = backup.exclude_options("/var", "/var/backups/server1", ["/var/cache", "/etc/x", "*.tmp"])
+    options = backup.exclude_options(
+        "/var", "/var/backups/server1", ["/var/cache", "/etc/x", "*.tmp"]
+    )
     assert options == [
         "--anchored",
         "--no-wildcards",
@@ -208,7 +212,9 @@ def test_sources_that_collide_or_contain_the_backup_directory_are_refused() -> N
     clash = config.parse({"backup": {"sources": ["/srv/a b", "/srv/a_b"]}}).backup
     with pytest.raises(ConfigError, match="share archive name"):
         backup.check_sources(clash)
-    inside = config.parse({"backup": {"sources": ["/mnt/backups/h/x"], "directory": "/mnt/backups/h"}})
+    inside = config.parse(
+        {"backup": {"sources": ["/mnt/backups/h/x"], "directory": "/mnt/backups/h"}}
+    )
     with pytest.raises(ConfigError, match="inside the backup directory"):
         backup.check_sources(inside.backup)
     gzip9 = config.parse({"backup": {"compression": "gzip", "compression_level": 12}}).backup

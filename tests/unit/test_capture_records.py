@@ -24,7 +24,7 @@ def encode(command: str | None, *, client: str = "192.0.2.10", key: str = KEY) -
 HOSTILE = [
     "rsync --server -logDtprze.iLsfxCIvu --delete . ~/srvbackups/",
     "",
-    "it's \"quoted\" $(touch /tmp/x) `id` ; rm -rf / | cat > f & \\",
+    'it\'s "quoted" $(touch /tmp/x) `id` ; rm -rf / | cat > f & \\',
     "line one\nline two\r\n",
     "\t".join(["tab", "separated", "fields"]),
     "".join(chr(c) for c in range(1, 32)) + "\x7f\x1b[31m",
@@ -107,7 +107,7 @@ def test_the_latest_record_is_the_last_one(tmp_path):
 
 
 def test_a_missing_log_says_how_to_make_one(tmp_path):
-    with pytest.raises(capture.CaptureError, match="no capture log at .*capture start"):
+    with pytest.raises(capture.CaptureError, match=r"no capture log at .*capture start"):
         capture.read_log(tmp_path / "capture.log")
 
 
