@@ -735,7 +735,6 @@ def sync_command(
         raise CommandError("; ".join(sync.summary(report) for report in failed))
 
 
-
 @app.command("schedule")
 def schedule_command(
     config_path: ConfigOption = None,
@@ -761,7 +760,9 @@ def schedule_command(
     dest: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            "--dest", metavar="DIR", show_default=False,
+            "--dest",
+            metavar="DIR",
+            show_default=False,
             help="Install into DIR instead of /etc/cron.d or /etc/systemd/system (for staging "
             "an image).",
         ),
@@ -804,8 +805,10 @@ def schedule_command(
         for other in schedule.other_kind_files(kind):
             warn(f"{other} is installed too: remove it, or every job runs twice")
     if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
-        say("next: systemctl daemon-reload && "
-            "systemctl enable --now keyforge-backup.timer keyforge-sync.timer")
+        say(
+            "next: systemctl daemon-reload && "
+            "systemctl enable --now keyforge-backup.timer keyforge-sync.timer"
+        )
 
 
 # --- capture: learn the command rsync sends ---------------------------------------------------
@@ -1049,7 +1052,6 @@ def _check_capture_options(
         raise UsageError("--from-captured-address replaces --from and --any-source; give one")
 
 
-
 @app.command("status")
 def status_command(
     config_path: ConfigOption = None,
@@ -1057,7 +1059,9 @@ def status_command(
     max_age: Annotated[
         float,
         typer.Option(
-            "--max-age", metavar="HOURS", min=0.0,
+            "--max-age",
+            metavar="HOURS",
+            min=0.0,
             help="Fail when the last successful backup or sync is older than this.",
         ),
     ] = 26.0,
@@ -1090,7 +1094,10 @@ def check_command(
     target: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            "--target", "-t", metavar="NAME", show_default=False,
+            "--target",
+            "-t",
+            metavar="NAME",
+            show_default=False,
             help="Check only the [[targets]] entry with this name. Default: every remote target.",
         ),
     ] = None,
@@ -1143,9 +1150,9 @@ def demo_command(
     terminal, a port forward, a login from another address).
 
     Needs openssh-server (sshd), openssh-client, rsync and zstd; not Docker, not a running
-    system sshd. Touches nothing outside the temporary directory (except /run/sshd, created
-    for the run and removed if the system lacks it), removes the directory unless --keep,
-    and leaves no process behind. Exits non-zero naming the step that failed.
+    system sshd. Touches nothing outside the temporary directory (except that root's sshd
+    needs /run/sshd: when the system lacks it, an empty one is made), removes the directory
+    unless --keep, and leaves no process behind. Exits non-zero naming the step that failed.
     """
     from keyforge import demo
 

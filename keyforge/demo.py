@@ -9,8 +9,8 @@ capture show -> install the locked key from the capture -> sync -> verify from t
 -> show the final authorized_keys line and what the key can no longer do.
 
 The directory is removed at the end (unless ``keep``) and sshd is stopped whatever happens, so
-no process is left running. Nothing outside the directory is touched, except /run/sshd when
-root's sshd needs it and the system lacks it (created for the run, removed afterwards).
+no process is left running. Nothing outside the directory is touched, except that an empty
+/run/sshd is created when root's sshd needs it and the system lacks it.
 """
 
 from __future__ import annotations
@@ -241,8 +241,6 @@ def _step(run: _Run, number: int, title: str) -> Iterator[None]:
     try:
         yield
     except KeyforgeError as err:
-        if isinstance(err, DemoError):
-            raise
         name = title.partition(":")[0]
         raise DemoError(f"step {number}/{STEPS} ({name}) failed: {err}") from err
 
@@ -260,7 +258,7 @@ def step_receiver(run: _Run, server: PrivateSshd) -> None:
     run.detail(f"sshd pid {server.pid} on {LOOPBACK}:{server.port}, config {server.config}")
     run.detail(f"known_hosts: {server.known_hosts.read_text().strip()}")
     if server.created_privsep_dir:
-        run.detail("created /run/sshd, which root's sshd needs; removed at the end")
+        run.detail("created /run/sshd, which root's sshd needs and the system lacked; it stays")
     step_config(run, server)
     run.detail(f"the sending server's config: {run.layout.config}")
 
@@ -281,8 +279,7 @@ def step_config(run: _Run, server: PrivateSshd) -> None:
         remote_path=config.toml_string(f"{layout.offsite}/"),
         known_hosts=config.toml_string(str(server.known_hosts)),
     )
-    layout.config.write_text(text)
-    layout.config.chmod(0o600)
+    fsutil.atomic_write(layout.config, text.encode(), mode=fsutil.PRIVATE_FILE)
     run.cfg = config.load(layout.config)
 
 

@@ -9,7 +9,8 @@ process is left behind.
 
 Nothing outside ``directory`` is touched, with one exception: sshd started as root insists on
 its privilege separation directory (/run/sshd), which the openssh-server package normally
-creates. When it is missing it is created for the run and removed afterwards.
+creates. When it is missing it is created (empty, root's, 0755, as the package makes it) and
+left in place: removing it could break a system sshd started in the meantime.
 
 Run as root the server lets root log in (with a key only); run as another user it runs as that
 user and only that user can log in.
@@ -77,7 +78,7 @@ class PrivateSshd:
     authorized_keys: Path
     known_hosts: Path
     host_key_line: str  # "ssh-ed25519 AAAA..." as pinned in known_hosts
-    created_privsep_dir: bool = False  # /run/sshd was missing and is removed afterwards
+    created_privsep_dir: bool = False  # /run/sshd was missing and has been created
 
     @property
     def host(self) -> str:
@@ -242,14 +243,24 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (which may hold spaces): state is field 0."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
 def is_running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat[stat.rfind(")") + 2 :].split()[:1]
-    return state != ["Z"]
+    fields = _stat_fields(pid)
+    return fields is not None and fields[:1] != ["Z"]
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -259,8 +270,20 @@ def _signal(pid: int, sig: int) -> None:
 
 def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
     """Stop the listener and every session process under it; wait until all are gone."""
-    children = descendants(proc.pid) if proc.poll() is None else []
-    for pid in [proc.pid, *children]:
+    # a pid with its start time names one process, even if the pid is reused later
+    children = (
+        {pid: _start_time(pid) for pid in descendants(proc.pid)} if proc.poll() is None else {}
+    )
+
+    def alive() -> list[int]:
+        return [
+            pid
+            for pid, started in children.items()
+            if is_running(pid) and _start_time(pid) == started
+        ]
+
+    proc.terminate()
+    for pid in alive():
         _signal(pid, signal.SIGTERM)
     try:
         proc.wait(timeout=timeout)
@@ -268,9 +291,9 @@ def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEO
         proc.kill()
         proc.wait()
     deadline = time.monotonic() + timeout
-    while any(is_running(pid) for pid in children):
+    while alive():
         if time.monotonic() > deadline:
-            for pid in children:
+            for pid in alive():
                 _signal(pid, signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -337,11 +360,6 @@ def _ensure_privsep_dir() -> bool:
             f"cannot create sshd's privilege separation directory {PRIVSEP_DIR}: {err}"
         ) from err
     return True
-
-
-def _remove_privsep_dir() -> None:
-    with contextlib.suppress(OSError):
-        PRIVSEP_DIR.rmdir()  # only when empty: another sshd may have started using it
 
 
 def _start(
@@ -417,50 +435,46 @@ def private_sshd(
     host_key_line = _write_host_key(files.host_key)
     extra = extra_config_lines(sshd_version(program))
     made_privsep = _ensure_privsep_dir()
+    proc: subprocess.Popen[bytes] | None = None
+    port = 0
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = free_port()
+        text = render_config(
+            port=port,
+            host_key=files.host_key,
+            pid_file=files.pid_file,
+            authorized_keys=files.authorized_keys,
+            user=user,
+            extra_lines=extra,
+        )
+        fsutil.atomic_write(files.config, text.encode(), mode=fsutil.PRIVATE_FILE)
+        check_config(program, files.config)
+        files.log.write_bytes(b"")
+        try:
+            proc, _ = _start(program, files, port, timeout=timeout)
+            break
+        except SshdError:
+            # another program took the free port between the probe and sshd's bind
+            if attempt == START_ATTEMPTS or not _address_in_use(files.log):
+                raise
+    assert proc is not None
     try:
-        proc: subprocess.Popen[bytes] | None = None
-        port = 0
-        for attempt in range(1, START_ATTEMPTS + 1):
-            port = free_port()
-            text = render_config(
-                port=port,
-                host_key=files.host_key,
-                pid_file=files.pid_file,
-                authorized_keys=files.authorized_keys,
-                user=user,
-                extra_lines=extra,
-            )
-            fsutil.atomic_write(files.config, text.encode(), mode=fsutil.PRIVATE_FILE)
-            check_config(program, files.config)
-            files.log.write_bytes(b"")
-            try:
-                proc, _ = _start(program, files, port, timeout=timeout)
-                break
-            except SshdError:
-                # another program took the free port between the probe and sshd's bind
-                if attempt == START_ATTEMPTS or not _address_in_use(files.log):
-                    raise
-        assert proc is not None
         fsutil.atomic_write(
             files.known_hosts, known_hosts_line(port, host_key_line).encode(), mode=0o644
         )
-        try:
-            yield PrivateSshd(
-                directory=directory,
-                port=port,
-                pid=proc.pid,
-                user=user,
-                sshd=program,
-                config=files.config,
-                log=files.log,
-                pid_file=files.pid_file,
-                authorized_keys=files.authorized_keys,
-                known_hosts=files.known_hosts,
-                host_key_line=host_key_line,
-                created_privsep_dir=made_privsep,
-            )
-        finally:
-            stop_process_tree(proc)
+        yield PrivateSshd(
+            directory=directory,
+            port=port,
+            pid=proc.pid,
+            user=user,
+            sshd=program,
+            config=files.config,
+            log=files.log,
+            pid_file=files.pid_file,
+            authorized_keys=files.authorized_keys,
+            known_hosts=files.known_hosts,
+            host_key_line=host_key_line,
+            created_privsep_dir=made_privsep,
+        )
     finally:
-        if made_privsep:
-            _remove_privsep_dir()
+        stop_process_tree(proc)
