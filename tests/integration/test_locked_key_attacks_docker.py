@@ -28,27 +28,39 @@ def guarded(lab, locked):
     return lab.home_snapshot()
 
 
-def ssh_to_receiver(lab, *args, key=None, input=None, env=None):
+def ssh_to_receiver(lab, *remote, options=(), key=None, input=None):
+    """ssh [options] foo@receiver [remote command] from the sender's address."""
     return lab.ssh(
-        lab.sender, key or lab.BACKUP_KEY, *args, f"foo@{lab.RECEIVER_IP}", input=input, env=env
+        lab.sender,
+        key or lab.BACKUP_KEY,
+        *options,
+        f"foo@{lab.RECEIVER_IP}",
+        *remote,
+        input=input,
     )
 
 
-def scp_argv(lab, *args):
-    return ["scp", *lab_ssh_options(lab), "-i", lab.BACKUP_KEY, *args]
-
-
-def lab_ssh_options(lab):
-    # The same client options as lab.ssh, taken from its rsh string minus "ssh -p 22 -i KEY".
+def client_options(lab):
+    """The lab's ssh client options, taken from its --rsh string past "ssh -p 22 -i KEY"."""
     words = lab.rsh(lab.BACKUP_KEY).split()
     return words[words.index("-o") :]
+
+
+def bounded(*argv):
+    """A client the forced rsync may leave waiting forever (two rsync receivers, or scp and
+    rsync, each waiting for the other): it is stopped after a few seconds."""
+    return ["timeout", "-s", "KILL", "8", *argv]
+
+
+def scp_argv(lab, *args):
+    return bounded("scp", *client_options(lab), "-i", lab.BACKUP_KEY, *args)
 
 
 SESSION_ATTACKS = {
     "remote command rm -rf ~": lambda lab: ssh_to_receiver(lab, "rm -rf ~; touch ~/pwned"),
     "interactive shell": lambda lab: ssh_to_receiver(lab, input="touch ~/pwned\nrm -rf ~\n"),
     "forced terminal (ssh -tt)": lambda lab: ssh_to_receiver(
-        lab, "-tt", input="touch ~/pwned\nrm -rf ~\n"
+        lab, options=["-tt"], input="touch ~/pwned\nrm -rf ~\n"
     ),
     "scp upload (sftp protocol)": lambda lab: lab.sender.run(
         scp_argv(lab, "/etc/hostname", f"foo@{lab.RECEIVER_IP}:pwned"), user="foo", check=False
@@ -64,19 +76,21 @@ SESSION_ATTACKS = {
         check=False,
     ),
     "sftp put, get and rm": lambda lab: lab.sender.run(
-        ["sftp", *lab_ssh_options(lab), "-i", lab.BACKUP_KEY, "-b", "-", f"foo@{lab.RECEIVER_IP}"],
+        bounded(
+            "sftp", *client_options(lab), "-i", lab.BACKUP_KEY, "-b", "-", f"foo@{lab.RECEIVER_IP}"
+        ),
         user="foo",
         input="put /etc/hostname pwned\nget .ssh/authorized_keys /tmp/stolen\nrm srvbackups\n",
         check=False,
     ),
     "rsync pull of the backups": lambda lab: lab.sender.run(
-        [
+        bounded(
             "rsync",
             "-az",
             f"--rsh={lab.rsh(lab.BACKUP_KEY)}",
             f"foo@{lab.RECEIVER_IP}:~/srvbackups/",
             "/tmp/pulled/",
-        ],
+        ),
         user="foo",
         check=False,
     ),
@@ -104,8 +118,8 @@ def test_attack_runs_only_the_forced_rsync_and_changes_nothing(
 
 
 def test_pty_is_refused_to_the_backup_key_but_not_to_the_admin_key(lab, guarded):
-    backup = ssh_to_receiver(lab, "-tt", input="")
-    admin = ssh_to_receiver(lab, "-tt", "tty", key=lab.ADMIN_KEY, input="")
+    backup = ssh_to_receiver(lab, options=["-tt"], input="")
+    admin = ssh_to_receiver(lab, "tty", options=["-tt"], key=lab.ADMIN_KEY, input="")
 
     assert "PTY allocation request failed" in backup.stderr
     assert admin.stdout.startswith("/dev/pts/"), admin
@@ -164,7 +178,7 @@ print(json.dumps({"banner": got, "exited": exited, "stderr": err}))
 
 
 def forward(lab, mode, key):
-    ssh = ["ssh", *lab_ssh_options(lab), "-i", key, f"foo@{lab.RECEIVER_IP}"]
+    ssh = ["ssh", *client_options(lab), "-i", key, f"foo@{lab.RECEIVER_IP}"]
     result = lab.sender.run(["python3", "-c", FORWARD_PROBE, mode, *ssh], user="foo")
     return json.loads(result.stdout)
 
@@ -236,12 +250,11 @@ exit $status
 
 
 def session_environment(lab, key, *remote):
-    ssh = [*lab_ssh_options(lab), "-A", "-X", "-i", key, f"foo@{lab.RECEIVER_IP}", *remote]
+    ssh = [*client_options(lab), "-A", "-X", "-i", key, f"foo@{lab.RECEIVER_IP}", *remote]
     client = lab.sender.popen(["env", f"KEY={key}", "sh", "-c", AGENT_X11_CLIENT, "client", *ssh])
-    try:
-        probe = lab.receiver.run(["python3", "-c", SESSION_ENV_PROBE, "rsync", "sleep"])
-    finally:
-        _, err = client.communicate(timeout=30)
+    probe = lab.receiver.run(["python3", "-c", SESSION_ENV_PROBE, "rsync", "sleep"], check=False)
+    _, err = client.communicate(timeout=30)
+    assert probe.returncode == 0, f"{probe.stderr}; the client said: {err}"
     return json.loads(probe.stdout), err
 
 
