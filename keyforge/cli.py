@@ -77,7 +77,9 @@ def _root(
     version: Annotated[
         Optional[bool],  # noqa: UP045 - typer needs Optional on Python 3.11 for callbacks
         typer.Option(
-            "--version", help="Print keyforge's version and exit.", callback=_version_callback,
+            "--version",
+            help="Print keyforge's version and exit.",
+            callback=_version_callback,
             is_eager=True,
         ),
     ] = None,
@@ -90,7 +92,7 @@ def _root(
 
 
 @app.command("pair")
-def pair_command(  # noqa: PLR0917 - typer passes each option positionally
+def pair_command(
     path: Annotated[
         Path | None,
         typer.Argument(
@@ -150,7 +152,7 @@ def pair_command(  # noqa: PLR0917 - typer passes each option positionally
     fingerprint exactly as 'ssh-keygen -lf PATH.pub' does. An existing key is never replaced
     without --force.
     """
-    from keyforge import keys  # noqa: PLC0415 - keeps cryptography out of --version
+    from keyforge import keys
 
     size = keys.resolve_bits(key_type, bits)
     text = keys.check_comment(keys.default_comment() if comment is None else comment)

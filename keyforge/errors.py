@@ -33,7 +33,9 @@ class ParseError(KeyforgeError):
 
     exit_code = 3
 
-    def __init__(self, reason: str, *, lineno: int | None = None, source: str | None = None) -> None:
+    def __init__(
+        self, reason: str, *, lineno: int | None = None, source: str | None = None
+    ) -> None:
         self.reason = reason
         self.lineno = lineno
         self.source = source
