@@ -927,7 +927,11 @@ def start(
     dry_run: bool = False,
 ) -> Started:
     """Lock ``key`` to the recorder (with every restriction on) and install the recorder."""
-    recorder = install_recorder(home_for(authorized_keys), dry_run=dry_run)
+    home = home_for(authorized_keys)
+    if not home.is_dir():
+        # a mistyped path must not grow a new home: sshd would never look there
+        raise FileError(f"home directory {home} does not exist; check the path")
+    recorder = install_recorder(home, dry_run=dry_run)
     command = recorder_command(recorder.script, key_id(key.blob))
     entry = install.locked_entry(key, from_patterns=from_patterns, command=command, restrict=True)
     return Started(recorder, entry, install.install_key(authorized_keys, entry, dry_run=dry_run))

@@ -315,6 +315,7 @@ def install_command(
             metavar="PATH",
             show_default=False,
             help=_AUTHORIZED_KEYS_HELP,
+            readable=False,  # keyforge's own one-line error says why
         ),
     ] = None,
     dry_run: Annotated[
@@ -399,6 +400,7 @@ def install_command(
             metavar="PATH",
             show_default=False,
             help="With --from-capture: " + _CAPTURE_LOG_HELP,
+            readable=False,
         ),
     ] = None,
 ) -> None:
@@ -466,6 +468,7 @@ def revoke_command(
             metavar="PATH",
             show_default=False,
             help=_AUTHORIZED_KEYS_HELP,
+            readable=False,  # keyforge's own one-line error says why
         ),
     ] = None,
     dry_run: Annotated[
@@ -707,6 +710,14 @@ def sync_command(
             "--wait", help="Wait for a running backup to finish instead of refusing at once."
         ),
     ] = False,
+    print_server_command: Annotated[
+        bool,
+        typer.Option(
+            "--print-server-command",
+            help="Print the 'rsync --server ...' line each remote target's forced command must "
+            "be (for 'keyforge install --command'); connect nowhere, send nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Push the backup directory to each target with rsync over the locked-down key.
 
@@ -717,12 +728,24 @@ def sync_command(
     backoff, and appends one JSON line per target to the sync log and a line to syslog.
 
     --dry-run never connects: the receiving side runs its forced command, which ignores
-    rsync's -n and would really delete.
+    rsync's -n and would really delete. --print-server-command shows the line that forced
+    command must be, learnt from this very rsync command without connecting.
     """
     from keyforge import sync
 
     cfg = _load_backup_config(config_path)
     tools = sync.find_tools()
+    if print_server_command:
+        import shlex
+
+        for remote, command in sync.server_commands(cfg, target, tools):
+            say(f"# {remote.name} ({remote.destination}) will be asked to run:")
+            say(command)
+            say(
+                f"# lock the key to it there: keyforge install --key {remote.key.name}.pub "
+                f"--from ADDRESS --command {shlex.quote(command)}"
+            )
+        return
     if dry_run:
         for line in sync.dry_run(cfg, target, tools):
             say(line)
@@ -874,6 +897,7 @@ def capture_start_command(
             metavar="PATH",
             show_default=False,
             help=_AUTHORIZED_KEYS_HELP,
+            readable=False,  # keyforge's own one-line error says why
         ),
     ] = None,
     dry_run: Annotated[
@@ -909,7 +933,14 @@ def capture_start_command(
 def capture_show_command(
     log: Annotated[
         Path | None,
-        typer.Option("--log", metavar="PATH", show_default=False, help=_CAPTURE_LOG_HELP),
+        typer.Option(
+            "--log",
+            metavar="PATH",
+            show_default=False,
+            help="The capture log. Default: ~/.ssh/keyforge/capture.log of the user running "
+            "keyforge (run it as the user the backups log in as).",
+            readable=False,
+        ),
     ] = None,
     key: Annotated[
         str | None,

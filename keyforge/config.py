@@ -111,6 +111,13 @@ def _in_range(low: int, high: int) -> Callable[[Any], str | None]:
     return check
 
 
+def _unless_empty(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def check_set_value(value: Any) -> str | None:
+        return check(value) if value else None
+
+    return check_set_value
+
+
 def _field(default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
     return dataclasses.field(default=default, metadata={"check": check})
 
@@ -152,7 +159,7 @@ def _check_bwlimit(value: Any) -> str | None:
 class SyncConfig:
     """[sync]: how the nightly push runs (read by the sync runner)."""
 
-    source: str = _field("", lambda v: _check_absolute_path(v) if v else None)  # "": backup dir
+    source: str = _field("", _unless_empty(_check_absolute_path))  # "": the backup directory
     log: str = _field("/var/log/keyforge-sync.log", _check_absolute_path)
     timeout: int = _field(300, _at_least(1))
     bwlimit: str = _field("", _check_bwlimit)
@@ -165,14 +172,16 @@ class SyncConfig:
 class TargetConfig:
     """One [[targets]] entry: a receiving host (or a local disk) for the nightly push."""
 
-    name: str = _field("")
+    # "" means unset here; whether a target is complete (remote or local, not both) is checked
+    # by keyforge.sync, which knows the kinds
+    name: str = _field("", _unless_empty(_check_target_name))
     host: str = _field("")
     port: int = _field(22, _in_range(1, 65535))
     user: str = _field("")
-    key: str = _field("")
+    key: str = _field("", _unless_empty(_check_absolute_path))
     remote_path: str = _field("")
-    known_hosts: str = _field("")
-    path: str = _field("")
+    known_hosts: str = _field("", _unless_empty(_check_absolute_path))
+    path: str = _field("", _unless_empty(_check_absolute_path))
     require_mountpoint: bool = _field(False)
 
 

@@ -37,15 +37,17 @@ def ensure_private_dir(path: Path) -> bool:
     widening it would be worse. Callers warn about loose modes instead.
     """
     try:
-        path.mkdir(mode=PRIVATE_DIR, parents=False)
+        try:
+            path.mkdir(mode=PRIVATE_DIR, parents=False)
+        except FileNotFoundError:
+            # one retry after making the parents: a file system that refuses mkdir with ENOENT
+            # even then (procfs) must end in an error, not in a loop
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=PRIVATE_DIR, parents=False)
     except FileExistsError:
         if not path.is_dir():
             raise FileError(f"{path} exists and is not a directory") from None
         return False
-    except FileNotFoundError:
-        ensure_parent = path.parent
-        ensure_parent.mkdir(parents=True, exist_ok=True)
-        return ensure_private_dir(path)
     except OSError as err:
         raise FileError.from_os_error("create directory", path, err) from err
     # mkdir's mode is filtered by the umask; 0700 must hold whatever the umask says

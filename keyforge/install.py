@@ -436,7 +436,7 @@ def plan_install(current_text: str | None, entry: ak.Entry, *, source: str | Non
     lines = ak.split_lines(current_text or "")
     scan = _scan(current_text or "", lines, entry, source)
     _refuse_duplicates(scan, source)
-    warnings = [*scan.warnings, *entry_warnings(entry)]
+    warnings = [*scan.warnings, *entry_warnings(entry), *ak.parse(line)[0].warnings]
     new_lines = list(lines)
     if scan.matches:
         index = scan.matches[0]
@@ -576,11 +576,23 @@ def _mode_warnings(path: Path) -> list[str]:
     return fsutil.loose_mode_warnings(path.parent.parent, path.parent, path)
 
 
+def _refuse_missing_grandparent(directory: Path) -> None:
+    # Only the last directory (~/.ssh) is made: a mistyped home such as /home/fooo must not
+    # turn into a root-owned tree of new directories that sshd would never look at.
+    if not directory.is_dir() and not directory.parent.is_dir():
+        raise FileError(
+            f"directory {directory.parent} does not exist; check the path (keyforge creates "
+            f"only {directory.name}/ itself, with mode 0700)"
+        )
+
+
 def _apply(
     path: Path, make_plan: Callable[[str | None], Plan], *, dry_run: bool, create_dir: bool
 ) -> Result:
     _refuse_symlink(path)
     directory = path.parent
+    if create_dir:
+        _refuse_missing_grandparent(directory)
     if dry_run or (not create_dir and not directory.is_dir()):
         plan = make_plan(fsutil.read_text_if_exists(path))
         return Result(path, plan, False, warnings=(*plan.warnings, *_mode_warnings(path)))

@@ -181,6 +181,10 @@ def target_from_config(cfg: TargetConfig, index: int) -> Target:
         return LocalTarget(cfg.name or cfg.path, Path(cfg.path), cfg.require_mountpoint)
     if cfg.require_mountpoint:
         raise ConfigError(f"{where} require_mountpoint applies to a local target (path = ...)")
+    if not any(getattr(cfg, k) for k in remote_keys):
+        raise ConfigError(
+            f"{where} needs path (a local drive) or {', '.join(remote_keys)} (a receiving host)"
+        )
     _require(cfg, where, *remote_keys)
     host = cfg.host
     if not (_HOSTNAME_RE.match(host) or (":" in host and _IPV6_RE.match(host))):
@@ -565,6 +569,24 @@ def dry_run(config: Config, target_name: str | None, tools: Tools) -> list[str]:
     for target, _ in the_plan.commands:
         check_target(the_plan.source, target)
     return [display(argv) for _, argv in the_plan.commands]
+
+
+def server_commands(
+    config: Config, target_name: str | None, tools: Tools
+) -> list[tuple[RemoteTarget, str]]:
+    """The ``rsync --server`` line each remote target will be asked to run, connecting nowhere.
+
+    Learnt from this sync's own rsync argv with a recording remote shell (``capture local``),
+    so the line to lock the key to matches what ``keyforge sync`` sends, flags included. Works
+    before the first backup: nothing is sent, so the manifest guard has nothing to guard.
+    """
+    from keyforge import capture  # noqa: PLC0415 - only this path needs the recorder
+
+    the_plan = plan(config, target_name, tools)
+    remote = [(t, argv) for t, argv in the_plan.commands if isinstance(t, RemoteTarget)]
+    if not remote:
+        raise UsageError("no remote [[targets]]: a local target runs no rsync server")
+    return [(target, capture.capture_local(argv).command) for target, argv in remote]
 
 
 def sync(

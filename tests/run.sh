@@ -101,12 +101,21 @@ start_docker() {
         return
     fi
     command -v dockerd >/dev/null || die "dockerd not found (apt package docker.io)"
+    # A dockerd killed earlier (say, with the machine's previous session) leaves its pid file,
+    # and the pid may by now belong to another process: dockerd would then refuse to start.
+    if [[ -f /var/run/docker.pid ]] && ! pgrep -x dockerd >/dev/null; then
+        as_root rm -f /var/run/docker.pid
+    fi
     say "docker: starting dockerd in the background (log: $dockerd_log)"
     # Its own session, no terminal and no inherited descriptors, so it neither holds the
     # caller's output open nor dies with it.
     as_root setsid nohup dockerd </dev/null >"$dockerd_log" 2>&1 &
-    local waited=0
+    local pid=$! waited=0
     until docker_answers; do
+        if ! kill -0 "$pid" 2>/dev/null && ! pgrep -x dockerd >/dev/null; then
+            tail -n 30 "$dockerd_log" >&2 || true
+            die "dockerd exited at once"
+        fi
         if ((waited >= 60)); then
             tail -n 30 "$dockerd_log" >&2 || true
             die "dockerd did not answer within 60 s"

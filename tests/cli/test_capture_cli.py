@@ -4,7 +4,6 @@ types them: the whole flow without sshd, and every error as one line and a non-z
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 from pathlib import Path
@@ -201,6 +200,18 @@ def test_error_no_such_key_in_authorized_keys(home):
     assert "capture start" in result.stderr
 
 
+def test_error_capture_start_in_a_missing_home_makes_no_directory(home):
+    typo = home.parent / "fooo"
+
+    result = invoke(
+        "capture", "start", "--key", str(home.parent / "a.pub"),
+        "-f", str(typo / ".ssh" / "authorized_keys"),
+    )  # fmt: skip
+
+    assert_one_line_error(result, 4, f"home directory {typo} does not exist")
+    assert not typo.exists()
+
+
 def test_error_unreadable_log(home):
     log = home / "not-a-file"
     log.mkdir()
@@ -210,15 +221,18 @@ def test_error_unreadable_log(home):
     assert_one_line_error(result, 4, f"cannot read the capture log {log}")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its mode")
-def test_error_log_without_read_permission(home):
+def test_error_log_without_read_permission(home, keyforge_bound_by_modes):
     start(home)
     push(home)
     log_of(home).chmod(0o000)
 
-    result = invoke("capture", "show")
+    done = keyforge_bound_by_modes("capture", "show", home=home)
 
-    assert_one_line_error(result, 4, "Permission denied")
+    assert done.returncode == 4, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"keyforge: error: cannot read the capture log {log_of(home)}: Permission denied"
+    ]
 
 
 def test_error_missing_log(home):

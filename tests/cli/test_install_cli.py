@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 from keyforge.cli import app
 
 runner = CliRunner()
+RunKeyforge = Callable[..., "subprocess.CompletedProcess[str]"]
 RSYNC = "rsync --server -logDtprze.iLsfxCIvu --delete . srvbackups/"
 
 
@@ -248,6 +251,50 @@ def test_a_bad_from_pattern_is_one_line_error(home: Path, pubkey: Path) -> None:
         'keyforge: error: from="10.0.0.1/24": "10.0.0.1/24" has host bits set beyond the /24 '
         "mask; did you mean 10.0.0.0/24?"
     ]
+
+
+def test_a_missing_home_is_refused_and_no_directory_is_made(tmp_path: Path, pubkey: Path) -> None:
+    typo = tmp_path / "home" / "fooo"
+    target = typo / ".ssh" / "authorized_keys"
+
+    result = runner.invoke(app, install(*locked_args(pubkey), "-f", str(target)))
+
+    assert result.exit_code == 4
+    assert result.stderr.splitlines() == [
+        f"keyforge: error: directory {typo} does not exist; check the path (keyforge creates "
+        "only .ssh/ itself, with mode 0700)"
+    ]
+    assert not typo.exists()
+
+
+def test_a_directory_as_authorized_keys_is_one_line_error(home: Path, pubkey: Path) -> None:
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700)
+
+    result = runner.invoke(app, install(*locked_args(pubkey), "-f", str(ssh)))
+
+    assert result.exit_code == 4
+    assert result.stderr.splitlines() == [f"keyforge: error: cannot read {ssh}: Is a directory"]
+
+
+@pytest.mark.parametrize("command", ["install", "revoke"])
+def test_an_unreadable_authorized_keys_is_one_line_error_and_stays_as_it_was(
+    home: Path, pubkey: Path, command: str, keyforge_bound_by_modes: RunKeyforge
+) -> None:
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    target = ssh / "authorized_keys"
+    target.write_text("# mine\n")
+    target.chmod(0o000)
+    args = locked_args(pubkey) if command == "install" else ["--key", str(pubkey)]
+
+    done = keyforge_bound_by_modes(command, *args, home=home)
+
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.splitlines() == [f"keyforge: error: cannot read {target}: Permission denied"]
+    target.chmod(0o600)
+    assert target.read_text() == "# mine\n"
+    assert sorted(p.name for p in ssh.iterdir()) == [".authorized_keys.lock", "authorized_keys"]
 
 
 def test_a_symlinked_authorized_keys_is_refused(home: Path, pubkey: Path, tmp_path: Path) -> None:

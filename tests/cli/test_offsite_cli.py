@@ -65,6 +65,34 @@ def test_sync_unknown_target_is_a_usage_error(tmp_path: Path) -> None:
     assert "no target called 'nope' (configured: offsite)" in result.output
 
 
+def test_print_server_command_shows_the_rsync_server_line_before_any_backup(
+    tmp_path: Path,
+) -> None:
+    # no manifest yet and an unresolvable host: the line is learnt without sending or connecting
+    path = _config(tmp_path, manifest=False)
+    result = runner.invoke(app, ["sync", "--print-server-command", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    header, command, hint = result.stdout.splitlines()
+    assert header == "# offsite (foo@raspberrypi:srvbackups/) will be asked to run:"
+    assert command.startswith("rsync --server -")
+    assert command.endswith(" . srvbackups/")
+    # the receiving side's guards travel in the line the key is locked to
+    for option in ("--delete", "--partial", "--timeout=300", "--max-delete=1000"):
+        assert option in command.split()
+    assert hint.startswith("# lock the key to it there: keyforge install --key key.pub --from ")
+    assert not (tmp_path / "sync.log").exists()
+
+
+def test_print_server_command_of_local_targets_only_is_a_usage_error(tmp_path: Path) -> None:
+    backups = tmp_path / "b"
+    backups.mkdir()
+    path = tmp_path / "k.toml"
+    path.write_text(f'[backup]\ndirectory = "{backups}"\n[[targets]]\npath = "/mnt/x"\n')
+    result = runner.invoke(app, ["sync", "--print-server-command", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "keyforge: error: no remote [[targets]]" in result.output
+
+
 def test_schedule_prints_the_cron_file_without_install(tmp_path: Path) -> None:
     result = runner.invoke(app, ["schedule", "--cron", "--config", str(_config(tmp_path))])
     assert result.exit_code == 0, result.output

@@ -49,7 +49,7 @@ def client_options(lab):
 def bounded(*argv):
     """A client the forced rsync may leave waiting forever (two rsync receivers, or scp and
     rsync, each waiting for the other): it is stopped after a few seconds."""
-    return ["timeout", "-s", "KILL", "8", *argv]
+    return ["timeout", "-s", "KILL", "5", *argv]
 
 
 def scp_argv(lab, *args):
@@ -213,8 +213,8 @@ def test_remote_forward_is_refused_to_the_backup_key(lab, guarded):
 
 # --- agent and X11 forwarding ----------------------------------------------------------------
 
-# Runs in the receiver as root: the environment of foo's session process (the forced rsync,
-# or the admin's sleep), as JSON, once it exists.
+# Runs in the receiver as foo (a container's root may not read another user's environ): the
+# environment of foo's session process (the forced rsync, or the admin's sleep), as JSON.
 SESSION_ENV_PROBE = r"""
 import json, os, sys, time
 
@@ -252,7 +252,9 @@ exit $status
 def session_environment(lab, key, *remote):
     ssh = [*client_options(lab), "-A", "-X", "-i", key, f"foo@{lab.RECEIVER_IP}", *remote]
     client = lab.sender.popen(["env", f"KEY={key}", "sh", "-c", AGENT_X11_CLIENT, "client", *ssh])
-    probe = lab.receiver.run(["python3", "-c", SESSION_ENV_PROBE, "rsync", "sleep"], check=False)
+    probe = lab.receiver.run(
+        ["python3", "-c", SESSION_ENV_PROBE, "rsync", "sleep"], user="foo", check=False
+    )
     _, err = client.communicate(timeout=30)
     assert probe.returncode == 0, f"{probe.stderr}; the client said: {err}"
     return json.loads(probe.stdout), err

@@ -123,6 +123,16 @@ def test_more_deletions_than_max_delete_stop_with_a_clear_message(lab: Lab, tmp_
     assert len(tree(lab.copy)) == 21 - 5
 
 
+def test_print_server_command_prints_the_line_the_locked_key_accepts(lab: Lab) -> None:
+    config = lab.write_config(max_delete=5)
+    result = _keyforge("sync", "--print-server-command", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == lab.forced_command
+    # the receiver's key is locked to exactly that line, and the real sync gets through
+    [report] = sync.sync(lab.config(max_delete=5), None)
+    assert report.ok, report.message
+
+
 def test_dry_run_connects_nowhere(lab: Lab) -> None:
     result = _keyforge("sync", "--dry-run", "--config", str(lab.write_config(max_delete=5)))
     assert result.returncode == 0, result.stderr

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from keyforge import config
+from keyforge import config, sync
 from keyforge.errors import ConfigError
 
 
@@ -45,6 +47,16 @@ def test_the_backup_directory_defaults_to_mnt_backups_host() -> None:
         ({"backup": 3}, "backup must be a table"),
         ({"targets": [{"port": "22"}]}, "[[targets]] #1 port must be an integer, got '22'"),
         ({"sync": {"retries": -1}}, "[sync] retries must be >= 0"),
+        ({"sync": {"source": "backups"}}, "[sync] source must hold absolute paths"),
+        ({"targets": [{"name": "off site"}]}, "[[targets]] #1 name must be a short name"),
+        ({"targets": [{}, {"path": "mnt/x"}]}, "[[targets]] #2 path must hold absolute paths"),
+        ({"targets": [{"key": "backups"}]}, "[[targets]] #1 key must hold absolute paths"),
+        ({"targets": [{"known_hosts": "kh"}]}, "[[targets]] #1 known_hosts must hold absolute"),
+        ({"targets": [{"hots": "pi"}]}, "[[targets]] #1 unknown key 'hots'"),
+        ({"schedule": {"backup_at": "1:15"}}, "[schedule] backup_at must be a time of day"),
+        ({"schedule": {"sync_at": "25:00"}}, "[schedule] sync_at must be a time of day"),
+        ({"schedule": {"user": "Root Admin"}}, "[schedule] user must be a system user name"),
+        ({"schedule": {"randomized_delay": 721}}, "[schedule] randomized_delay must be between"),
     ],
 )
 def test_a_wrong_key_or_type_is_an_error_naming_it(
@@ -90,6 +102,43 @@ def test_the_default_template_parses_to_the_defaults() -> None:
     # every default is shown, commented where it need not be set
     for key in ("retention_days", "full_every", "compression", "exclude", "nice", "ionice"):
         assert f"#{key} = " in text
+
+
+def test_the_rendered_default_config_parses_to_exactly_the_default_config() -> None:
+    """Template and dataclasses agree: every section, not only [backup]."""
+    rendered = config.parse(tomllib.loads(config.render_default("server1")))
+    assert rendered == config.parse({"general": {"host": "server1"}})
+    assert rendered.sync == config.SyncConfig()
+    assert rendered.schedule == config.ScheduleConfig()
+    assert rendered.targets == ()
+
+
+def _uncomment_every_setting(text: str) -> str:
+    setting = re.compile(r"^#(\[\[targets\]\]|[a-z_]+ = .*)$")
+    return "\n".join(line[1:] if setting.match(line) else line for line in text.splitlines())
+
+
+def test_uncommenting_every_shown_default_changes_nothing_but_the_examples() -> None:
+    text = _uncomment_every_setting(config.render_default("server1"))
+    cfg = config.parse(tomllib.loads(text))
+    defaults = config.parse({"general": {"host": "server1"}})
+    # the only values shown that are not defaults are the examples: exclude, sync source and
+    # the two [[targets]] tables
+    assert cfg.backup == dataclasses.replace(
+        defaults.backup, exclude=("/var/cache", "/var/tmp", "lost+found")
+    )
+    assert cfg.sync == dataclasses.replace(defaults.sync, source="/home/foo/srvbackups")
+    assert cfg.schedule == defaults.schedule
+    assert len(cfg.targets) == 2
+
+
+def test_the_example_targets_in_the_default_config_are_complete_and_valid() -> None:
+    text = _uncomment_every_setting(config.render_default("server1"))
+    offsite, external = sync.select_targets(config.parse(tomllib.loads(text)).targets, None)
+    assert isinstance(offsite, sync.RemoteTarget)
+    assert offsite.destination == "foo@raspberrypi:srvbackups/"
+    assert isinstance(external, sync.LocalTarget)
+    assert external.require_mountpoint
 
 
 def test_every_uncommented_backup_line_still_parses() -> None:

@@ -213,6 +213,21 @@ def test_install_into_a_missing_file_writes_just_the_line(key: ak.Entry) -> None
     assert plan.linenos == (1,)
 
 
+def test_a_new_line_over_the_8_kb_limit_is_written_with_a_warning(key: ak.Entry) -> None:
+    long_command = RSYNC + " " + "x" * ak.LINE_LIMIT
+
+    plan = install.plan_install(None, locked(key, command=long_command))
+
+    assert plan.action == "added"
+    assert any("sshd(8) documents a limit of 8192" in w for w in plan.warnings)
+
+
+def test_a_new_line_under_the_limit_has_no_length_warning(key: ak.Entry) -> None:
+    plan = install.plan_install(None, locked(key))
+
+    assert not any("documents a limit" in w for w in plan.warnings)
+
+
 def test_install_appends_and_keeps_comments_blank_lines_and_other_keys(
     make_key: Callable[[str], ak.Entry],
 ) -> None:

@@ -117,6 +117,10 @@ def test_display_is_a_line_a_shell_splits_back_into_the_argv() -> None:
         ({"require_mountpoint": True}, "require_mountpoint applies to a local target"),
         ({"path": "/mnt/x"}, r"sets path \(a local target\) and host"),
         ({"name": "a b"}, "name must be a short name"),
+        (
+            {"host": "", "user": "", "key": "", "remote_path": "", "known_hosts": ""},
+            r"needs path \(a local drive\) or host, user, key, remote_path, known_hosts",
+        ),
     ],
 )
 def test_a_wrong_target_is_a_config_error_naming_the_key(
