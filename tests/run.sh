@@ -96,33 +96,60 @@ setup_venv() {
 
 docker_answers() { docker info >/dev/null 2>&1; }
 
+stop_orphaned_containerd() {
+    local pidfile=/var/run/docker/containerd/containerd.pid pid waited=0
+    [[ -f $pidfile ]] || return 0
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == containerd ]]; then
+        say "docker: stopping containerd $pid left behind by an earlier dockerd"
+        as_root kill "$pid" 2>/dev/null || true
+        while [[ -e /proc/$pid ]] && ((waited < 10)); do
+            sleep 1
+            waited=$((waited + 1))
+        done
+        [[ ! -e /proc/$pid ]] || as_root kill -9 "$pid" 2>/dev/null || true
+    fi
+    as_root rm -f "$pidfile"
+}
+
+wait_for_docker() {
+    # $1: dockerd's pid, or "" when it is not ours
+    local pid=$1 waited=0
+    until docker_answers; do
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null && ! pgrep -x dockerd >/dev/null; then
+            tail -n 30 "$dockerd_log" >&2 || true
+            die "dockerd stopped before it answered"
+        fi
+        if ((waited >= 60)); then
+            [[ -z $pid ]] || tail -n 30 "$dockerd_log" >&2 || true
+            die "no answer from dockerd within 60 s ('docker info' as $(id -un))"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
 start_docker() {
     if docker_answers; then
         return
     fi
     command -v dockerd >/dev/null || die "dockerd not found (apt package docker.io)"
+    if pgrep -x dockerd >/dev/null; then
+        say "docker: waiting for the dockerd that is starting"
+        wait_for_docker ""
+        return
+    fi
     # A dockerd killed earlier (say, with the machine's previous session) leaves its pid file,
     # and the pid may by now belong to another process: dockerd would then refuse to start.
-    if [[ -f /var/run/docker.pid ]] && ! pgrep -x dockerd >/dev/null; then
-        as_root rm -f /var/run/docker.pid
-    fi
+    # Its containerd may have outlived it too, and then stalls the new dockerd's start: end
+    # that one process, named by dockerd's own pid file.
+    as_root rm -f /var/run/docker.pid
+    stop_orphaned_containerd
     say "docker: starting dockerd in the background (log: $dockerd_log)"
     # Its own session, no terminal and no inherited descriptors, so it neither holds the
     # caller's output open nor dies with it.
     as_root setsid nohup dockerd </dev/null >"$dockerd_log" 2>&1 &
-    local pid=$! waited=0
-    until docker_answers; do
-        if ! kill -0 "$pid" 2>/dev/null && ! pgrep -x dockerd >/dev/null; then
-            tail -n 30 "$dockerd_log" >&2 || true
-            die "dockerd exited at once"
-        fi
-        if ((waited >= 60)); then
-            tail -n 30 "$dockerd_log" >&2 || true
-            die "dockerd did not answer within 60 s"
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
+    wait_for_docker "$!"
 }
 
 wants_docker() {

@@ -242,7 +242,7 @@ AGENT_X11_CLIENT = r"""
 eval "$(ssh-agent -s)" >/dev/null
 ssh-add -q "$KEY" 2>/dev/null
 export DISPLAY=:0
-sleep 6 | ssh "$@"
+sleep 4 | ssh "$@"
 status=$?
 ssh-agent -k >/dev/null
 exit $status
@@ -271,7 +271,7 @@ def test_agent_and_x11_forwarding_are_refused_to_the_backup_key(lab, guarded):
 
 
 def test_agent_and_x11_forwarding_reach_the_admin_key(lab, guarded):
-    env, _ = session_environment(lab, lab.ADMIN_KEY, "sleep 5")
+    env, _ = session_environment(lab, lab.ADMIN_KEY, "sleep 3")
 
     assert env["SSH_AUTH_SOCK"].startswith("/tmp/ssh-")
     assert env["DISPLAY"].startswith("localhost:")
