@@ -26,11 +26,11 @@ import functools
 import gc
 import ipaddress
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from keyforge.errors import ParseError, RenderError
+from keyforge.wire import WireError, WireReader
 
 LINE_LIMIT = 8192  # bytes; sshd(8) documents lines "up to a limit of 8 kilobytes"
 
@@ -459,39 +459,7 @@ def parse_options(text: str) -> tuple[Option, ...]:
 # --- the key blob ----------------------------------------------------------------------------
 
 
-class _Reader:
-    """Reads the length-prefixed fields of an SSH wire-format blob."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, size: int) -> bytes:
-        if self.pos + size > len(self.data):
-            raise _Invalid("the key data is truncated")
-        chunk = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return chunk
-
-    def uint32(self) -> int:
-        value: int = struct.unpack(">I", self.take(4))[0]
-        return value
-
-    def string(self) -> bytes:
-        return self.take(self.uint32())
-
-    def skip(self, count: int) -> None:
-        for _ in range(count):
-            self.string()
-
-    def done(self) -> None:
-        if self.pos != len(self.data):
-            raise _Invalid("the key data has trailing bytes")
-
-
-def _read_public_fields(reader: _Reader, plain: str) -> None:
+def _read_public_fields(reader: WireReader, plain: str) -> None:
     """Walk the fields that follow the type string of a ``plain`` key (or its certificate)."""
     if plain == "ssh-ed25519":
         if len(reader.string()) != 32:
@@ -513,14 +481,13 @@ def _read_public_fields(reader: _Reader, plain: str) -> None:
             reader.skip(1)  # application
 
 
-def _check_certificate(reader: _Reader, keytype: str) -> None:
+def _check_certificate(reader: WireReader, keytype: str) -> None:
     reader.skip(1)  # nonce
     _read_public_fields(reader, CERT_KEY_TYPES[keytype])
     reader.take(8 + 4)  # serial, certificate type
     reader.skip(2)  # key id, valid principals
     reader.take(16)  # valid after, valid before
     reader.skip(5)  # critical options, extensions, reserved, signature key, signature
-    reader.done()
 
 
 def _load_with_cryptography(keytype: str, blob: str) -> None:
@@ -566,20 +533,31 @@ def _is_plain_ed25519(keytype: str, blob: str) -> bool:
     return len(data) == len(_ED25519_PREFIX) + 32 and data.startswith(_ED25519_PREFIX)
 
 
-@functools.lru_cache(maxsize=8192)
-def _check_key(keytype: str, blob: str) -> None:
-    if _is_plain_ed25519(keytype, blob):
-        return
-    reader = _Reader(_decode_blob(blob))
+def _check_fields(reader: WireReader, keytype: str) -> None:
+    """The blob is the declared type's fields (or its certificate's), each whole, and no more."""
     inner = reader.string()
     if inner != keytype.encode():
         shown = inner[:60].decode("ascii", "replace")
         raise _Invalid(f"the key data holds a {shown!r} key, not the declared {keytype}")
     if keytype in CERT_KEY_TYPES:
         _check_certificate(reader, keytype)
+    else:
+        _read_public_fields(reader, keytype)
+    if not reader.at_end():
+        raise _Invalid("the key data has trailing bytes")
+
+
+@functools.lru_cache(maxsize=8192)
+def _check_key(keytype: str, blob: str) -> None:
+    if _is_plain_ed25519(keytype, blob):
         return
-    _read_public_fields(reader, keytype)
-    reader.done()
+    reader = WireReader(_decode_blob(blob))
+    try:
+        _check_fields(reader, keytype)
+    except WireError:
+        raise _Invalid("the key data is truncated") from None
+    if keytype in CERT_KEY_TYPES:
+        return
     if keytype in SK_KEY_TYPES or keytype == "ssh-dss":
         return  # cryptography loads neither; the structure check above is what we can do
     if keytype == "ssh-ed25519":

@@ -197,6 +197,25 @@ _AUTHORIZED_KEYS_HELP = (
     "keyforge (run it as the user the backups log in as)."
 )
 
+# The options install, revoke and capture start share, declared once so they cannot drift apart
+KeyOption = Annotated[
+    str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
+]
+AuthorizedKeysOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--authorized-keys",
+        "-f",
+        metavar="PATH",
+        show_default=False,
+        help=_AUTHORIZED_KEYS_HELP,
+        readable=False,  # keyforge's own one-line error says why
+    ),
+]
+DiffDryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
+]
+
 
 def _read_key_option(spec: str) -> Entry:
     from keyforge import install
@@ -271,9 +290,7 @@ def _report(result: Result, key: Entry, *, dry_run: bool) -> None:
 
 @app.command("install")
 def install_command(
-    key: Annotated[
-        str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
-    ],
+    key: KeyOption,
     from_: Annotated[
         list[str] | None,
         typer.Option(
@@ -307,20 +324,8 @@ def install_command(
             "is ignored (the command sees it in SSH_ORIGINAL_COMMAND).",
         ),
     ] = None,
-    authorized_keys: Annotated[
-        Path | None,
-        typer.Option(
-            "--authorized-keys",
-            "-f",
-            metavar="PATH",
-            show_default=False,
-            help=_AUTHORIZED_KEYS_HELP,
-            readable=False,  # keyforge's own one-line error says why
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
-    ] = False,
+    authorized_keys: AuthorizedKeysOption = None,
+    dry_run: DiffDryRunOption = False,
     no_restrict: Annotated[
         bool,
         typer.Option(
@@ -457,23 +462,9 @@ def install_command(
 
 @app.command("revoke")
 def revoke_command(
-    key: Annotated[
-        str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
-    ],
-    authorized_keys: Annotated[
-        Path | None,
-        typer.Option(
-            "--authorized-keys",
-            "-f",
-            metavar="PATH",
-            show_default=False,
-            help=_AUTHORIZED_KEYS_HELP,
-            readable=False,  # keyforge's own one-line error says why
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
-    ] = False,
+    key: KeyOption,
+    authorized_keys: AuthorizedKeysOption = None,
+    dry_run: DiffDryRunOption = False,
 ) -> None:
     """Remove a key from authorized_keys, so it can no longer log in here.
 
@@ -876,9 +867,7 @@ def _show_record(record: Record, *, verbose: bool) -> None:
 
 @capture_app.command("start")
 def capture_start_command(
-    key: Annotated[
-        str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
-    ],
+    key: KeyOption,
     from_: Annotated[
         list[str] | None,
         typer.Option(
@@ -889,20 +878,8 @@ def capture_start_command(
             "for 'keyforge install'. Optional: the key can only reach the recorder anyway.",
         ),
     ] = None,
-    authorized_keys: Annotated[
-        Path | None,
-        typer.Option(
-            "--authorized-keys",
-            "-f",
-            metavar="PATH",
-            show_default=False,
-            help=_AUTHORIZED_KEYS_HELP,
-            readable=False,  # keyforge's own one-line error says why
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
-    ] = False,
+    authorized_keys: AuthorizedKeysOption = None,
+    dry_run: DiffDryRunOption = False,
 ) -> None:
     """Lock the key to a recorder that logs the command the client asks for, and runs nothing.
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from keyforge import authorized_keys as ak
 from keyforge import backup, capture, check, config, fsutil, install, keys, restore, runner, sync
 from keyforge.errors import KeyforgeError
-from keyforge.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd
+from keyforge.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd, stop_stragglers
 from keyforge.templating import render
 
 STEPS = 10
@@ -502,6 +502,8 @@ def run_demo(*, keep: bool = False, say: Say = print, parent: Path | None = None
             with _step(run, 10, "locked: what the key can no longer do"):
                 step_locked(run)
     finally:
+        # every process of the demo names its unique directory: none may outlive it
+        stop_stragglers(str(root))
         if keep:
             say(f"kept {root} (sshd's log: {layout.sshd / 'sshd.log'})")
         else:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from keyforge import fsutil
 from keyforge.errors import FileError, KeyMaterialError, UsageError
+from keyforge.wire import WireReader
 
 KEY_TYPES = ("ed25519", "rsa", "ecdsa")
 DEFAULT_KEY_TYPE = "ed25519"
@@ -206,32 +207,6 @@ def generate(keytype: str = DEFAULT_KEY_TYPE, bits: int | None = None, *, commen
 # --- OpenSSH encodings --------------------------------------------------------------------------
 
 
-class _Reader:
-    """Reads the SSH wire format (RFC 4251): uint32 and length-prefixed strings."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def uint32(self) -> int:
-        if self.pos + 4 > len(self.data):
-            raise ValueError("truncated")
-        (value,) = struct.unpack_from(">I", self.data, self.pos)
-        self.pos += 4
-        return int(value)
-
-    def string(self) -> bytes:
-        size = self.uint32()
-        if self.pos + size > len(self.data):
-            raise ValueError("truncated")
-        value = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return value
-
-    def rest(self) -> bytes:
-        return self.data[self.pos :]
-
-
 def _wire_string(value: bytes) -> bytes:
     return struct.pack(">I", len(value)) + value
 
@@ -245,7 +220,7 @@ def with_private_comment(pem: bytes, comment: str) -> bytes:
     if not comment:
         return pem
     body = b"".join(pem.strip().splitlines()[1:-1])
-    reader = _Reader(base64.b64decode(body))
+    reader = WireReader(base64.b64decode(body))
     if reader.data[: len(_OPENSSH_MAGIC)] != _OPENSSH_MAGIC:
         raise KeyMaterialError("not an OpenSSH private key")
     reader.pos = len(_OPENSSH_MAGIC)
@@ -253,7 +228,7 @@ def with_private_comment(pem: bytes, comment: str) -> bytes:
     if header[0] != b"none" or reader.uint32() != 1:
         raise KeyMaterialError("only unencrypted single-key OpenSSH private keys can be commented")
     public_blob = reader.string()
-    section = _Reader(reader.string())
+    section = WireReader(reader.string())
     check1, check2 = section.uint32(), section.uint32()
     algorithm = section.string()
     fields = [section.string() for _ in range(_PRIVATE_FIELDS[algorithm.decode("ascii")])]
@@ -285,7 +260,7 @@ def parse_public_line(line: str) -> PublicKey:
         raise KeyMaterialError(f"unsupported public key type {algorithm!r}")
     try:
         blob = base64.b64decode(encoded, validate=True)
-        reader = _Reader(blob)
+        reader = WireReader(blob)
         embedded = reader.string().decode("ascii")
         if embedded != algorithm:
             raise KeyMaterialError(f"the key says {algorithm} but its data is {embedded}")
@@ -295,7 +270,7 @@ def parse_public_line(line: str) -> PublicKey:
     return PublicKey(algorithm, blob, comment, bits, _LABELS[algorithm])
 
 
-def _key_bits(algorithm: str, reader: _Reader) -> int:
+def _key_bits(algorithm: str, reader: WireReader) -> int:
     """The size ssh-keygen reports: the modulus (RSA), the prime p (DSA) or the curve's bits."""
     if algorithm in ("ssh-rsa", "ssh-dss"):
         if algorithm == "ssh-rsa":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from keyforge import fsutil, keys
 from keyforge.errors import CommandError, KeyforgeError, UsageError
+from keyforge.sync import pinned_client_options
 from keyforge.templating import render
 
 LOOPBACK = "127.0.0.1"
@@ -46,6 +47,7 @@ KNOWN_HOSTS_NAME = "known_hosts"
 AUTHORIZED_KEYS_NAME = "authorized_keys"
 START_ATTEMPTS = 3
 STOP_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10  # seconds; the server is on this machine
 
 # sshd_config splits on whitespace, and AuthorizedKeysFile expands % and ~: paths written into it
 # keep to characters that mean nothing to either
@@ -91,18 +93,7 @@ class PrivateSshd:
             "/dev/null",
             "-p",
             str(self.port),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=10",
+            *pinned_client_options(self.known_hosts, connect_timeout=CONNECT_TIMEOUT),
         ]
 
 
@@ -297,6 +288,47 @@ def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEO
                 _signal(pid, signal.SIGKILL)
             break
         time.sleep(0.02)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes (zombies excluded), other than this one, whose command line holds ``text``."""
+    found: list[int] = []
+    needle = os.fsencode(text)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and is_running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_stragglers(text: str, timeout: float = STOP_TIMEOUT) -> list[int]:
+    """Stop processes whose command line holds ``text`` (a unique temporary directory).
+
+    A session process whose per-connection sshd has already exited is reparented to init, so
+    it is no longer below the listener that ``stop_process_tree`` walks: a forced rsync that has
+    not yet noticed its client is gone, say. Naming the directory finds it all the same.
+    """
+    found = processes_mentioning(text)
+    started = {pid: _start_time(pid) for pid in found}
+
+    def alive() -> list[int]:
+        return [pid for pid, at in started.items() if is_running(pid) and _start_time(pid) == at]
+
+    for pid in alive():
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive():
+        if time.monotonic() > deadline:
+            for pid in alive():
+                _signal(pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    return found
 
 
 def read_banner(port: int, timeout: float = 1.0) -> str | None:

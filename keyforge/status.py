@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from keyforge import sync
-from keyforge.backup import MANIFEST_SUFFIX, source_slug
+from keyforge.backup import MANIFEST_SUFFIX, human_size, source_slug
 from keyforge.config import Config
 from keyforge.errors import FileError
 
@@ -166,15 +166,6 @@ def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
 
 
 # --- showing ---------------------------------------------------------------------------------
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def lines(status: Status) -> list[str]:

@@ -231,6 +231,25 @@ def source_dir(config: Config) -> Path:
 # --- the command (pure) ----------------------------------------------------------------------
 
 
+def pinned_client_options(known_hosts: Path, *, connect_timeout: int) -> list[str]:
+    """ssh client options: the given identity only, this host key only, never a prompt."""
+    return [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        # the pin is the one file: a key in /etc/ssh/ssh_known_hosts must not vouch for the host
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+    ]
+
+
 def ssh_argv(ssh: str, target: RemoteTarget, *, connect_timeout: int) -> list[str]:
     """The ssh half of the command: this key only, this host key only, never a prompt."""
     return [
@@ -239,19 +258,7 @@ def ssh_argv(ssh: str, target: RemoteTarget, *, connect_timeout: int) -> list[st
         str(target.port),
         "-i",
         str(target.key),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={target.known_hosts}",
-        # the pin is the one file: a key in /etc/ssh/ssh_known_hosts must not vouch for the host
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        f"ConnectTimeout={connect_timeout}",
+        *pinned_client_options(target.known_hosts, connect_timeout=connect_timeout),
     ]
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from processes import live_processes_mentioning
 from typer.testing import CliRunner
 
 from keyforge import demo, sshd
@@ -19,21 +20,6 @@ from keyforge.errors import KeyforgeError
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def live_processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes (zombies excluded) that hold ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and sshd.is_running(int(entry.name)):
-            found.append(cmdline)
-    return found
 
 
 def run_demo_command(tmpdir: Path) -> subprocess.CompletedProcess[str]:

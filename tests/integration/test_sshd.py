@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from processes import live_processes_mentioning
 
 from keyforge import sshd
 from keyforge.errors import UsageError
 
 pytestmark = pytest.mark.slow
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live (not zombie) processes whose command line holds ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and sshd.is_running(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def make_client_key(directory: Path) -> Path:
@@ -63,7 +49,7 @@ def test_private_sshd_answers_with_its_banner_and_is_gone_afterwards(tmp_path: P
         assert sshd.is_running(server.pid)
         pid = server.pid
     assert not sshd.is_running(pid)
-    assert processes_mentioning(str(tmp_path)) == []
+    assert live_processes_mentioning(str(tmp_path)) == []
     assert sshd.read_banner(server.port) is None
 
 
@@ -166,3 +152,28 @@ def test_a_directory_sshd_config_cannot_hold_is_refused_before_anything_starts(
     with pytest.raises(UsageError, match="cannot go into an sshd_config"), sshd.private_sshd(odd):
         pytest.fail("the block must not run")
     assert list(odd.iterdir()) == []
+
+
+def test_stragglers_naming_the_directory_are_stopped_even_outside_the_tree(tmp_path: Path) -> None:
+    marker = str(tmp_path / "straggler-marker")
+    # an orphan, like a forced rsync whose session sshd already exited: its parent is gone
+    launcher = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; "
+            "sleeper = [sys.executable, '-c', 'import time; time.sleep(60)', sys.argv[1]]; "
+            "print(subprocess.Popen(sleeper, start_new_session=True, stdout=subprocess.DEVNULL,"
+            " stderr=subprocess.DEVNULL).pid)",
+            marker,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = int(launcher.stdout.strip())
+    assert sshd.is_running(orphan)
+    stopped = sshd.stop_stragglers(marker, timeout=5)
+    assert orphan in stopped
+    assert not sshd.is_running(orphan)
+    assert live_processes_mentioning(marker) == []

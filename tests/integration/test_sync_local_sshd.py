@@ -184,12 +184,15 @@ def test_a_missing_source_directory_is_refused(lab: Lab, tmp_path: Path) -> None
 # --- keyforge check ----------------------------------------------------------------------------
 
 
-def _with_key_line(lab: Lab, options: str) -> str:
-    """Swap the authorized_keys line for the same key under other options; return the old text."""
+def _check_with_key_options(lab: Lab, options: str) -> subprocess.CompletedProcess[str]:
+    """Run keyforge check with the key under other authorized_keys options, then put it back."""
     old = lab.server.authorized_keys.read_text()
     key = old[old.index("ssh-ed25519 ") :]
     lab.server.authorized_keys.write_text(f"{options} {key}".lstrip())
-    return old
+    try:
+        return _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
+    finally:
+        lab.server.authorized_keys.write_text(old)
 
 
 def test_check_proves_the_locked_key_refuses_everything_but_rsync(lab: Lab) -> None:
@@ -203,11 +206,7 @@ def test_check_proves_the_locked_key_refuses_everything_but_rsync(lab: Lab) -> N
 
 
 def test_check_fails_on_an_unrestricted_key(lab: Lab) -> None:
-    old = _with_key_line(lab, "")
-    try:
-        result = _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
-    finally:
-        lab.server.authorized_keys.write_text(old)
+    result = _check_with_key_options(lab, "")
     assert result.returncode == 1
     assert "FAIL a command of its own: it ran what was asked" in result.stdout
     assert "FAIL port forwarding" in result.stdout
@@ -215,11 +214,7 @@ def test_check_fails_on_an_unrestricted_key(lab: Lab) -> None:
 
 
 def test_check_fails_on_a_forced_command_that_is_not_rsync(lab: Lab) -> None:
-    old = _with_key_line(lab, 'restrict,command="ls"')
-    try:
-        result = _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
-    finally:
-        lab.server.authorized_keys.write_text(old)
+    result = _check_with_key_options(lab, 'restrict,command="ls"')
     assert result.returncode == 1
     assert "FAIL a command of its own: no rsync server answered" in result.stdout
     assert "ok   terminal" in result.stdout
