@@ -168,6 +168,9 @@ def main() -> None:
     env["PYTHONPATH"] = (
         str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
     )
+    # an installed keyforge has its bytecode compiled; keep it in the work directory, not the tree
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     try:
         run(work, args, env)
     finally:
@@ -314,6 +317,12 @@ def report(results: dict[str, list[Sample]], sizes: dict[str, tuple[int, int]], 
     checks = [
         ("full / hand", med["keyforge full (no test)"].wall / med["hand full"].wall, "<= 1.10"),
         ("full with zstd -t / hand", med["keyforge full"].wall / med["hand full"].wall, "<= 1.25"),
+        # the same work on both sides: the hand-typed full followed by its own zstd -t
+        (
+            "full with zstd -t / hand + -t",
+            med["keyforge full"].wall / med["hand full + zstd -t"].wall,
+            "<= 1.25",
+        ),
         (
             "incremental - hand (s)",
             med["keyforge incremental"].wall - med["hand incremental"].wall,
@@ -322,11 +331,11 @@ def report(results: dict[str, list[Sample]], sizes: dict[str, tuple[int, int]], 
         ("restore / hand", med["keyforge restore"].wall / med["hand restore"].wall, "<= 1.10"),
         ("keyforge peak MB", max(med[k].peak_mb for k in med if k.startswith("keyforge")), "< 100"),
     ]
-    print(f"{'target':28} {'value':>8}  goal")
+    print(f"{'target':30} {'value':>8}  goal")
     for name, value, goal in checks:
         limit = float(goal.split()[-1])
         ok = value < limit if goal.startswith("<") and not goal.startswith("<=") else value <= limit
-        print(f"{name:28} {value:8.2f}  {goal:8} {'ok' if ok else 'MISSED'}")
+        print(f"{name:30} {value:8.2f}  {goal:8} {'ok' if ok else 'MISSED'}")
     print(f"restored tree equals day-2 tree: {'yes' if same else 'NO'}")
 
 

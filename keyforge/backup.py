@@ -17,17 +17,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import stat
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from keyforge import fsutil, runner
 from keyforge.config import WEEKDAYS, BackupConfig, Config
@@ -44,6 +47,7 @@ SNAPSHOT_DIR = ".snapshots"
 PARTIAL_SUFFIX = ".partial"
 MANIFEST_SUFFIX = ".manifest.json"
 EXTENSIONS = {"zstd": "zst", "gzip": "gz", "pigz": "gz"}
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # GNU tar exits 1 when a file changed while it was read: the archive is usable, so a warning
 TAR_WARNING_EXIT = 1
@@ -617,6 +621,12 @@ def _tar_failure(result: runner.Result, source: str) -> str:
 def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> ArchiveEntry:
     """Write one archive and its new snapshot under temporary names; commit the archive.
 
+    The compressor writes the partial file itself, as ``zstd -o`` would, while a thread follows
+    the file as it grows to hash it and feed the ``test_archives`` check: no compressed byte
+    crosses a pipe into keyforge, and neither the hash nor the check is a pass of its own after
+    the archive is written. The archive is renamed to its final name only after the compressor,
+    tar (0 or its warning 1), the check and the fsync all succeeded.
+
     Returns the entry; the snapshot stays at its temporary name until ``commit_snapshot``,
     which the caller runs only after the manifest lists the archive.
     """
@@ -624,7 +634,6 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
     final = backup_dir / item.name
     partial = backup_dir / partial_name(item.name)
     work_snapshot = item.snapshot.with_name(partial_name(item.snapshot.name))
-    priority = priority_of(config.backup)
     started = time.monotonic()
     try:
         if item.kind == INCREMENTAL:
@@ -632,45 +641,15 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
         else:
             with contextlib.suppress(FileNotFoundError):
                 work_snapshot.unlink()
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fsutil.PRIVATE_FILE)
+        # read-write: the compressor writes through it (its stdout), the follower preads it
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, fsutil.PRIVATE_FILE)
     except OSError as err:
         with contextlib.suppress(OSError):
             work_snapshot.unlink()
         raise FileError.from_os_error("write in", backup_dir, err) from err
     try:
-        with os.fdopen(fd, "wb", buffering=0) as out, _flushing(out.fileno()):
-            writer = _ArchiveWriter(out.fileno())
-
-            def tick() -> None:
-                reporter.progress(item.source, writer.size, time.monotonic() - started)
-
-            test = config.backup.test_archives
-            result = runner.run_pipe(
-                runner.wrap_priority(item.tar_argv, priority),
-                runner.wrap_priority(item.compress_argv, priority),
-                consume=writer.write,
-                checker=runner.wrap_priority(test_stdin_argv(config.backup.compression), priority)
-                if test
-                else None,
-                on_tick=tick,
-            )
-            tar, compressor = result.first, result.second
-            if compressor.returncode != 0:
-                name = config.backup.compression
-                raise CommandError(
-                    f"{name} failed on {item.source}: "
-                    + runner.first_error_line(
-                        compressor.stderr, fallback=f"exit status {compressor.returncode}"
-                    )
-                )
-            if tar.returncode > TAR_WARNING_EXIT or tar.returncode < 0:
-                raise CommandError(_tar_failure(tar, item.source))
-            if result.checker is not None and result.checker.returncode != 0:
-                raise CommandError(
-                    f"{item.name} does not decompress: "
-                    + runner.first_error_line(result.checker.stderr, fallback="test failed")
-                )
-            os.fsync(out.fileno())
+        with os.fdopen(fd, "rb", buffering=0) as out:
+            tar, size, sha256 = _write_checked(config, item, out.fileno(), reporter, started)
         warnings = tuple(
             f"{item.source}: {ln.removeprefix('tar: ').strip()}"
             for ln in tar.stderr.splitlines()
@@ -681,8 +660,8 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
             source=item.source,
             kind=item.kind,
             chain=item.chain,
-            size=writer.size,
-            sha256=writer.digest.hexdigest(),
+            size=size,
+            sha256=sha256,
             warnings=warnings,
         )
         partial.replace(final)
@@ -703,21 +682,161 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
     return entry
 
 
-class _ArchiveWriter:
-    """Writes the compressed stream to the archive, hashing and counting it in the same pass."""
+def _write_checked(
+    config: Config, item: PlannedArchive, fd: int, reporter: Reporter, started: float
+) -> tuple[runner.Result, int, str]:
+    """Run tar into the compressor writing ``fd``; judge them, the check and fsync the file.
 
-    def __init__(self, fd: int) -> None:
+    Returns tar's result (its warnings), the archive's size and its sha256.
+    """
+    priority = priority_of(config.backup)
+    checker = (
+        runner.wrap_priority(test_stdin_argv(config.backup.compression), priority)
+        if config.backup.test_archives
+        else None
+    )
+    with _ArchiveFollower(fd, checker) as follower, _flushing(fd):
+
+        def tick() -> None:
+            reporter.progress(item.source, os.fstat(fd).st_size, time.monotonic() - started)
+
+        result = runner.run_pipe(
+            runner.wrap_priority(item.tar_argv, priority),
+            runner.wrap_priority(item.compress_argv, priority),
+            stdout=fd,
+            on_tick=tick,
+        )
+        tar, compressor = result.first, result.second
+        if compressor.returncode != 0:
+            raise CommandError(
+                f"{config.backup.compression} failed on {item.source}: "
+                + runner.first_error_line(
+                    compressor.stderr, fallback=f"exit status {compressor.returncode}"
+                )
+            )
+        if tar.returncode > TAR_WARNING_EXIT or tar.returncode < 0:
+            raise CommandError(_tar_failure(tar, item.source))
+        check = follower.finish()
+        if check is not None and check.returncode != 0:
+            raise CommandError(
+                f"{item.name} does not decompress: "
+                + runner.first_error_line(check.stderr, fallback="test failed")
+            )
+        size = os.fstat(fd).st_size
+        if follower.size != size:
+            raise CommandError(
+                f"{item.name} changed while it was hashed ({follower.size} of {size} bytes)"
+            )
+        os.fsync(fd)
+    return tar, size, follower.digest.hexdigest()
+
+
+class _ArchiveFollower:
+    """Reads the archive file while another process appends to it: one thread hashes and
+    counts every byte; with a ``checker`` argv (``zstd -t -``) another sends the same bytes to
+    the checker's stdin straight from the page cache (sendfile), so the check never waits on
+    the hash nor the hash on the check.
+
+    hashlib, os.pread and os.sendfile release the GIL, so both threads run beside the
+    compressor. ``finish`` is called once the writer has exited: the threads read up to the
+    end of the file, and it returns the checker's result.
+    """
+
+    CHUNK = 1 << 20
+    POLL_SECONDS = 0.02
+
+    def __init__(self, fd: int, checker: Sequence[str] | None) -> None:
         self.fd = fd
         self.size = 0
         self.digest = hashlib.sha256()
+        self._checker_argv = tuple(checker) if checker is not None else None
+        self._checker: subprocess.Popen[bytes] | None = None
+        self._checker_err: IO[bytes] | None = None
+        self._written = threading.Event()
+        self._errors: list[BaseException] = []
+        self._threads = [threading.Thread(target=self._run, args=(self._hash_from,), daemon=True)]
 
-    def write(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+    def __enter__(self) -> _ArchiveFollower:
+        if self._checker_argv is not None:
+            self._checker_err = tempfile.TemporaryFile()
+            try:
+                self._checker = runner.spawn(
+                    self._checker_argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=self._checker_err,
+                )
+            except BaseException:
+                self._checker_err.close()
+                raise
+            assert self._checker.stdin is not None
+            with contextlib.suppress(OSError):  # fewer wake-ups of the checker
+                fcntl.fcntl(self._checker.stdin.fileno(), F_SETPIPE_SZ, self.CHUNK)
+            self._threads.append(
+                threading.Thread(target=self._run, args=(self._feed_from,), daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._written.set()
+        if self._checker is not None and exc[0] is not None:
+            with contextlib.suppress(OSError):
+                self._checker.kill()  # a failed run: the feeder must not block on its pipe
+        for thread in self._threads:
+            thread.join()
+        if self._checker is not None:
+            self._checker.wait()
+        if self._checker_err is not None:
+            self._checker_err.close()
+
+    def finish(self) -> runner.Result | None:
+        """Read what is left once the writer exited; the checker's result (None without one)."""
+        self._written.set()
+        for thread in self._threads:
+            thread.join()
+        if self._errors:
+            raise self._errors[0]
+        if self._checker is None or self._checker_err is None:
+            return None
+        self._checker.wait()
+        self._checker_err.seek(0)
+        stderr = self._checker_err.read().decode("utf-8", errors="replace")
+        return runner.Result(self._checker_argv or (), self._checker.returncode, b"", stderr)
+
+    def _run(self, step: Callable[[int], int]) -> None:
+        """Apply ``step`` at growing offsets until the end of the finished file."""
+        offset = 0
+        try:
+            while True:
+                # checked before reading: once set, everything ever written is already readable
+                written = self._written.is_set()
+                done = step(offset)
+                if done:
+                    offset += done
+                elif written:
+                    return
+                else:
+                    self._written.wait(self.POLL_SECONDS)
+        except BrokenPipeError:
+            return  # the checker gave up: its exit status says why
+        except BaseException as err:  # re-raised by finish in the main thread
+            self._errors.append(err)
+        finally:
+            if step == self._feed_from and self._checker and self._checker.stdin:
+                with contextlib.suppress(OSError):
+                    self._checker.stdin.close()
+
+    def _hash_from(self, offset: int) -> int:
+        chunk = os.pread(self.fd, self.CHUNK, offset)
         self.digest.update(chunk)
         self.size += len(chunk)
+        return len(chunk)
+
+    def _feed_from(self, offset: int) -> int:
+        assert self._checker is not None and self._checker.stdin is not None
+        return os.sendfile(self._checker.stdin.fileno(), self.fd, offset, self.CHUNK)
 
 
 @contextlib.contextmanager

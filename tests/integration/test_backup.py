@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -546,3 +547,30 @@ def test_an_archive_that_does_not_decompress_is_never_committed(
         backup.run_backup(cfg, now=DAY1)
     assert backup.scan_archives(cfg) == []
     assert not list(cfg.backup_dir.glob("*.partial"))
+
+
+def test_the_follower_hashes_and_feeds_every_byte_of_a_file_written_while_it_reads(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "growing"
+    copy = tmp_path / "checker-saw"
+    # written in bursts with pauses, so the follower reaches the end of the file before the end
+    slow_writer = (
+        "import os, time\n"
+        "for _ in range(5):\n"
+        "    os.write(1, os.urandom(700_000))\n"
+        "    time.sleep(0.05)\n"
+    )
+    fd = os.open(archive, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with backup._ArchiveFollower(fd, ["sh", "-c", f"cat > '{copy}'"]) as follower:
+            subprocess.run([sys.executable, "-c", slow_writer], stdout=fd, check=True)
+            check = follower.finish()
+    finally:
+        os.close(fd)
+    content = archive.read_bytes()
+    assert len(content) == 3_500_000
+    assert check is not None and check.returncode == 0
+    assert follower.size == len(content)
+    assert follower.digest.hexdigest() == hashlib.sha256(content).hexdigest()
+    assert copy.read_bytes() == content
