@@ -161,10 +161,26 @@ wants_docker() {
     return 0
 }
 
+remove_lab_leftovers() {
+    # A run killed half-way (or a killed dockerd, which restores its networks on restart) can
+    # leave lab containers and the lab network behind; the network's fixed subnet would then
+    # refuse the next lab. The tests remove their own; this catches the rest, before and after.
+    docker_answers || return 0
+    local ids
+    ids=$(docker ps -aq --filter label=org.keyforge.test=lab)
+    # shellcheck disable=SC2086  # one id a word
+    [[ -z $ids ]] || docker rm -f $ids >/dev/null 2>&1 || true
+    ids=$(docker network ls -q --filter label=org.keyforge.test=lab)
+    # shellcheck disable=SC2086
+    [[ -z $ids ]] || docker network rm $ids >/dev/null 2>&1 || true
+}
+
 install_packages
 setup_venv
 if wants_docker "$@"; then
     start_docker
+    remove_lab_leftovers
+    trap remove_lab_leftovers EXIT
     say "docker: building the test images"
     PYTHON="$venv/bin/python" bash docker/build.sh
 fi
