@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import select
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -63,8 +64,8 @@ def first_error_line(stderr: str, *, fallback: str) -> str:
     return fallback
 
 
-def _command_name(argv: Sequence[str]) -> str:
-    """The program's name, past any ionice/nice wrapping added by wrap_priority."""
+def _program(argv: Sequence[str]) -> str | None:
+    """The program argv runs, past any ionice/nice wrapping added by wrap_priority."""
     i = 0
     while i < len(argv):
         if argv[i] in ("ionice", "nice"):
@@ -72,11 +73,20 @@ def _command_name(argv: Sequence[str]) -> str:
             while i < len(argv) and argv[i].startswith("-"):
                 i += 2  # every option of both takes one value
             continue
-        return argv[i].rsplit("/", 1)[-1]
-    return "command"
+        return argv[i]
+    return None
+
+
+def _command_name(argv: Sequence[str]) -> str:
+    program = _program(argv)
+    return program.rsplit("/", 1)[-1] if program else "command"
 
 
 def spawn(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    program = _program(argv)
+    # nice would report a missing program in words of its own, after the pipe has started
+    if program and argv and program != argv[0] and shutil.which(program) is None:
+        raise CommandError(f"{_command_name(argv)}: command not found")
     try:
         return subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload,no-any-return]
     except FileNotFoundError:

@@ -188,11 +188,19 @@ def other_kind_files(kind: str) -> list[Path]:
 # --- installing ------------------------------------------------------------------------------
 
 
+def require_directory_of(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent} does not exist: is this scheduler installed here?")
+
+
 def plan_install(files: dict[Path, str]) -> list[Change]:
+    """What installing ``files`` would change; refuses, as the install would, a missing
+    directory, so --dry-run never promises a write that cannot happen."""
     changes = []
     for path, text in files.items():
         old = fsutil.read_text_if_exists(path)
         if old is None:
+            require_directory_of(path)
             action = "created"
         elif old == text:
             action = "unchanged"
@@ -206,8 +214,5 @@ def apply(changes: Sequence[Change]) -> None:
     for change in changes:
         if change.action == "unchanged":
             continue
-        if not change.path.parent.is_dir():
-            raise UsageError(
-                f"{change.path.parent} does not exist: is this scheduler installed here?"
-            )
+        require_directory_of(change.path)
         fsutil.atomic_write(change.path, change.new.encode(), mode=FILE_MODE, keep_owner=False)

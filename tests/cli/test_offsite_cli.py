@@ -124,6 +124,17 @@ def test_schedule_dry_run_install_shows_a_diff_and_writes_nothing(tmp_path: Path
     assert not (tmp_path / "keyforge").exists()
 
 
+def test_schedule_dry_run_install_refuses_a_missing_directory_as_the_install_would(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    argv = ["schedule", "--cron", "--install", "--dry-run", "--dest", str(tmp_path / "no-cron")]
+    result = runner.invoke(app, [*argv, "--config", str(config)])
+    assert result.exit_code == 2
+    assert "does not exist: is this scheduler installed here?" in result.output
+    assert "would be created" not in result.output
+
+
 def test_schedule_rejects_both_kinds(tmp_path: Path) -> None:
     result = runner.invoke(app, ["schedule", "--cron", "--systemd", "-c", str(_config(tmp_path))])
     assert result.exit_code == 2

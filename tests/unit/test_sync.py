@@ -178,6 +178,21 @@ def test_a_refused_key_is_not_retried() -> None:
     assert "refused the key" in verdict.message
 
 
+@pytest.mark.parametrize(
+    "said",
+    [
+        "keyforge: command recorded, not run; run 'keyforge capture show' on the receiving host",
+        "keyforge: command not run, and it could not be recorded in /home/foo/.ssh/x.log",
+    ],
+)
+def test_the_capture_recorders_answer_is_not_retried_and_says_what_to_do(said: str) -> None:
+    stderr = f"{said}\nrsync: connection unexpectedly closed (0 bytes received so far)\n"
+    verdict = sync.judge(12, stderr, SyncConfig())
+    assert not verdict.retry
+    assert "capture recorder" in verdict.message
+    assert said in verdict.message
+
+
 def test_max_delete_exit_explains_the_limit() -> None:
     verdict = sync.judge(
         25, "Deletions stopped due to --max-delete limit\n", SyncConfig(max_delete=9)
