@@ -656,7 +656,6 @@ def verify_command(
     restore the latest chain of each source and compare content, modes, owners, mtimes,
     symlinks, hard links and xattrs with what the archives record."""
     from keyforge import restore
-    from keyforge.errors import KeyforgeError as _Failed
 
     cfg = _load_backup_config(config_path)
     report = restore.run_verify(cfg, scratch=scratch)
@@ -668,7 +667,7 @@ def verify_command(
         problems = [*report.problems]
         for verdict in report.sources:
             problems += [f"{verdict.source}: {p}" for p in verdict.problems]
-        raise _Failed(f"verify failed: {restore.summarize_problems(problems)}")
+        raise KeyforgeError(f"verify failed: {restore.summarize_problems(problems)}")
     say(f"verify ok: {report.checked_archives} archive(s) match their manifests and restore")
 
 

@@ -259,35 +259,42 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """Stop the listener and every session process under it; wait until all are gone."""
-    # a pid with its start time names one process, even if the pid is reused later
-    children = (
-        {pid: _start_time(pid) for pid in descendants(proc.pid)} if proc.poll() is None else {}
-    )
+class _Processes:
+    """Processes named by pid and start time, so a pid reused later is never signalled."""
 
-    def alive() -> list[int]:
+    def __init__(self, pids: list[int]) -> None:
+        self.started = {pid: _start_time(pid) for pid in pids}
+
+    def alive(self) -> list[int]:
         return [
-            pid
-            for pid, started in children.items()
-            if is_running(pid) and _start_time(pid) == started
+            pid for pid, at in self.started.items() if is_running(pid) and _start_time(pid) == at
         ]
 
+    def terminate(self) -> None:
+        for pid in self.alive():
+            _signal(pid, signal.SIGTERM)
+
+    def wait_or_kill(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                for pid in self.alive():
+                    _signal(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+
+def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop the listener and every session process under it; wait until all are gone."""
+    children = _Processes(descendants(proc.pid) if proc.poll() is None else [])
     proc.terminate()
-    for pid in alive():
-        _signal(pid, signal.SIGTERM)
+    children.terminate()
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + timeout
-    while alive():
-        if time.monotonic() > deadline:
-            for pid in alive():
-                _signal(pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    children.wait_or_kill(timeout)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -314,20 +321,9 @@ def stop_stragglers(text: str, timeout: float = STOP_TIMEOUT) -> list[int]:
     not yet noticed its client is gone, say. Naming the directory finds it all the same.
     """
     found = processes_mentioning(text)
-    started = {pid: _start_time(pid) for pid in found}
-
-    def alive() -> list[int]:
-        return [pid for pid, at in started.items() if is_running(pid) and _start_time(pid) == at]
-
-    for pid in alive():
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive():
-        if time.monotonic() > deadline:
-            for pid in alive():
-                _signal(pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    stragglers = _Processes(found)
+    stragglers.terminate()
+    stragglers.wait_or_kill(timeout)
     return found
 
 
