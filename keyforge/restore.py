@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from keyforge import backup, runner
+from keyforge import backup, fsutil, runner
 from keyforge.backup import ArchiveRecord
 from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
@@ -60,15 +60,12 @@ def plan_restore(config: Config, source: str, at: dt.date | None) -> list[Archiv
     return archives
 
 
-def _ensure_empty_target(target: Path, *, force: bool) -> None:
+def _target_is_fresh(target: Path, *, force: bool) -> bool:
+    """True when ``target`` is missing or empty; a non-empty one needs ``force``."""
     try:
         entries = list(target.iterdir())
     except FileNotFoundError:
-        try:
-            target.mkdir(mode=0o700, parents=True)
-        except OSError as err:
-            raise FileError.from_os_error("create", target, err) from err
-        return
+        return True
     except OSError as err:
         raise FileError.from_os_error("read", target, err) from err
     if entries and not force:
@@ -76,6 +73,36 @@ def _ensure_empty_target(target: Path, *, force: bool) -> None:
             f"{target} is not empty; an incremental restore deletes what the backup says was "
             "deleted, so restore into an empty directory (or pass --force)"
         )
+    return not entries
+
+
+def staging_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.keyforge-partial")
+
+
+def _restore_whole(config: Config, archives: Iterable[ArchiveRecord], target: Path) -> None:
+    """Apply the chain beside ``target``, then rename it into place.
+
+    A restore that fails half-way (a damaged archive, a full disk) then leaves ``target`` as it
+    was, missing or empty, never half-filled: rename() replaces an empty directory whole.
+    """
+    staging = staging_path(target)
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
+        staging.mkdir(mode=0o700)
+    except OSError as err:
+        raise FileError.from_os_error("create", staging, err) from err
+    try:
+        apply_chain(config, archives, staging)
+        staging.rename(target)
+        fsutil.fsync_dir(target.parent)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileError.from_os_error("restore into", target, err) from err
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def extract_archive(archive: Path, target: Path) -> None:
@@ -112,9 +139,13 @@ def run_restore(
     archives = plan_restore(config, source, at)
     if dry_run:
         return archives
-    _ensure_empty_target(target, force=force)
+    target = target.absolute()
+    fresh = _target_is_fresh(target, force=force)
     with backup.backup_lock(config.backup_dir):
-        apply_chain(config, archives, target)
+        if fresh:
+            _restore_whole(config, archives, target)
+        else:
+            apply_chain(config, archives, target)  # --force: onto what is there, in place
     return archives
 
 

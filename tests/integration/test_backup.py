@@ -574,3 +574,35 @@ def test_the_follower_hashes_and_feeds_every_byte_of_a_file_written_while_it_rea
     assert follower.size == len(content)
     assert follower.digest.hexdigest() == hashlib.sha256(content).hexdigest()
     assert copy.read_bytes() == content
+
+
+def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src)
+    cfg = make_config(tmp_path, src)
+    backup.run_backup(cfg, now=DAY1)
+    change_tree(src)
+    report = backup.run_backup(cfg, now=DAY2)
+    # the master restores, then the damaged incremental stops the chain
+    archive = cfg.backup_dir / report.entries[0].name
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    for target in (missing, empty):
+        with pytest.raises(KeyforgeError):
+            restore.run_restore(cfg, str(src), target)
+        assert not restore.staging_path(target).exists()
+    assert not missing.exists()
+    assert list(empty.iterdir()) == []
+
+
+def test_a_restore_into_an_existing_empty_directory_fills_it(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src)
+    cfg = make_config(tmp_path, src)
+    backup.run_backup(cfg, now=DAY1)
+    (tmp_path / "empty").mkdir()
+    restore.run_restore(cfg, str(src), tmp_path / "empty")
+    assert_same_tree(src, tmp_path / "empty")
+    assert not restore.staging_path(tmp_path / "empty").exists()
