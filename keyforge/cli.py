@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -75,7 +75,7 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool],  # noqa: UP045 - typer needs Optional on Python 3.11 for callbacks
+        bool | None,
         typer.Option(
             "--version",
             help="Print keyforge's version and exit.",
@@ -483,7 +483,7 @@ def revoke_command(
 
 _CONFIG_HELP = "The config file. Default: $KEYFORGE_CONFIG, else /etc/keyforge/keyforge.toml."
 ConfigOption = Annotated[
-    Optional[Path],  # noqa: UP045 - same spelling as the other options typer reads here
+    Path | None,
     typer.Option("--config", "-c", metavar="PATH", help=_CONFIG_HELP, show_default=False),
 ]
 
@@ -498,7 +498,7 @@ def _load_backup_config(path: Path | None) -> Config:
 def init_command(
     config_path: ConfigOption = None,
     host: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--host",
             help="Name of this server in archive names. Default: the short host name.",
@@ -599,7 +599,7 @@ def restore_command(
         Path, typer.Option("--to", metavar="DIR", help="Empty (or new) directory to restore into.")
     ],
     at: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--at",
             metavar="DATE",
@@ -642,7 +642,7 @@ def restore_command(
 def verify_command(
     config_path: ConfigOption = None,
     scratch: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(
             "--scratch",
             metavar="DIR",
@@ -678,7 +678,7 @@ def verify_command(
 def sync_command(
     config_path: ConfigOption = None,
     target: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--target",
             "-t",
@@ -773,7 +773,7 @@ def schedule_command(
         typer.Option("--dry-run", help="With --install: show what would change; write nothing."),
     ] = False,
     dest: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(
             "--dest",
             metavar="DIR",
@@ -1101,7 +1101,7 @@ def status_command(
 def check_command(
     config_path: ConfigOption = None,
     target: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--target",
             "-t",
