@@ -92,9 +92,24 @@ def key_id(blob: str | bytes) -> str:
 # --- the recorder ---------------------------------------------------------------------------
 
 
+# How the recorder answers on stderr; a sending server that reads either knows its push
+# reached the recorder, so trying again would only record it again.
+RECORDED_NOTICE = "keyforge: command recorded, not run"
+UNRECORDED_NOTICE = "keyforge: command not run"
+RECORDER_NOTICES = (RECORDED_NOTICE, UNRECORDED_NOTICE)
+
+
 def render_recorder(log: Path) -> str:
-    """The recorder script for ``log``; the path is shell-quoted here, never in the template."""
-    return render("recorder.sh.j2", tag=RECORD_TAG, log_path=shlex.quote(str(log)))
+    """The recorder script for ``log``; values are shell-quoted here, never in the template."""
+    return render(
+        "recorder.sh.j2",
+        tag=RECORD_TAG,
+        log_path=shlex.quote(str(log)),
+        recorded=shlex.quote(
+            f"{RECORDED_NOTICE}; run 'keyforge capture show' on the receiving host"
+        ),
+        unrecorded=shlex.quote(f"{UNRECORDED_NOTICE}, and it could not be recorded in "),
+    )
 
 
 def recorder_command(recorder: Path, key: str) -> str:

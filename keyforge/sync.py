@@ -68,8 +68,6 @@ _HOST_KEY_SIGNS = (
 )
 _AUTH_SIGNS = ("Permission denied (",)
 _PROTECTED_SIGNS = ("protocol version mismatch",)
-# What 'keyforge capture start's recorder prints: the push reached it, so a retry only repeats it.
-_RECORDER_SIGNS = ("keyforge: command recorded, not run", "keyforge: command not run")
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 _IPV6_RE = re.compile(r"^[0-9A-Fa-f:.]+$")
@@ -321,8 +319,10 @@ def judge(exit_code: int, stderr: str, settings: SyncConfig) -> Verdict:
             message="the receiving host refused the key (ssh: Permission denied); "
             "is it installed there, and does its from= allow this address?",
         )
+    from keyforge.capture import RECORDER_NOTICES  # noqa: PLC0415 - only a refused push reads it
+
     recorder = next(
-        (ln.strip() for ln in stderr.splitlines() if ln.strip().startswith(_RECORDER_SIGNS)), None
+        (ln.strip() for ln in stderr.splitlines() if ln.strip().startswith(RECORDER_NOTICES)), None
     )
     if recorder is not None:
         return Verdict(

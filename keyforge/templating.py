@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
 
 def templates_dir() -> Path:
@@ -25,6 +26,10 @@ def templates_dir() -> Path:
 
 @functools.cache
 def environment() -> jinja2.Environment:
+    # imported here, not at the top: modules that render only on some paths (capture, sync's
+    # judgement of a refused push) stay cheap to import for the paths that never render
+    import jinja2  # noqa: PLC0415
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
