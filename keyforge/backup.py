@@ -38,7 +38,6 @@ from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
 
 MASTER = "master"
 INCREMENTAL = "incremental"
-KINDS = (MASTER, INCREMENTAL)
 LOCK_NAME = ".keyforge.lock"
 # the index of every archive present, rewritten after each change; its presence marks a
 # directory as a keyforge backup directory (the sync runner refuses to push one without it)
@@ -208,14 +207,6 @@ def chains_of(records: Iterable[ArchiveRecord]) -> dict[str, list[Chain]]:
     return result
 
 
-def chain_of(records: Iterable[ArchiveRecord], name: str) -> Chain | None:
-    for chains in chains_of(records).values():
-        for chain in chains:
-            if any(a.name == name for a in chain.archives):
-                return chain
-    return None
-
-
 def chains_to_remove(
     records: Iterable[ArchiveRecord], today: dt.date, retention_days: int
 ) -> list[Chain]:
@@ -316,10 +307,6 @@ def _decompressor(archive: Path) -> str:
 
 def decompress_argv(archive: Path) -> list[str]:
     return [_decompressor(archive), "-d", "-c", "-q", str(archive)]
-
-
-def test_argv(archive: Path) -> list[str]:
-    return [_decompressor(archive), "-t", "-q", str(archive)]
 
 
 def test_stdin_argv(compression: str) -> list[str]:

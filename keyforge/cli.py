@@ -1073,7 +1073,7 @@ def status_command(
             min=0.0,
             help="Fail when the last successful backup or sync is older than this.",
         ),
-    ] = 26.0,
+    ] = 26.0,  # a daily job, plus its random delay and a slow run
 ) -> None:
     """When the last backup and the last sync of each target succeeded: age and size.
 

@@ -20,8 +20,6 @@ from keyforge.backup import MANIFEST_SUFFIX, human_size, source_slug
 from keyforge.config import Config
 from keyforge.errors import FileError
 
-DEFAULT_MAX_AGE_HOURS = 26.0  # a daily job, plus its random delay and a slow run
-
 
 @dataclasses.dataclass(frozen=True)
 class Success:
