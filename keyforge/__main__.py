@@ -1,3 +1,3 @@
-from keyforge.cli import main
+from keyforge.entry import main
 
 main()

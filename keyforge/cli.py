@@ -408,6 +408,62 @@ def install_command(
             readable=False,
         ),
     ] = None,
+    like: Annotated[
+        str | None,
+        typer.Option(
+            "--like",
+            metavar="OLD",
+            show_default=False,
+            help="Install the key right after the line holding the key OLD (a .pub file or a "
+            "SHA256:... fingerprint), with exactly that line's options, and keep the old line: "
+            "the step of a key rotation ('keyforge rotate' runs it). Refused when OLD is not "
+            "there or stands on several lines with different options; takes no other option "
+            "that shapes the line.",
+        ),
+    ] = None,
+    gate: Annotated[
+        Path | None,
+        typer.Option(
+            "--gate",
+            metavar="DIR",
+            show_default=False,
+            help="Lock the key to 'keyforge gate --dir DIR' instead of one exact command: it "
+            "runs any rsync push into DIR and refuses everything else (pulls, other paths, "
+            "'..' and symlink escapes, shell syntax), logging each refusal. With --command "
+            "or --from-capture that command becomes the gate's --expect, and a push that "
+            "differs from it is logged once as drift.",
+            file_okay=False,
+        ),
+    ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="With --gate: run only the exact --command (or captured) text, the strict "
+            "comparison of a plain command=, still checked and run without a shell.",
+        ),
+    ] = False,
+    gate_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--gate-log",
+            metavar="PATH",
+            show_default=False,
+            help="With --gate: where the gate logs its decisions (JSON lines, mode 0600); "
+            "default ~/.ssh/keyforge/gate.log of the key's user.",
+            dir_okay=False,
+        ),
+    ] = None,
+    gate_program: Annotated[
+        str | None,
+        typer.Option(
+            "--gate-program",
+            metavar="PATH",
+            show_default=False,
+            help="With --gate: the absolute path of keyforge on this host, when it is not the "
+            "one running this command.",
+        ),
+    ] = None,
 ) -> None:
     """Lock a backup key to one command and one source address in authorized_keys.
 
@@ -423,6 +479,29 @@ def install_command(
     from keyforge import install
 
     path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    if like is not None:
+        _refuse_beside_like(
+            {
+                "--from": bool(from_),
+                "--any-source": any_source,
+                "--command": command is not None,
+                "--no-restrict": no_restrict,
+                "--dropbear": dropbear,
+                "--expiry-time": expiry_time is not None,
+                "--environment": bool(environment),
+                "--from-capture": from_capture,
+                "--from-captured-address": from_captured_address,
+                "--allow-any-command": allow_any_command,
+                "--keep-tilde": keep_tilde,
+                "--capture-log": capture_log is not None,
+                "--gate": gate is not None,
+                "--exact": exact,
+                "--gate-log": gate_log is not None,
+                "--gate-program": gate_program is not None,
+            }
+        )
+        _install_like(key, like, path, dry_run=dry_run)
+        return
     _check_capture_options(
         from_capture=from_capture,
         command=command,
@@ -435,10 +514,11 @@ def install_command(
             "--capture-log": capture_log is not None,
         },
     )
+    _check_gate_options(gate, exact=exact, log=gate_log, program=gate_program)
     patterns = None if from_captured_address else _source_patterns(from_, any_source)
-    forced = None if from_capture else _forced_command(command)
+    forced = None if from_capture or gate is not None else _forced_command(command)
     public_key = _read_key_option(key)
-    if forced is None:
+    if from_capture:
         forced, patterns = _capture_for_install(
             public_key,
             path,
@@ -447,17 +527,40 @@ def install_command(
             log=capture_log,
             allow_any_command=allow_any_command,
             keep_tilde=keep_tilde,
+            raw=gate is not None,
+        )
+    if gate is not None:
+        expect = forced if from_capture else command
+        forced = _gate_line(
+            gate, path, expect=expect, exact=exact, log=gate_log, program=gate_program
         )
     entry = install.locked_entry(
         public_key,
         from_patterns=patterns,
-        command=forced,
+        command=forced if forced is not None else _forced_command(command),
         restrict=not no_restrict,
         dropbear=dropbear,
         expiry_time=expiry_time,
         environment=environment or (),
     )
     _report(install.install_key(path, entry, dry_run=dry_run), entry, dry_run=dry_run)
+
+
+def _refuse_beside_like(given: dict[str, bool]) -> None:
+    used = [name for name, was_given in given.items() if was_given]
+    if used:
+        raise UsageError(
+            f"--like copies the old line's options; {', '.join(used)} cannot be given with it"
+        )
+
+
+def _install_like(key: str, like: str, path: Path, *, dry_run: bool) -> None:
+    from keyforge import install
+
+    old = install.parse_old_key(like)
+    new_key = _read_key_option(key)
+    result = install.install_key_like(path, new_key, old, dry_run=dry_run)
+    _report(result, new_key, dry_run=dry_run)
 
 
 @app.command("revoke")
@@ -789,6 +892,10 @@ def schedule_command(
     is not yours); the cron file sets PATH and MAILTO; the systemd units run Persistent timers
     with a RandomizedDelaySec, at Nice=10 and IOSchedulingClass=idle, and need the backup
     directory mounted. Without --install the files are printed.
+
+    On the receiving host, a config with a [snapshot] section schedules 'keyforge snapshot' at
+    snapshot_at (default two hours after sync_at) as [schedule] user, and the backup and the
+    sync only when it also has [backup] or [[targets]].
     """
     from keyforge import config, schedule
 
@@ -800,6 +907,7 @@ def schedule_command(
     cfg = config.load(path)
     kind = schedule.CRON if cron else schedule.SYSTEMD if systemd else schedule.default_kind()
     jobs = schedule.jobs_for(cfg, path, schedule.keyforge_argv())
+    schedule.check_snapshot_user(cfg, jobs, schedule.owner_name)
     files = schedule.rendered_files(kind, cfg.schedule, jobs, dest)
     if not install:
         for file_path, text in files.items():
@@ -820,10 +928,7 @@ def schedule_command(
         for other in schedule.other_kind_files(kind):
             warn(f"{other} is installed too: remove it, or every job runs twice")
     if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
-        say(
-            "next: systemctl daemon-reload && "
-            "systemctl enable --now keyforge-backup.timer keyforge-sync.timer"
-        )
+        say("next: systemctl daemon-reload && systemctl enable --now " + " ".join(jobs.timers))
 
 
 # --- capture: learn the command rsync sends ---------------------------------------------------
@@ -1024,8 +1129,13 @@ def _capture_for_install(
     log: Path | None,
     allow_any_command: bool,
     keep_tilde: bool,
+    raw: bool = False,
 ) -> tuple[str, list[str] | None]:
-    """For 'install --from-capture': the forced command, and the from= patterns to use."""
+    """For 'install --from-capture': the forced command, and the from= patterns to use.
+
+    ``raw`` gives the command exactly as captured (the gate's --expect, compared with what the
+    client sends), not rewritten for use as command=.
+    """
     from keyforge import capture
 
     plan = capture.install_plan_from_capture(
@@ -1034,12 +1144,60 @@ def _capture_for_install(
     record = plan.record
     say(f"captured at {record.time} from {record.client}: {_printable(record.command or '')}")
     for line in plan.captured.notes:
-        say(line)
+        if not (raw and line.startswith("rewrote ")):
+            say(line)
     if from_captured_address:
         if record.client == "unknown":
             raise UsageError("the capture holds no client address; give --from instead")
         patterns = [record.client]
+    if raw and record.command is not None:
+        return record.command, patterns
     return plan.captured.command, patterns
+
+
+def _check_gate_options(
+    gate: Path | None, *, exact: bool, log: Path | None, program: str | None
+) -> None:
+    if gate is not None:
+        return
+    given = {"--exact": exact, "--gate-log": log is not None, "--gate-program": program is not None}
+    used = [name for name, was_given in given.items() if was_given]
+    if used:
+        raise UsageError(f"{', '.join(used)} only make sense with --gate")
+
+
+def _gate_line(
+    directory: Path,
+    authorized_keys: Path,
+    *,
+    expect: str | None,
+    exact: bool,
+    log: Path | None,
+    program: str | None,
+) -> str:
+    """The forced command running 'keyforge gate' for 'install --gate', checked first."""
+    from keyforge import capture, gate
+
+    config = gate.GateConfig(
+        str(directory.absolute()),
+        home=str(capture.home_for(authorized_keys)),
+        expect=expect,
+        exact=exact,
+        log=str(log.absolute()) if log is not None else None,
+        rsync=gate.rsync_program(),
+    )
+    config.confine = gate.rsync_can_confine(config.rsync)
+    for note in gate.check_setup(config):
+        say(note)
+    return gate.gate_command(
+        gate.gate_program(program),
+        config.directory,
+        expect=expect,
+        exact=exact,
+        log=config.log if log is not None else None,
+        rsync=config.rsync,
+        confine=config.confine,
+    )
 
 
 def _check_capture_options(
@@ -1166,6 +1324,433 @@ def demo_command(
     from keyforge import demo
 
     demo.run_demo(keep=keep, say=say)
+
+
+# --- snapshot (receiving host) ----------------------------------------------------------------
+
+
+@app.command("snapshot")
+def snapshot_command(
+    config_path: ConfigOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run the checks, then print the snapshot it would make, the rsync command and "
+            "what retention would remove; write nothing.",
+        ),
+    ] = False,
+    list_: Annotated[
+        bool,
+        typer.Option(
+            "--list",
+            help="List the snapshots, oldest first: date, files, size, and the bytes each one "
+            "adds (a file hard-linked to an older snapshot counts once).",
+        ),
+    ] = False,
+    accept: Annotated[
+        bool,
+        typer.Option(
+            "--accept",
+            help="The copy lost files on purpose: take it as it is, apply retention, and judge "
+            "later copies against this snapshot (instead of failing as a wiped copy).",
+        ),
+    ] = False,
+) -> None:
+    """Keep dated snapshots of the synced copy where the backup key cannot reach them.
+
+    Run on the receiving host after each push, as root or a user of its own: never as the user
+    the backup key logs in as. Each run copies [snapshot] source into [snapshot] directory as
+    a new snapshot named by the UTC time (rsync -a --link-dest: unchanged files are hard links
+    to the previous snapshot), complete or not at all, then removes snapshots older than
+    retention_days, always keeping the newest min_keep.
+
+    Refuses to run when the store lies inside the synced copy, when it or a directory above it
+    is writable by the copy's owner or by others, or when run as the copy's owner. When the copy
+    looks wiped (empty, its keyforge manifests gone, or most of its files gone) the snapshot is
+    still taken but nothing is pruned, and the run fails saying so.
+    """
+    from keyforge import backup, snapshot
+
+    cfg = _load_backup_config(config_path)
+    if list_:
+        if dry_run:
+            raise UsageError("--list and --dry-run contradict each other; give one")
+        infos = snapshot.list_snapshots(cfg)
+        for info in infos:
+            flag = "  (copy looked wiped)" if info.wiped else ""
+            say(
+                f"{info.stamp}  {snapshot.human_time(info.when)}  {info.files:>8} files  "
+                f"{backup.human_size(info.size):>9}  {backup.human_size(info.new_size):>9} new"
+                + flag
+            )
+        if not infos:
+            say(f"no snapshot in {cfg.snapshot.directory} yet")
+        return
+    report = snapshot.run_snapshot(cfg, dry_run=dry_run, accept=accept)
+    for message in report.warnings:
+        warn(message)
+    linked = f", unchanged files linked to {report.link_dest}" if report.link_dest else ""
+    verb = "would take" if dry_run else "took"
+    say(f"{verb} snapshot {report.path} ({report.count.files} files{linked})")
+    if dry_run:
+        say(f"  {' '.join(report.argv)}")
+    for stamp in report.pruned:
+        say(f"{'would prune' if dry_run else 'pruned'} snapshot {stamp}")
+    if report.wiped:
+        raise KeyforgeError(snapshot.wipe_message(report))
+
+
+# --- rotate: a new backup key, with backups working throughout --------------------------------
+
+
+@app.command("rotate")
+def rotate_command(
+    config_path: ConfigOption = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="NAME",
+            show_default=False,
+            help="The [[targets]] entry whose key rotates. Default: the only one.",
+        ),
+    ] = None,
+    admin: Annotated[
+        str | None,
+        typer.Option(
+            "--admin",
+            metavar="USER[@HOST]",
+            show_default=False,
+            help="Reach the receiving host's keyforge over ssh as this admin user (the backup "
+            "key cannot: it runs only rsync). HOST defaults to the target's host; the port and "
+            "the pinned known_hosts file are the target's.",
+        ),
+    ] = None,
+    admin_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--admin-key",
+            metavar="PATH",
+            show_default=False,
+            help="The admin's private key for --admin (ssh is told to use this key only).",
+            readable=False,
+        ),
+    ] = None,
+    authorized_keys: Annotated[
+        str | None,
+        typer.Option(
+            "--authorized-keys",
+            "-f",
+            metavar="PATH",
+            show_default=False,
+            help="With --admin: the authorized_keys file to change there (for an admin such "
+            "as root editing the backup user's file; default: the admin's own). Without "
+            "--admin: a file on this machine.",
+        ),
+    ] = None,
+    remote_keyforge: Annotated[
+        str,
+        typer.Option(
+            "--remote-keyforge",
+            metavar="PATH",
+            help="keyforge's command on the receiving host, for --admin.",
+        ),
+    ] = "keyforge",
+    key_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            metavar="ed25519|rsa|ecdsa",
+            show_default=False,
+            help="The new key's type. Default: the old key's (its size too).",
+        ),
+    ] = None,
+    bits: Annotated[
+        int | None,
+        typer.Option("--bits", "-b", metavar="N", show_default=False, help="The new key's size."),
+    ] = None,
+    comment: Annotated[
+        str | None,
+        typer.Option(
+            "--comment",
+            "-C",
+            metavar="TEXT",
+            show_default=False,
+            help="The new key's comment. Default: the old key's.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the steps that would run; change nothing."),
+    ] = False,
+) -> None:
+    """Replace the target's backup key with a new pair; backups keep working at every moment.
+
+    \b
+    1. a new pair KEY.next (0600 from the first byte) beside the target's key KEY;
+    2. the new key installed right after the old key's line on the receiving host, with
+       exactly its options (keyforge install --like, run there by an admin): both keys work;
+    3. a test push with the new key, as 'keyforge sync' runs it;
+    4. under the backup directory's lock, the old pair kept as KEY.old and the new pair
+       renamed into place: a concurrent sync uses one whole pair, old or new;
+    5. the old key revoked on the receiving host;
+    6. KEY.old deleted.
+
+    If a step fails, keyforge says which one and what is left, and stops; the old key still
+    works until step 5. Running it again continues where it stopped (a leftover KEY.next is
+    checked and reused). Run it as the user whose key it is, like the sync itself.
+    """
+    from keyforge import rotate
+
+    cfg = _load_backup_config(config_path)
+    remote = rotate.remote_target(cfg, target)
+    receiver = rotate.receiver_for(
+        remote,
+        admin=admin,
+        admin_key=admin_key,
+        authorized_keys=authorized_keys,
+        remote_keyforge=remote_keyforge,
+    )
+    files = rotate.KeyFiles(remote.key)
+    make_pair = rotate.pair_maker(key_type, bits, comment)
+    if dry_run:
+        say(f"target {remote.name}: rotating {remote.key}; the receiving host via {receiver.where}")
+        for line in rotate.plan_lines(files, rotate.first_step(files.present()), receiver.where):
+            say(line)
+        say("dry run: nothing changed; connected nowhere")
+        return
+    outcome = rotate.rotate(
+        rotate.Rotation(
+            files=files,
+            receiver=receiver,
+            push=rotate.sync_push(cfg, remote, warn),
+            swap_lock=rotate.backup_lock(cfg),
+            make_pair=make_pair,
+            say=say,
+        )
+    )
+    say(f"rotated {remote.key}: {outcome.old_fingerprint} -> {outcome.new_fingerprint}")
+
+
+# --- audit / explain: what the keys on a host may do ------------------------------------------
+
+
+@app.command("audit")
+def audit_command(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="[PATH...]",
+            show_default=False,
+            help="authorized_keys files to audit. Default: the current user's "
+            "~/.ssh/authorized_keys (and ~/.ssh/authorized_keys2 when present), the files "
+            "sshd reads by default.",
+        ),
+    ] = None,
+    all_users: Annotated[
+        bool,
+        typer.Option(
+            "--all-users",
+            help="Also audit ~/.ssh/authorized_keys and authorized_keys2 in the home of every "
+            "user in the passwd database (homes that do not exist are skipped). Run as root to "
+            "read them all.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the report as JSON (schema keyforge-audit/1)."),
+    ] = False,
+) -> None:
+    """Report what each key in authorized_keys files may do, and what makes sshd ignore them.
+
+    Per key: no command= or from=, port/agent/X11 forwarding, a terminal or ~/.ssh/rc allowed
+    (restrict and the options that re-enable something taken into account), a DSA or small RSA
+    key, duplicates, an expired expiry-time; per line: what sshd would refuse, with the reason;
+    per file: the ownership and modes that make sshd's StrictModes ignore it. Each finding has
+    a severity; the exit code is the worst one: 0 nothing above info, 10 low, 11 medium,
+    12 high, 13 critical. Reads only; changes nothing.
+    """
+    from keyforge import audit
+
+    report = audit.run_audit(paths or [], all_users=all_users)
+    if as_json:
+        say(audit.as_json(report))
+    else:
+        for line in audit.human_lines(report):
+            say(line)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+@app.command("explain")
+def explain_command(
+    line: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="LINE",
+            show_default=False,
+            help="One authorized_keys line, quoted as a single argument.",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            "-k",
+            metavar="PUBFILE|-",
+            show_default=False,
+            help="Explain the line(s) holding this public key instead of LINE.",
+        ),
+    ] = None,
+    authorized_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--authorized-keys",
+            "-f",
+            metavar="PATH",
+            show_default=False,
+            readable=False,  # keyforge's own one-line error says why
+            help="With --key: the authorized_keys file to search. Default: "
+            "~/.ssh/authorized_keys of the user running keyforge. Only read.",
+        ),
+    ] = None,
+) -> None:
+    """Say in plain words what an authorized_keys line lets its key do.
+
+    Which command it is forced to run (or any command, including a shell), from where, until
+    when, and what is still allowed or refused (forwarding, terminal, ~/.ssh/rc, environment,
+    certificates). Each option is shown in the order sshd reads it, with its effect, then the
+    sum of them. A line sshd would refuse is reported with the reason and exit code 3.
+    """
+    from keyforge import explain, install
+    from keyforge.errors import FileError, ParseError
+
+    if (line is None) == (key is None):
+        raise UsageError("give either LINE or --key PUBFILE")
+    if key is None:
+        assert line is not None
+        if authorized_keys is not None:
+            raise UsageError("--authorized-keys goes with --key")
+        for text in explain.explain_line(line).lines():
+            say(text)
+        return
+    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    wanted = _read_key_option(key)
+    try:
+        content = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as err:
+        raise FileError.from_os_error("read", path, err) from err
+    found = explain.explain_key_in(content, wanted)
+    if not found:
+        raise KeyforgeError(f"key {_key_label(wanted)} is not in {path}")
+    if len([f for f in found if f.explanation is not None]) > 1:
+        say(
+            f"the key stands on {len(found)} lines of {path}: sshd uses the first one whose "
+            "from= and expiry-time admit the connection"
+        )
+    ignored = []
+    for index, item in enumerate(found):
+        if index:
+            say("")
+        if item.explanation is None:
+            say(f"line {item.lineno}: sshd ignores this line: {item.ignored_because}")
+            ignored.append(str(item.lineno))
+            continue
+        for text in item.explanation.lines():
+            say(text)
+    if ignored:
+        raise ParseError(
+            f"sshd ignores line {', '.join(ignored)} holding this key", source=str(path)
+        )
+
+
+@app.command("gate")
+def gate_command(
+    directory: Annotated[
+        str,
+        typer.Option(
+            "--dir",
+            metavar="DIR",
+            help="The only directory pushes may write to (absolute, or relative to the home).",
+        ),
+    ],
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            "--expect",
+            metavar="COMMAND",
+            show_default=False,
+            help="The command captured for this key. Another command that passes the checks "
+            "still runs; the first push with each new text is logged once as drift, with both "
+            "texts and a hint to run 'keyforge capture' again.",
+        ),
+    ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option("--exact", help="Run only the exact --expect text (the strict comparison)."),
+    ] = False,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            metavar="PATH",
+            show_default=False,
+            help="The JSON-lines log of every decision (default ~/.ssh/keyforge/gate.log, 0600).",
+        ),
+    ] = None,
+    rsync: Annotated[
+        str,
+        typer.Option("--rsync", metavar="PATH", help="The rsync to run (an absolute path)."),
+    ] = "/usr/bin/rsync",
+    no_munge_links: Annotated[
+        bool,
+        typer.Option(
+            "--no-munge-links",
+            help="Do not add --munge-links. By default rsync stores pushed symbolic links "
+            "munged (prefixed /rsyncd-munged/), so a link pushed by one run cannot lead a "
+            "later run out of DIR. On restore, rsync --munge-links on the side sending them "
+            "back (-M--munge-links when that is this host) turns them back.",
+        ),
+    ] = False,
+    confine: Annotated[
+        bool,
+        typer.Option(
+            "--confine",
+            help="Also pass --confine-root=DIR and --drop-D (rsync 3.5 and later): paths rsync "
+            "resolves itself, such as filter merge files named inside the protocol, stay in "
+            "DIR, and no device or special file is created. 'keyforge install --gate' adds it "
+            "when this host's rsync has them.",
+        ),
+    ] = False,
+) -> None:
+    """The forced command for a backup key: allow only an rsync push into one directory.
+
+    Put it in authorized_keys' command= (keyforge install --gate DIR does). It reads
+    SSH_ORIGINAL_COMMAND and runs rsync, with an argument list and never a shell, only for a
+    receive into DIR: a pull (--sender), a destination outside DIR, a '..' component, a symbolic
+    link leading out, options that name files elsewhere or follow links on this host, and any
+    unquoted shell syntax are refused with one line on stderr and exit status 1. Every decision
+    is logged as a JSON line with the client address. --delete is allowed: it stays in DIR.
+    sshd runs 'keyforge gate' without loading this command line's modules.
+    """
+    import os
+
+    from keyforge import gate
+
+    args = ["--dir", directory, "--rsync", rsync]
+    if expect is not None:
+        args += ["--expect", expect]
+    if exact:
+        args.append("--exact")
+    if log is not None:
+        args += ["--log", log]
+    if no_munge_links:
+        args.append("--no-munge-links")
+    if confine:
+        args.append("--confine")
+    raise typer.Exit(gate.run(args, os.environ))
 
 
 def main() -> None:

@@ -209,9 +209,27 @@ class ScheduleConfig:
 
     backup_at: str = _field("01:15", _check_time_of_day)
     sync_at: str = _field("03:30", _check_time_of_day)
+    # "" means two hours after sync_at: the receiving host snapshots once the push is in
+    snapshot_at: str = _field("", _unless_empty(_check_time_of_day))
     user: str = _field("root", _check_user)  # cron.d runs the jobs as this user
     mailto: str = _field("root", _check_mailto)  # cron mails a job's output here
     randomized_delay: int = _field(15, _in_range(0, 720))  # minutes (systemd RandomizedDelaySec)
+
+
+DEFAULT_SNAPSHOT_STORE = "/var/backups/keyforge-snapshots"
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotConfig:
+    """[snapshot]: dated hard-link snapshots of the synced copy, on the receiving host."""
+
+    # "" means [sync] source, the directory the sending server pushes into
+    source: str = _field("", _unless_empty(_check_absolute_path))
+    directory: str = _field(DEFAULT_SNAPSHOT_STORE, _check_absolute_path)
+    retention_days: int = _field(30, _at_least(1))
+    min_keep: int = _field(7, _at_least(1))
+    # a copy that lost more than this percent of the last good snapshot's files looks wiped
+    wipe_loss_percent: int = _field(50, _in_range(1, 100))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +240,9 @@ class Config:
     targets: tuple[TargetConfig, ...]
     path: Path | None = None
     schedule: ScheduleConfig = ScheduleConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+    # the sections the file holds: 'keyforge schedule' picks a host's jobs by them
+    sections: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
     @property
     def host(self) -> str:
@@ -239,6 +260,7 @@ SECTIONS: Mapping[str, tuple[type[Any], bool]] = {
     "sync": (SyncConfig, False),
     "targets": (TargetConfig, True),
     "schedule": (ScheduleConfig, False),
+    "snapshot": (SnapshotConfig, False),
 }
 
 
@@ -327,6 +349,8 @@ def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
         sync=sections.get("sync", SyncConfig()),
         targets=sections.get("targets", ()),
         schedule=sections.get("schedule", ScheduleConfig()),
+        snapshot=sections.get("snapshot", SnapshotConfig()),
+        sections=frozenset(sections),
     )
 
 
@@ -380,6 +404,8 @@ def render_default(host: str | None = None) -> str:
         sync=SyncConfig(),
         schedule=ScheduleConfig(),
         sync_log=toml_string(SyncConfig().log),
+        snapshot=SnapshotConfig(),
+        snapshot_store=toml_string(SnapshotConfig().directory),
     )
 
 

@@ -12,9 +12,11 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import difflib
 import glob
+import hashlib
 import ipaddress
 import os
 import re
@@ -59,6 +61,7 @@ BACKUP_SUFFIX = ".keyforge-bak"
 _EXPIRY = re.compile(r"([0-9]{8}|[0-9]{12}|[0-9]{14})(z|utc)?", re.IGNORECASE)
 _IPV4_WILDCARD = re.compile(r"[0-9.*?]+")
 _IPV6_WILDCARD = re.compile(r"[0-9A-Fa-f:.*?]+")
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
 
 # --- validating values ----------------------------------------------------------------------
@@ -254,9 +257,17 @@ def render_line(entry: ak.Entry) -> str:
 
 
 def _effective_restrictions(entry: ak.Entry) -> set[str]:
-    active = {flag for flag in RESTRICT_COVERS if entry.has(flag)}
-    if entry.has("restrict"):
-        active |= {flag for flag, undo in RESTRICT_COVERS.items() if not entry.has(undo)}
+    # sshd applies the options left to right and the last one wins: "pty,restrict" gives no
+    # terminal, "restrict,pty" gives one, so a set of names would judge a widening wrongly.
+    undoes = {undo: flag for flag, undo in RESTRICT_COVERS.items()}
+    active: set[str] = set()
+    for option in entry.options:
+        if option.name == "restrict":
+            active |= set(RESTRICT_COVERS)
+        elif option.name in RESTRICT_COVERS:
+            active.add(option.name)
+        elif option.name in undoes:
+            active.discard(undoes[option.name])
     return active
 
 
@@ -653,3 +664,115 @@ def read_public_key(path: Path) -> ak.Entry:
     except UnicodeDecodeError:
         raise KeyMaterialError(f"{path} is not a text public key file") from None
     return public_key_from_text(text, source=str(path))
+
+
+# --- installing a new key like an old one (rotation) -------------------------------------------
+# The old key is named by its public key or by its SHA256 fingerprint, so a sender can ask for
+# the install over an admin channel without the old public key file at hand on the receiver.
+
+OldKey = ak.Entry | str  # a public key, or "SHA256:<base64>" as ssh-keygen -l prints it
+
+
+def key_fingerprint(key: ak.Entry) -> str:
+    """``SHA256:<base64 without padding>`` of the key, as ``ssh-keygen -lf`` prints it."""
+    digest = base64.b64encode(hashlib.sha256(key.key_id()[1]).digest()).decode("ascii")
+    return "SHA256:" + digest.rstrip("=")
+
+
+def parse_old_key(spec: str, *, read_file: Callable[[Path], ak.Entry] | None = None) -> OldKey:
+    """``--like``'s value: a SHA256 fingerprint as is, anything else a public key file."""
+    if spec.startswith("SHA256:"):
+        if not _FINGERPRINT.fullmatch(spec):
+            raise UsageError(
+                f"{spec!r} is not a SHA256 fingerprint (SHA256: and 43 base64 characters, as "
+                "ssh-keygen -lf prints it)"
+            )
+        return spec
+    return (read_file or read_public_key)(Path(spec))
+
+
+def _old_label(old: OldKey) -> str:
+    return old if isinstance(old, str) else key_fingerprint(old)
+
+
+def _holds_old(entry: ak.Entry, old: OldKey) -> bool:
+    if isinstance(old, str):
+        return key_fingerprint(entry) == old
+    return entry.same_key(old)
+
+
+def _old_key_lines(text: str, old: OldKey, source: str | None) -> list[tuple[int, ak.Entry]]:
+    """Every (index, entry) holding the old key; refused when a bad line seems to hold it."""
+    holders: list[tuple[int, ak.Entry]] = []
+    for index, line in enumerate(ak.parse(text, source=source, strict=False)):
+        if line.entry is not None and _holds_old(line.entry, old):
+            holders.append((index, line.entry))
+        elif line.error is not None and isinstance(old, ak.Entry) and old.blob in line.raw:
+            raise ParseError(
+                f"the old key stands on a line keyforge cannot parse ({line.error.reason}); "
+                "fix that line by hand first",
+                lineno=line.lineno,
+                source=source,
+            )
+    return holders
+
+
+def _the_old_line(text: str, old: OldKey, source: str | None) -> tuple[int, ak.Entry]:
+    """The line whose options the new key copies; refused when absent or ambiguous."""
+    label = source or "authorized_keys"
+    holders = _old_key_lines(text, old, source)
+    if not holders:
+        raise KeyforgeError(
+            f"the old key {_old_label(old)} is not in {label}, so there is no line to copy the "
+            "options from; install the new key with its own options instead"
+        )
+    if len({entry.options for _, entry in holders}) > 1:
+        where = ", ".join(str(index + 1) for index, _ in holders)
+        raise KeyforgeError(
+            f"the old key {_old_label(old)} stands on lines {where} of {label} with different "
+            "options, and keyforge will not guess which ones the new key should get; leave "
+            "one line for it, then run install again"
+        )
+    return holders[0]
+
+
+def plan_install_like(
+    current_text: str | None, new_key: ak.Entry, old: OldKey, *, source: str | None = None
+) -> Plan:
+    """Put ``new_key`` right after the old key's line, with exactly that line's options.
+
+    The old line stays, so both keys work until the old one is revoked. A new key already in
+    the file is handled as ``plan_install`` does: unchanged when its line is already what it
+    should be, else replaced where it stands (with a warning for anything that widens it).
+    """
+    text = current_text or ""
+    index, old_entry = _the_old_line(text, old, source)
+    if old_entry.same_key(new_key):
+        raise UsageError("the new key is the old key; make a new key pair first")
+    entry = ak.Entry(new_key.keytype, new_key.blob, new_key.comment, old_entry.options)
+    lines = ak.split_lines(text)
+    scan = _scan(text, lines, entry, source)
+    if scan.matches:
+        return plan_install(current_text, entry, source=source)
+    line = render_line(entry)
+    new_lines = list(lines)
+    newline = _newline_style(lines)
+    if not new_lines[index].endswith("\n"):
+        new_lines[index] += newline
+    new_lines.insert(index + 1, line + newline)
+    new_text = "".join(new_lines)
+    _verify(new_text, new_lines, scan, touched=index + 1, entry=entry, entry_delta=1)
+    warnings = [*scan.warnings, *entry_warnings(entry), *ak.parse(line)[0].warnings]
+    return Plan("added", current_text, new_text, line, (index + 2,), tuple(warnings))
+
+
+def install_key_like(
+    path: Path, new_key: ak.Entry, old: OldKey, *, dry_run: bool = False
+) -> Result:
+    """Install ``new_key`` beside the old key in ``path``, with the old line's options."""
+    return _apply(
+        path,
+        lambda text: plan_install_like(text, new_key, old, source=str(path)),
+        dry_run=dry_run,
+        create_dir=False,
+    )

@@ -1,4 +1,10 @@
-"""keyforge schedule: the daily backup and the nightly sync as a cron.d file or systemd timers.
+"""keyforge schedule: the daily backup, the nightly sync and, on the receiving host, the
+snapshot after it, as a cron.d file or systemd timers.
+
+Which jobs a host gets follows from the sections its config holds: without [snapshot], the
+backup and the sync (the sending server); with [snapshot], the snapshot job, plus the backup
+when [backup] is there and the sync when [[targets]] are. A receiving host's config with only
+[snapshot] therefore schedules nothing that pushes.
 
 Rendering is pure: the commands are quoted here for the reader that will split them (cron hands
 its line to /bin/sh and turns '%' into a newline; systemd splits ExecStart itself and expands
@@ -14,7 +20,7 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from keyforge import fsutil
@@ -33,6 +39,8 @@ UNIT_NAMES = (
     "keyforge-sync.service",
     "keyforge-sync.timer",
 )
+SNAPSHOT_UNIT_NAMES = ("keyforge-snapshot.service", "keyforge-snapshot.timer")
+SNAPSHOT_DELAY_MINUTES = 120  # snapshot_at's default: this long after sync_at
 CRON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FILE_MODE = 0o644  # cron skips a cron.d file others can write; units are world-readable
 NICE = 10
@@ -42,11 +50,20 @@ _SYSTEMD_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
 @dataclasses.dataclass(frozen=True)
 class Jobs:
-    """The two commands to schedule, as argv lists, and the directories they need mounted."""
+    """The commands to schedule, as argv lists (None: not on this host), and the directories
+    they need mounted."""
 
-    backup: tuple[str, ...]
-    sync: tuple[str, ...]
+    backup: tuple[str, ...] | None
+    sync: tuple[str, ...] | None
     mounts: tuple[str, ...]
+    snapshot: tuple[str, ...] | None = None
+    snapshot_mounts: tuple[str, ...] = ()
+
+    @property
+    def timers(self) -> list[str]:
+        """The timer units of the jobs present, for 'systemctl enable'."""
+        present = {"backup": self.backup, "sync": self.sync, "snapshot": self.snapshot}
+        return [f"keyforge-{name}.timer" for name, argv in present.items() if argv is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +104,65 @@ def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs
     conf = ["--config", str(config_path)]
     source = config.sync.source or config.backup.directory
     mounts = tuple(dict.fromkeys((config.backup.directory, source)))
+    wanted = jobs_wanted(config.sections)
+    snapshot_source = config.snapshot.source or config.sync.source
+    snapshot_mounts = tuple(
+        dict.fromkeys(m for m in (snapshot_source, config.snapshot.directory) if m)
+    )
     # --wait: a backup still running at sync time delays the sync instead of cancelling it
     return Jobs(
-        backup=(*keyforge, "backup", *conf),
-        sync=(*keyforge, "sync", *conf, "--wait"),
+        backup=(*keyforge, "backup", *conf) if "backup" in wanted else None,
+        sync=(*keyforge, "sync", *conf, "--wait") if "sync" in wanted else None,
         mounts=mounts,
+        snapshot=(*keyforge, "snapshot", *conf) if "snapshot" in wanted else None,
+        snapshot_mounts=snapshot_mounts,
     )
+
+
+def jobs_wanted(sections: frozenset[str]) -> frozenset[str]:
+    """The jobs a host runs, by the sections of its config (see the module's docstring)."""
+    if "snapshot" not in sections:
+        return frozenset({"backup", "sync"})
+    wanted = {"snapshot"}
+    if "backup" in sections:
+        wanted.add("backup")
+    if "targets" in sections:
+        wanted.add("sync")
+    return frozenset(wanted)
+
+
+def snapshot_time(schedule: ScheduleConfig) -> str:
+    """snapshot_at, or two hours after sync_at: the push is in by then."""
+    if schedule.snapshot_at:
+        return schedule.snapshot_at
+    hour, minute = map(int, schedule.sync_at.split(":"))
+    total = (hour * 60 + minute + SNAPSHOT_DELAY_MINUTES) % (24 * 60)
+    return f"{total // 60:02d}:{total % 60:02d}"
+
+
+def owner_name(path: Path) -> str | None:
+    """The user name owning ``path``, or None when it is missing or the uid has no name."""
+    import pwd  # noqa: PLC0415 - only the snapshot check reads the passwd database
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return None
+
+
+def check_snapshot_user(config: Config, jobs: Jobs, owner_of: Callable[[Path], str | None]) -> None:
+    """The snapshot job must not run as the synced copy's owner, the user the backup key logs in
+    as (``keyforge snapshot`` refuses that too, but only at night)."""
+    source = config.snapshot.source or config.sync.source
+    if jobs.snapshot is None or not source:
+        return
+    owner = owner_of(Path(source))
+    if owner is not None and owner == config.schedule.user:
+        raise UsageError(
+            f"[schedule] user is {owner}, the owner of the synced copy {source}: the snapshot "
+            "job must run as root or a user of its own, never as the user the backup key "
+            "logs in as"
+        )
 
 
 def cron_command(argv: Sequence[str]) -> str:
@@ -118,8 +188,8 @@ def systemd_command(argv: Sequence[str]) -> str:
     return " ".join(systemd_quote(arg) for arg in argv)
 
 
-def check_times(schedule: ScheduleConfig) -> None:
-    if schedule.backup_at == schedule.sync_at:
+def check_times(schedule: ScheduleConfig, jobs: Jobs) -> None:
+    if jobs.backup is not None and jobs.sync is not None and schedule.backup_at == schedule.sync_at:
         raise UsageError(
             f"[schedule] sync_at ({schedule.sync_at}) equals backup_at; give the backup time "
             "to finish before the nightly sync"
@@ -127,38 +197,54 @@ def check_times(schedule: ScheduleConfig) -> None:
 
 
 def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
-    check_times(schedule)
+    check_times(schedule, jobs)
     return render(
         "cron.j2",
         path=CRON_PATH,
         mailto=schedule.mailto or '""',
         backup_when=cron_fields(schedule.backup_at),
         sync_when=cron_fields(schedule.sync_at),
+        snapshot_when=cron_fields(snapshot_time(schedule)),
         user=schedule.user,
-        backup_command=cron_command(jobs.backup),
-        sync_command=cron_command(jobs.sync),
+        backup_command=cron_command(jobs.backup) if jobs.backup else "",
+        sync_command=cron_command(jobs.sync) if jobs.sync else "",
+        snapshot_command=cron_command(jobs.snapshot) if jobs.snapshot else "",
     )
 
 
 def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
-    """The four unit files by name."""
-    check_times(schedule)
+    """The unit files of the jobs present, by name: a service and a timer each."""
+    check_times(schedule, jobs)
     mounts = " ".join(systemd_quote(m) for m in jobs.mounts)
     common = {"nice": NICE, "mounts": mounts, "delay": schedule.randomized_delay}
-    return {
-        "keyforge-backup.service": render(
+    units: dict[str, str] = {}
+    if jobs.backup is not None:
+        units["keyforge-backup.service"] = render(
             "keyforge-backup.service.j2", command=systemd_command(jobs.backup), **common
-        ),
-        "keyforge-backup.timer": render(
+        )
+        units["keyforge-backup.timer"] = render(
             "keyforge-backup.timer.j2", at=f"*-*-* {schedule.backup_at}:00", **common
-        ),
-        "keyforge-sync.service": render(
+        )
+    if jobs.sync is not None:
+        units["keyforge-sync.service"] = render(
             "keyforge-sync.service.j2", command=systemd_command(jobs.sync), **common
-        ),
-        "keyforge-sync.timer": render(
+        )
+        units["keyforge-sync.timer"] = render(
             "keyforge-sync.timer.j2", at=f"*-*-* {schedule.sync_at}:00", **common
-        ),
-    }
+        )
+    if jobs.snapshot is not None:
+        snapshot = {
+            **common,
+            "mounts": " ".join(systemd_quote(m) for m in jobs.snapshot_mounts),
+            "user": schedule.user,
+        }
+        units["keyforge-snapshot.service"] = render(
+            "keyforge-snapshot.service.j2", command=systemd_command(jobs.snapshot), **snapshot
+        )
+        units["keyforge-snapshot.timer"] = render(
+            "keyforge-snapshot.timer.j2", at=f"*-*-* {snapshot_time(schedule)}:00", **snapshot
+        )
+    return units
 
 
 def rendered_files(
@@ -179,7 +265,7 @@ def default_kind(systemd_runtime: Path = Path("/run/systemd/system")) -> str:
 def other_kind_files(kind: str) -> list[Path]:
     """Files of the other scheduler already installed: both would run every job twice."""
     if kind == CRON:
-        candidates = [SYSTEMD_DIR / name for name in UNIT_NAMES]
+        candidates = [SYSTEMD_DIR / name for name in (*UNIT_NAMES, *SNAPSHOT_UNIT_NAMES)]
     else:
         candidates = [CRON_DIR / CRON_FILE_NAME]
     return [path for path in candidates if path.exists()]

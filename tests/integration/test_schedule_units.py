@@ -17,8 +17,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _write_units(directory: Path, text_change: tuple[str, str] | None = None) -> list[Path]:
-    config = parse({"backup": {"directory": str(directory)}})
+def _write_units(
+    directory: Path,
+    text_change: tuple[str, str] | None = None,
+    sections: dict[str, dict[str, object]] | None = None,
+) -> list[Path]:
+    config = parse(sections or {"backup": {"directory": str(directory)}})
     # ExecStart must name an executable that exists, so the running python stands in
     jobs = schedule.jobs_for(config, Path("/etc/keyforge/keyforge.toml"), [sys.executable])
     paths = []
@@ -49,3 +53,12 @@ def test_systemd_analyze_verify_accepts_the_units_without_a_warning(tmp_path: Pa
 def test_the_check_notices_a_setting_systemd_would_ignore(tmp_path: Path) -> None:
     result = _verify(_write_units(tmp_path, ("Nice=10", "Nice=high")))
     assert "Failed to parse nice priority" in result.stderr
+
+
+def test_systemd_analyze_verify_accepts_the_receiving_hosts_snapshot_units(tmp_path: Path) -> None:
+    snapshot = {"source": str(tmp_path / "copy"), "directory": str(tmp_path / "snaps")}
+    paths = _write_units(tmp_path, sections={"snapshot": snapshot})
+    assert sorted(p.name for p in paths) == sorted(schedule.SNAPSHOT_UNIT_NAMES)
+    result = _verify(paths)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

@@ -114,7 +114,7 @@ def test_the_rendered_default_config_parses_to_exactly_the_default_config() -> N
 
 
 def _uncomment_every_setting(text: str) -> str:
-    setting = re.compile(r"^#(\[\[targets\]\]|[a-z_]+ = .*)$")
+    setting = re.compile(r"^#(\[\[targets\]\]|\[snapshot\]|[a-z_]+ = .*)$")
     return "\n".join(line[1:] if setting.match(line) else line for line in text.splitlines())
 
 
@@ -122,13 +122,15 @@ def test_uncommenting_every_shown_default_changes_nothing_but_the_examples() -> 
     text = _uncomment_every_setting(config.render_default("server1"))
     cfg = config.parse(tomllib.loads(text))
     defaults = config.parse({"general": {"host": "server1"}})
-    # the only values shown that are not defaults are the examples: exclude, sync source and
-    # the two [[targets]] tables
+    # the only values shown that are not defaults are the examples: exclude, sync source,
+    # the two [[targets]] tables, snapshot_at (its default's value for the default sync_at) and
+    # the snapshot source
     assert cfg.backup == dataclasses.replace(
         defaults.backup, exclude=("/var/cache", "/var/tmp", "lost+found")
     )
     assert cfg.sync == dataclasses.replace(defaults.sync, source="/home/foo/srvbackups")
-    assert cfg.schedule == defaults.schedule
+    assert cfg.schedule == dataclasses.replace(defaults.schedule, snapshot_at="05:30")
+    assert cfg.snapshot == dataclasses.replace(defaults.snapshot, source="/home/foo/srvbackups")
     assert len(cfg.targets) == 2
 
 

@@ -407,6 +407,25 @@ def test_widening_warnings_name_lost_no_flags() -> None:
     assert any("no longer has no-pty" in w for w in warnings)
 
 
+def test_widening_reads_options_in_order_as_sshd_does() -> None:
+    # "pty,restrict": restrict comes last, so sshd gives no terminal; a new line with only
+    # no-port-forwarding hands the terminal back, and that must be said.
+    old = ak.Entry("ssh-ed25519", "AAAA", "c", (ak.Option("pty"), ak.Option("restrict")))
+    new = ak.Entry("ssh-ed25519", "AAAA", "c", (ak.Option("no-port-forwarding"),))
+
+    warnings = install.widening_warnings(old, new)
+
+    assert any("no-pty" in w for w in warnings)
+
+
+def test_a_flag_reenabled_after_restrict_is_not_counted_as_a_restriction() -> None:
+    # "restrict,pty" lets the key have a terminal; a new "restrict" line takes it away (narrower)
+    old = ak.Entry("ssh-ed25519", "AAAA", "c", (ak.Option("restrict"), ak.Option("pty")))
+    new = ak.Entry("ssh-ed25519", "AAAA", "c", (ak.Option("restrict"),))
+
+    assert install.widening_warnings(old, new) == []
+
+
 # --- the merge: revoke ----------------------------------------------------------------------------
 
 

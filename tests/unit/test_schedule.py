@@ -210,3 +210,79 @@ def test_install_into_a_missing_directory_says_the_scheduler_is_absent(tmp_path:
     )
     with pytest.raises(UsageError, match="is this scheduler installed here"):
         schedule.apply(schedule.plan_install(files))
+
+
+# --- the receiving host's snapshot job ---------------------------------------------------------
+
+
+def _receiver_config(**sections: object) -> Config:
+    return parse(
+        {
+            "snapshot": {"source": "/home/foo/srvbackups", "directory": "/var/backups/snaps"},
+            **sections,
+        }
+    )
+
+
+def test_a_config_with_only_snapshot_schedules_the_snapshot_alone_in_cron() -> None:
+    config = _receiver_config()
+    text = schedule.render_cron(config.schedule, _jobs(config))
+    assert cron_d_problems(schedule.CRON_FILE_NAME, text) == []
+    jobs = [line for line in text.splitlines() if line[:1].isdigit()]
+    assert jobs == [
+        "30 5 * * * root /usr/local/bin/keyforge snapshot --config /etc/keyforge/keyforge.toml"
+    ]
+
+
+def test_snapshot_at_defaults_to_two_hours_after_sync_at_and_can_be_set() -> None:
+    assert schedule.snapshot_time(_receiver_config().schedule) == "05:30"
+    late = _receiver_config(schedule={"sync_at": "23:15"})
+    assert schedule.snapshot_time(late.schedule) == "01:15"
+    config = _receiver_config(schedule={"snapshot_at": "06:05", "user": "snapper"})
+    text = schedule.render_cron(config.schedule, _jobs(config))
+    assert "\n5 6 * * * snapper /usr/local/bin/keyforge snapshot --config " in text
+
+
+def test_a_receiving_host_that_also_syncs_gets_sync_and_snapshot_but_no_backup() -> None:
+    config = _receiver_config(
+        sync={"source": "/home/foo/srvbackups"}, targets=[{"path": "/mnt/external"}]
+    )
+    jobs = _jobs(config)
+    assert jobs.backup is None
+    assert jobs.sync is not None and jobs.snapshot is not None
+    assert jobs.timers == ["keyforge-sync.timer", "keyforge-snapshot.timer"]
+    text = schedule.render_cron(config.schedule, jobs)
+    assert cron_d_problems(schedule.CRON_FILE_NAME, text) == []
+    assert len([line for line in text.splitlines() if line[:1].isdigit()]) == 2
+
+
+def test_a_config_without_snapshot_schedules_backup_and_sync_as_before() -> None:
+    jobs = _jobs(_config())
+    assert jobs.snapshot is None
+    assert jobs.timers == ["keyforge-backup.timer", "keyforge-sync.timer"]
+
+
+def test_the_snapshot_units_run_as_the_schedule_user_with_both_directories_mounted() -> None:
+    config = _receiver_config(schedule={"user": "snapper", "randomized_delay": 5})
+    units = schedule.render_systemd(config.schedule, _jobs(config))
+    assert sorted(units) == sorted(schedule.SNAPSHOT_UNIT_NAMES)
+    service = units["keyforge-snapshot.service"]
+    assert "\nUser=snapper\n" in service
+    assert "\nRequiresMountsFor=/home/foo/srvbackups /var/backups/snaps\n" in service
+    assert (
+        "\nExecStart=/usr/local/bin/keyforge snapshot --config /etc/keyforge/keyforge.toml\n"
+        in service
+    )
+    timer = units["keyforge-snapshot.timer"]
+    assert "\nOnCalendar=*-*-* 05:30:00\n" in timer
+    assert "\nPersistent=true\n" in timer
+    assert "\nRandomizedDelaySec=5min\n" in timer
+
+
+def test_scheduling_the_snapshot_as_the_copys_owner_is_refused() -> None:
+    config = _receiver_config(schedule={"user": "foo"})
+    jobs = _jobs(config)
+    with pytest.raises(UsageError, match="user is foo, the owner of the synced copy"):
+        schedule.check_snapshot_user(config, jobs, lambda path: "foo")
+    schedule.check_snapshot_user(config, jobs, lambda path: "bar")
+    schedule.check_snapshot_user(config, jobs, lambda path: None)  # not synced yet

@@ -1,0 +1,19 @@
+"""The ``keyforge`` console script: ``keyforge gate`` straight to the gate, the rest to the CLI.
+
+The gate is the forced command of every backup connection; reaching it through the Typer app
+would load typer, jinja2 and the CLI's modules on each one. Everything else goes to the CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "gate":
+        from keyforge import gate  # noqa: PLC0415
+
+        sys.exit(gate.main(sys.argv[2:]))
+    from keyforge import cli  # noqa: PLC0415
+
+    cli.main()

@@ -1,0 +1,458 @@
+"""What one authorized_keys line lets its key do, in plain words.
+
+Pure: a parsed line in, sentences out. sshd reads the options left to right and a later flag
+overrides an earlier one (``pty,restrict`` has no terminal; ``restrict,pty`` has one), so the
+effect of each option is told in the order it appears, then the sum of them.
+
+The same reading of the flags (:func:`effective_permissions`) is what ``keyforge audit`` judges.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import shlex
+from dataclasses import dataclass
+
+from keyforge import authorized_keys as ak
+from keyforge import install
+from keyforge.errors import ParseError, UsageError
+from keyforge.wire import WireError, WireReader
+
+# The flags sshd keeps per key, the option that turns each one on, and its name in a sentence.
+PERMISSION_FLAGS = {
+    "port-forwarding": "port forwarding",
+    "agent-forwarding": "agent forwarding",
+    "x11-forwarding": "X11 forwarding",
+    "pty": "a terminal (pty)",
+    "user-rc": "running ~/.ssh/rc",
+}
+
+# how many wire fields follow the key type in each plain key type (a certificate holds the same
+# fields after its nonce), so a certificate's fingerprint can be taken over its plain key
+_KEY_FIELDS = {
+    "ssh-ed25519": 1,
+    "sk-ssh-ed25519@openssh.com": 2,
+    "ssh-rsa": 2,
+    "ssh-dss": 4,
+    "ecdsa-sha2-nistp256": 2,
+    "ecdsa-sha2-nistp384": 2,
+    "ecdsa-sha2-nistp521": 2,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 3,
+}
+_CURVE_BITS = {b"nistp256": 256, b"nistp384": 384, b"nistp521": 521}
+
+
+# --- the key ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyFacts:
+    """What identifies a key to a reader: as ``ssh-keygen -lf`` shows it."""
+
+    keytype: str
+    bits: int | None
+    fingerprint: str
+    comment: str
+
+    @property
+    def plain_type(self) -> str:
+        return ak.CERT_KEY_TYPES.get(self.keytype, self.keytype)
+
+    def label(self) -> str:
+        size = f"{self.bits}-bit " if self.bits else ""
+        comment = f" ({self.comment})" if self.comment else ""
+        return f"{size}{self.keytype} key {self.fingerprint}{comment}"
+
+
+def _plain_fields(keytype: str, data: bytes) -> tuple[str, bytes]:
+    """The plain key type and its fields' raw bytes (a certificate's without nonce and rest)."""
+    reader = WireReader(data)
+    reader.string()
+    plain = ak.CERT_KEY_TYPES.get(keytype, keytype)
+    if plain != keytype:
+        reader.string()  # the certificate's nonce
+    start = reader.pos
+    reader.skip(_KEY_FIELDS[plain])
+    return plain, data[start : reader.pos]
+
+
+def _bits(plain: str, fields: bytes) -> int:
+    reader = WireReader(fields)
+    if plain == "ssh-rsa":
+        reader.string()  # the public exponent comes first
+        return int.from_bytes(reader.string(), "big").bit_length()
+    if plain == "ssh-dss":
+        return int.from_bytes(reader.string(), "big").bit_length()  # the prime p
+    if "ecdsa" in plain:
+        return _CURVE_BITS.get(reader.string(), 0)
+    return 256
+
+
+def key_facts(entry: ak.Entry) -> KeyFacts:
+    """Type, size and SHA256 fingerprint; a certificate is shown by the key it certifies."""
+    try:
+        data = base64.b64decode(entry.blob, validate=True)
+        plain, fields = _plain_fields(entry.keytype, data)
+        wire = len(plain.encode()).to_bytes(4, "big") + plain.encode() + fields
+        digest = base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
+        return KeyFacts(entry.keytype, _bits(plain, fields), f"SHA256:{digest}", entry.comment)
+    except (binascii.Error, ValueError, KeyError, WireError):
+        # a line the parser accepted always decodes; this keeps a hand-built Entry readable
+        return KeyFacts(entry.keytype, None, f"...{entry.blob[-12:]}", entry.comment)
+
+
+# --- the flags, as sshd reads them -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """The per-key switches after every option is read, left to right."""
+
+    allowed: frozenset[str]  # keys of PERMISSION_FLAGS
+    restricted: bool = False
+    touch_required: bool = True
+    verify_required: bool = False
+
+    def allows(self, flag: str) -> bool:
+        return flag in self.allowed
+
+
+def _flag_change(name: str) -> tuple[str, bool] | None:
+    """The permission flag an option sets, and to what; None for any other option."""
+    if name in PERMISSION_FLAGS:
+        return name, True
+    bare = name.removeprefix("no-")
+    if bare != name and bare in PERMISSION_FLAGS:
+        return bare, False
+    return None
+
+
+def effective_permissions(entry: ak.Entry) -> Permissions:
+    """The flags sshd ends up with: defaults all on; ``restrict`` all off; last option wins."""
+    allowed = set(PERMISSION_FLAGS)
+    restricted = False
+    touch, verify = True, False
+    for option in entry.options:
+        name = option.name
+        change = _flag_change(name)
+        if name == "restrict":
+            restricted = True
+            allowed.clear()
+        elif change is not None:
+            flag, on = change
+            if on:
+                allowed.add(flag)
+            else:
+                allowed.discard(flag)
+        elif name in ("touch-required", "no-touch-required"):
+            touch = name == "touch-required"
+        elif name in ("verify-required", "no-verify-required"):
+            verify = name == "verify-required"
+    return Permissions(frozenset(allowed), restricted, touch, verify)
+
+
+# --- the forced command -----------------------------------------------------------------------
+
+
+def gate_directory(command: str) -> str | None:
+    """DIR when ``command`` runs keyforge's gate (``... gate --dir DIR ...``), else None."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if "gate" not in words:
+        return None
+    rest = words[words.index("gate") + 1 :]
+    for index, word in enumerate(rest):
+        if word == "--dir" and index + 1 < len(rest):
+            return rest[index + 1]
+        if word.startswith("--dir="):
+            return word.removeprefix("--dir=")
+    return None
+
+
+def describe_command(command: str | None) -> str:
+    if command is None:
+        return (
+            "any command, including a shell: no command= forces one, so the key logs in like "
+            "its user"
+        )
+    directory = gate_directory(command)
+    if directory is not None:
+        exact = (
+            " (and only the exact captured rsync command, --exact)" if "--exact" in command else ""
+        )
+        return (
+            f"only keyforge's gate, confined to {directory}: it lets an rsync push into that "
+            f"directory through and refuses everything else{exact}; whatever the client asks "
+            "for is only read from SSH_ORIGINAL_COMMAND"
+        )
+    words = command.split()
+    if words and words[0].rsplit("/", 1)[-1] == "rsync" and "--server" in words:
+        way = (
+            "sends files to the client (--sender: the client can read them)"
+            if "--sender" in words
+            else "receives files from the client"
+        )
+        return (
+            f"only {command!r}, an rsync server that {way}; whatever the client asks for is "
+            "ignored (it is in SSH_ORIGINAL_COMMAND)"
+        )
+    return (
+        f"only {command!r}, whatever the client asks for (the request is in "
+        "SSH_ORIGINAL_COMMAND, which this command may read)"
+    )
+
+
+# --- from= and expiry-time --------------------------------------------------------------------
+
+
+def describe_from(values: list[str]) -> str:
+    if not values:
+        return "anywhere: no from= limits the source address"
+    patterns = [p for value in values for p in value.split(",")]
+    allowed = [p for p in patterns if not p.startswith("!")]
+    refused = [p.removeprefix("!") for p in patterns if p.startswith("!")]
+    if not allowed:
+        return "nowhere: from= holds only negated patterns, which can refuse but never admit"
+    text = f"only {', '.join(allowed)}"
+    if refused:
+        text += f", except {', '.join(refused)} (a negated match refuses even if another admits)"
+    names = install.hostname_patterns(patterns)
+    if names:
+        text += (
+            f"; {', '.join(names)} name hosts, which match only with 'UseDNS yes' in "
+            "sshd_config (the default 'no' knows the client by its address only)"
+        )
+    return text
+
+
+def describe_expiry(values: list[str], now: dt.datetime) -> str:
+    if not values:
+        return "never: no expiry-time"
+    # sshd keeps the earliest of several expiry-time options
+    dated = [(install._expiry_datetime(v), v) for v in values]
+    known = [(moment, v) for moment, v in dated if moment is not None]
+    moment, value = min(known) if known else (None, values[0])
+    zone = "UTC" if value[-1:].lower() == "z" or value.lower().endswith("utc") else "local time"
+    if moment is not None and moment <= now:
+        return f"expired at {value} ({zone}): sshd refuses the key now"
+    text = f"at {value} ({zone}); sshd refuses the key after that"
+    if len(values) > 1:
+        text += " (the earliest of its expiry-time options)"
+    return text
+
+
+# --- each option in turn ---------------------------------------------------------------------
+
+
+def _flag_effect(name: str, on: bool, restricted_before: bool) -> str:
+    what = PERMISSION_FLAGS[name]
+    if on:
+        again = " again, overriding the earlier restrict" if restricted_before else ""
+        return f"allows {what}{again}"
+    return f"refuses {what}"
+
+
+def _touch_effect(name: str, fido: bool) -> str:
+    effects = {
+        "no-touch-required": "lets the FIDO key sign without a touch (user presence)",
+        "touch-required": "requires a touch on the FIDO key (the default)",
+        "verify-required": "requires the FIDO key to verify its user (PIN or biometrics)",
+        "no-verify-required": "does not require user verification on the FIDO key (the default)",
+    }
+    text = effects[name]
+    return text if fido else f"{text}; no effect here: this is not a FIDO (sk-) key"
+
+
+def option_effect(
+    option: ak.Option, *, enabled_so_far: set[str], restricted_before: bool, fido: bool
+) -> str:
+    """One sentence for one option, given what the options before it did."""
+    name, value = option.name, option.value or ""
+    change = _flag_change(name)
+    if name == "restrict":
+        text = (
+            "turns off port, agent and X11 forwarding, the terminal (pty) and ~/.ssh/rc, and "
+            "any restriction later sshd versions add"
+        )
+        undone = [flag for flag in PERMISSION_FLAGS if flag in enabled_so_far]
+        if undone:
+            text += f", undoing the earlier {', '.join(undone)}"
+        return text
+    if change is not None:
+        return _flag_effect(change[0], change[1], restricted_before)
+    if name in ("touch-required", "no-touch-required", "verify-required", "no-verify-required"):
+        return _touch_effect(name, fido)
+    effects: dict[str, str] = {
+        "command": f"forces the command: {describe_command(value)}",
+        "from": f"admits the key from {describe_from([value])}",
+        "expiry-time": f"sshd refuses the key after {value}",
+        "permitopen": f"limits local forwarding (ssh -L) to {value}",
+        "permitlisten": f"limits remote forwarding (ssh -R) to listening on {value}",
+        "environment": (
+            f"sets {value.partition('=')[0]} for the session, only with "
+            "'PermitUserEnvironment yes' in sshd_config"
+        ),
+        "principals": f"accepts only certificates naming one of: {value}",
+        "cert-authority": (
+            "makes this key a certificate authority: it admits user certificates it signed, "
+            "and cannot log in itself"
+        ),
+        "tunnel": f"forces tun device {value} for tunnel forwarding (needs PermitTunnel)",
+    }
+    return effects.get(name, "unknown to keyforge")
+
+
+# --- the whole line ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Explanation:
+    key: KeyFacts
+    lineno: int | None
+    effects: tuple[tuple[str, str], ...]  # (option as written, its effect), in file order
+    summary: tuple[tuple[str, str], ...]  # (heading, sentence)
+
+    def lines(self) -> list[str]:
+        where = f"line {self.lineno}: " if self.lineno is not None else ""
+        out = [f"{where}{self.key.label()}"]
+        if self.effects:
+            out.append("options, in the order sshd reads them:")
+            out.extend(f"  {option}: {effect}" for option, effect in self.effects)
+        else:
+            out.append("no options: sshd applies none of its per-key restrictions")
+        out.append("in effect:")
+        width = max(len(heading) for heading, _ in self.summary)
+        out.extend(f"  {heading + ':':<{width + 1}} {text}" for heading, text in self.summary)
+        return out
+
+
+def _effects(entry: ak.Entry) -> list[tuple[str, str]]:
+    effects = []
+    enabled: set[str] = set()
+    restricted = False
+    fido = "sk-" in entry.keytype
+    for option in entry.options:
+        effect = option_effect(
+            option, enabled_so_far=enabled, restricted_before=restricted, fido=fido
+        )
+        effects.append((ak.format_option(option), effect))
+        change = _flag_change(option.name)
+        if option.name == "restrict":
+            restricted = True
+            enabled.clear()
+        elif change is not None:
+            if change[1]:
+                enabled.add(change[0])
+            else:
+                enabled.discard(change[0])
+    return effects
+
+
+def _forwarding_limits(entry: ak.Entry, permissions: Permissions) -> list[str]:
+    limits = []
+    forwarding = permissions.allows("port-forwarding")
+    limited = entry.has("permitopen") or entry.has("permitlisten")
+    for name, what in (("permitopen", "ssh -L"), ("permitlisten", "ssh -R")):
+        values = entry.values(name)
+        if values and forwarding:
+            where = "to" if name == "permitopen" else "listening on"
+            limits.append(f"{what} only {where} {', '.join(values)}")
+        elif values:
+            limits.append(f"{name}= has no effect: port forwarding is off")
+        elif forwarding and limited:
+            limits.append(f"{what} not limited (no {name}=)")
+    return limits
+
+
+def _summary(entry: ak.Entry, now: dt.datetime) -> list[tuple[str, str]]:
+    permissions = effective_permissions(entry)
+    commands = entry.values("command")
+    summary = [
+        ("runs", describe_command(commands[0] if commands else None)),
+        ("from", describe_from(entry.values("from"))),
+        ("expires", describe_expiry(entry.values("expiry-time"), now)),
+    ]
+    allowed = [what for flag, what in PERMISSION_FLAGS.items() if permissions.allows(flag)]
+    refused = [what for flag, what in PERMISSION_FLAGS.items() if not permissions.allows(flag)]
+    limits = _forwarding_limits(entry, permissions)
+    summary.append(("allowed", ", ".join(allowed) if allowed else "nothing beyond the command"))
+    summary.append(("refused", ", ".join(refused) if refused else "nothing"))
+    if limits:
+        summary.append(("limits", "; ".join(limits)))
+    env = [value.partition("=")[0] for value in entry.values("environment")]
+    if env:
+        summary.append(("environment", f"{', '.join(env)} (needs PermitUserEnvironment yes)"))
+    if entry.has("cert-authority"):
+        principals = entry.values("principals")
+        who = f" naming one of: {principals[0]}" if principals else ""
+        summary.append(("certificates", f"admits user certificates signed by this key{who}"))
+    if "sk-" in entry.keytype:
+        touch = "a touch" if permissions.touch_required else "no touch"
+        verify = " and user verification" if permissions.verify_required else ""
+        summary.append(("fido", f"each login needs {touch}{verify} on the security key"))
+    if not permissions.restricted:
+        summary.append(
+            ("note", "no restrict: restrictions that later sshd versions add will not apply")
+        )
+    return summary
+
+
+def explain_entry(
+    entry: ak.Entry, *, lineno: int | None = None, now: dt.datetime | None = None
+) -> Explanation:
+    moment = now if now is not None else dt.datetime.now(dt.UTC)
+    return Explanation(
+        key=key_facts(entry),
+        lineno=lineno,
+        effects=tuple(_effects(entry)),
+        summary=tuple(_summary(entry, moment)),
+    )
+
+
+def explain_line(
+    text: str,
+    *,
+    lineno: int | None = None,
+    source: str | None = None,
+    now: dt.datetime | None = None,
+) -> Explanation:
+    """Explain one authorized_keys line; a line sshd would refuse is a ParseError saying so."""
+    try:
+        entry = ak.parse_line(text.rstrip("\r\n"), lineno=lineno or 1, source=source)
+    except ParseError as err:
+        raise ParseError(
+            f"sshd ignores this line: {err.reason}", lineno=lineno, source=source
+        ) from None
+    if entry is None:
+        raise UsageError("the line is blank or a # comment: it holds no key to explain")
+    return explain_entry(entry, lineno=lineno, now=now)
+
+
+@dataclass(frozen=True)
+class KeyLine:
+    """A line of a file that holds the wanted key: its explanation, or why sshd ignores it."""
+
+    lineno: int
+    explanation: Explanation | None
+    ignored_because: str | None = None
+
+
+def explain_key_in(text: str, key: ak.Entry, *, now: dt.datetime | None = None) -> list[KeyLine]:
+    """Every line of an authorized_keys text holding ``key``, explained, in file order.
+
+    A line sshd refuses is matched by the key's base64 text, since it never parsed to a key.
+    """
+    found = []
+    for line in ak.parse(text, strict=False):
+        if line.entry is not None and line.entry.same_key(key):
+            found.append(
+                KeyLine(line.lineno, explain_entry(line.entry, lineno=line.lineno, now=now))
+            )
+        elif line.error is not None and key.blob in line.raw:
+            found.append(KeyLine(line.lineno, None, line.error.reason))
+    return found

@@ -1,0 +1,925 @@
+"""keyforge gate: the forced command that lets a backup key push into one directory, nothing else.
+
+sshd puts what the client asked to run in ``SSH_ORIGINAL_COMMAND``. The gate reads it the way a
+POSIX shell would have read it for the client (rsync 3.2.4 and later backslash-escape special
+characters in the arguments they send, older clients send them bare), refuses anything a shell
+would have treated as syntax (``;``, ``|``, ``$``, a backquote, a redirection...), then judges the
+``rsync --server`` arguments on their meaning:
+
+* only a receive (no ``--sender``: nothing can be read back), into exactly one destination;
+* every option is one a receiving rsync takes and is harmless inside the directory; options that
+  name other paths (``--backup-dir`` and the like) must be relative and stay inside it, options
+  that read or write files elsewhere (``--files-from``, ``--log-file``...) are refused;
+* the destination, read as sshd's shell would (relative to the home, ``~`` is the home), must be
+  the configured directory or inside it: a ``..`` component is refused, and symbolic links are
+  resolved, so a link pointing out is refused too. ``--delete`` is allowed because of that.
+
+An allowed push runs rsync through ``os.execv`` with an argument list (never a shell), with
+``--munge-links`` added so a symbolic link pushed by one run cannot be followed by a later one.
+Every decision is one JSON line in the gate's log (mode 0600).
+
+``--expect`` names the command captured for the key. A push whose text differs but passes the
+checks (an rsync upgrade on either side changes the flags) is still allowed, and the first push
+with each new text is logged once as ``drift``, with both texts and a hint to capture again.
+``--exact`` keeps the strict comparison: only the expected text runs.
+
+The gate runs on every backup connection, so this module imports nothing but the standard
+library's cheapest modules (json only when a record is written); ``keyforge.entry`` reaches it
+without loading the CLI.
+"""
+
+# pathlib stays out of the gate's start-up, hence os.path throughout
+# ruff: noqa: PTH100, PTH103, PTH112, PTH113, PTH118, PTH120, PTH123
+
+from __future__ import annotations
+
+import os
+import sys
+
+from keyforge.errors import KeyforgeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+DEFAULT_RSYNC = "/usr/bin/rsync"
+LOG_NAME = "gate.log"
+# A real server command is a few hundred characters; anything far longer is not one.
+MAX_COMMAND = 16384
+# What a log record keeps of a command: enough to see the attack, not enough to flood the disk.
+LOG_COMMAND_LIMIT = 2048
+DRIFT_HINT = (
+    "the client's rsync now sends another command than the captured one (an rsync upgrade on "
+    "either side?); it was judged on its meaning and allowed. Capture it again ('keyforge "
+    "capture', then 'keyforge install --gate DIR --from-capture'), or reinstall the key with "
+    "'keyforge install --gate DIR --command' and the received text, so --expect matches"
+)
+
+
+class GateRefusalError(KeyforgeError):
+    """A command the gate will not run; the message is the reason."""
+
+    exit_code = 1
+
+
+class GateUsageError(KeyforgeError):
+    """The gate's own command line (in authorized_keys) is wrong."""
+
+    exit_code = 2
+
+
+# --- reading the command as a shell would ---------------------------------------------------
+
+# Outside quotes, each of these would make the shell do something other than pass a word on:
+# run another command, redirect, expand a variable, a glob or a brace list, start a subshell.
+_SHELL_SYNTAX = frozenset(";&|<>()$`*?[{}!")
+_NAMES = {
+    ";": "';' (a second command)",
+    "&": "'&' (a background command)",
+    "|": "'|' (a pipe)",
+    "<": "'<' (a redirection)",
+    ">": "'>' (a redirection)",
+    "(": "'(' (a subshell)",
+    ")": "')' (a subshell)",
+    "$": "'$' (an expansion)",
+    "`": "a backquote (command substitution)",
+    "*": "'*' (a glob)",
+    "?": "'?' (a glob)",
+    "[": "'[' (a glob)",
+    "{": "'{' (brace expansion)",
+    "}": "'}' (brace expansion)",
+    "!": "'!' (history or negation)",
+}
+
+
+class Word:
+    """One word of the command after quote removal; ``tilde`` when it began with a bare ``~``."""
+
+    __slots__ = ("text", "tilde")
+
+    def __init__(self, text: str, tilde: bool = False) -> None:
+        self.text = text
+        self.tilde = tilde
+
+    def __repr__(self) -> str:
+        return f"Word({self.text!r}, tilde={self.tilde})"
+
+
+def _refuse_control_characters(command: str) -> None:
+    for char in command:
+        code = ord(char)
+        if code < 32 or code == 127:
+            raise GateRefusalError(f"the command holds a control character ({char!r})")
+
+
+def _double_quoted(command: str, start: int, out: list[str]) -> int:
+    """Read a "..." run starting after its opening quote; return the index after the closing."""
+    i, n = start, len(command)
+    while i < n:
+        char = command[i]
+        if char == '"':
+            return i + 1
+        if char in "$`":
+            raise GateRefusalError(
+                f"{_NAMES[char]} inside double quotes: the shell would expand it"
+            )
+        if char == "\\" and i + 1 < n and command[i + 1] in '$`"\\':
+            out.append(command[i + 1])
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    raise GateRefusalError("an unclosed double quote")
+
+
+def split_command(command: str) -> list[Word]:
+    """The words a POSIX shell would pass to the program, or a GateRefusalError.
+
+    Quotes and backslashes are removed as the shell removes them; anything the shell would act
+    on instead (see ``_SHELL_SYNTAX``, a ``#`` starting a word) is refused, never interpreted.
+    """
+    if len(command) > MAX_COMMAND:
+        raise GateRefusalError(
+            f"the command is {len(command)} characters long, not an rsync command"
+        )
+    _refuse_control_characters(command)
+    words: list[Word] = []
+    out: list[str] = []
+    in_word = False
+    tilde = False
+    i, n = 0, len(command)
+    while i < n:
+        if command[i] == " ":
+            if in_word:
+                words.append(Word("".join(out), tilde))
+                out, in_word, tilde = [], False, False
+            i += 1
+            continue
+        if not in_word and command[i] == "~":
+            tilde = True
+        i = _read_piece(command, i, out, starts_word=not in_word)
+        in_word = True
+    if in_word:
+        words.append(Word("".join(out), tilde))
+    return words
+
+
+def _read_piece(command: str, i: int, out: list[str], *, starts_word: bool) -> int:
+    """Read one character, escape or quoted run at ``i`` into ``out``; return where it ends."""
+    char = command[i]
+    if char == "\\":
+        if i + 1 >= len(command):
+            raise GateRefusalError("a backslash at the end of the command")
+        out.append(command[i + 1])
+        return i + 2
+    if char == "'":
+        end = command.find("'", i + 1)
+        if end < 0:
+            raise GateRefusalError("an unclosed single quote")
+        out.append(command[i + 1 : end])
+        return end + 1
+    if char == '"':
+        return _double_quoted(command, i + 1, out)
+    if char in _SHELL_SYNTAX:
+        raise GateRefusalError(f"an unquoted shell metacharacter {_NAMES[char]}")
+    if char == "#" and starts_word:
+        raise GateRefusalError("an unquoted '#' starting a word (a shell comment)")
+    out.append(char)
+    return i + 1
+
+
+# --- rsync's server arguments ---------------------------------------------------------------
+
+
+def _names(text: str) -> list[str]:
+    return text.split()
+
+
+# Short options a receiving rsync may get. Left out on purpose: s (the file names would travel
+# inside the protocol, unchecked), K L k (follow symbolic links on this side), T (a temporary
+# directory anywhere), and every letter a client never sends to a server.
+SHORT_ALLOWED = frozenset("ACDEHIJNORSUWXbcdglmnopqrtuvxyz")
+SHORT_REFUSED = {
+    "s": "-s (--secluded-args) sends the destination inside the protocol, where it cannot be "
+    "checked",
+    "K": "-K (--keep-dirlinks) follows symbolic links to directories on this host",
+    "L": "-L (--copy-links) follows symbolic links on this host",
+    "k": "-k (--copy-dirlinks) follows symbolic links on this host",
+    "T": "-T (--temp-dir) names a directory outside the checked ones",
+}
+# Long options without a value that a receive may carry.
+LONG_FLAGS = frozenset(
+    _names("""
+    append append-verify backup checksum delay-updates delete delete-after delete-before
+    delete-delay delete-during delete-excluded delete-missing-args dirs existing fake-super
+    force from0 fsync fuzzy group hard-links ignore-errors ignore-existing ignore-missing-args
+    ignore-times inplace links mkpath msgs2stderr munge-links new-compress no-W
+    no-implied-dirs no-i-r no-inc-recursive no-msgs2stderr no-r no-relative no-specials
+    numeric-ids old-compress omit-dir-times omit-link-times one-file-system open-noatime owner
+    partial perms preallocate prune-empty-dirs recursive relative safe-links size-only sparse
+    specials stats super times update use-qsort whole-file
+    """)
+)
+# Long options with a value that only tunes the transfer.
+LONG_VALUES = frozenset(
+    _names("""
+    block-size bwlimit checksum-choice checksum-seed compress-choice compress-level
+    compress-threads groupmap iconv info log-format max-alloc max-delete max-size min-size
+    modify-window out-format skip-compress stderr suffix timeout usermap
+    """)
+)
+# Long options whose value is a directory rsync reads or writes, relative to the destination:
+# allowed when relative and inside the directory.
+LONG_CONFINED = frozenset(
+    _names("backup-dir compare-dest copy-dest link-dest partial-dir temp-dir")
+)
+LONG_REFUSED = {
+    "sender": "a pull (--sender): this key may only push into the directory",
+    "daemon": "an rsync daemon (--daemon), whose modules the client would choose",
+    "server": "a second --server",
+    "files-from": "--files-from reads a list of files from a path the client chooses",
+    "log-file": "--log-file writes to a path the client chooses",
+    "log-file-format": "--log-file-format belongs to --log-file, which is refused",
+    "write-batch": "--write-batch writes a file the client names",
+    "only-write-batch": "--only-write-batch writes a file the client names",
+    "read-batch": "--read-batch reads a file the client names",
+    "write-devices": "--write-devices writes into device files",
+    "copy-devices": "--copy-devices reads device files",
+    "remove-source-files": "--remove-source-files: a backup push never moves files away",
+    "remove-sent-files": "--remove-sent-files: a backup push never moves files away",
+    "list-only": "--list-only lists files, which only a pull does",
+    "secluded-args": "--secluded-args sends the destination inside the protocol, where it "
+    "cannot be checked",
+    "protect-args": "--protect-args sends the destination inside the protocol, where it cannot "
+    "be checked",
+    "keep-dirlinks": "--keep-dirlinks follows symbolic links to directories on this host",
+    "copy-links": "--copy-links follows symbolic links on this host",
+    "copy-dirlinks": "--copy-dirlinks follows symbolic links on this host",
+    "copy-unsafe-links": "--copy-unsafe-links follows symbolic links on this host",
+    "no-munge-links": "--no-munge-links would let a pushed symbolic link lead out",
+    "copy-as": "--copy-as switches to another user",
+    "debug": "--debug prints rsync's internals to the client",
+    "config": "--config reads a daemon configuration",
+}
+
+
+class ServerArgs:
+    """The judged parts of an ``rsync --server`` command."""
+
+    __slots__ = ("confined", "destination", "options")
+
+    def __init__(
+        self, options: list[str], confined: list[tuple[str, str]], destination: Word
+    ) -> None:
+        self.options = options  # the option words, unquoted, in order
+        self.confined = confined  # (option, relative directory) pairs to check
+        self.destination = destination
+
+
+_CAPABILITY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _check_capabilities(word: str, rest: str) -> None:
+    """``e.LETTERS`` or ``eN.MLETTERS`` (a pre-release protocol), the end of a cluster."""
+    dot = rest.find(".")
+    if dot < 0:
+        raise GateRefusalError(f"option {word!r}: a capability string without its '.'")
+    version, letters = rest[:dot], rest[dot + 1 :]
+    if version:
+        minor = letters
+        letters = letters.lstrip("0123456789")
+        minor = minor[: len(minor) - len(letters)]
+        if not (version.isdigit() and minor.isdigit()):
+            raise GateRefusalError(f"option {word!r}: a malformed protocol version")
+    if not set(letters) <= _CAPABILITY_CHARS:
+        raise GateRefusalError(f"option {word!r}: a malformed capability string")
+
+
+def _check_short_cluster(word: str) -> None:
+    """``-logDtprze.iLsfxCIvu``: letters, then ``e`` and the capabilities to the end."""
+    if len(word) > 2 and word[1] in "B@":
+        number = word[2:].removeprefix("-") if word[1] == "@" else word[2:]
+        if number.isdigit() and number.isascii():
+            return
+        raise GateRefusalError(f"option {word!r}: -{word[1]} takes a number")
+    for pos in range(1, len(word)):
+        letter = word[pos]
+        if letter == "e":
+            _check_capabilities(word, word[pos + 1 :])
+            return
+        if letter in SHORT_REFUSED:
+            raise GateRefusalError(SHORT_REFUSED[letter])
+        if letter not in SHORT_ALLOWED:
+            raise GateRefusalError(f"unknown or refused short option -{letter} (in {word!r})")
+
+
+def _check_value(name: str, value: str) -> None:
+    if name == "suffix" and "/" in value:
+        raise GateRefusalError("--suffix holds a '/', which would put backups in other directories")
+
+
+def _read_long_option(
+    words: Sequence[Word], index: int, options: list[str], confined: list[tuple[str, str]]
+) -> int:
+    """Check ``words[index - 1]``, a long option, and its value; return the next index."""
+    word = words[index - 1].text
+    name, has_value, value = word[2:].partition("=")
+    if name in LONG_REFUSED:
+        raise GateRefusalError(LONG_REFUSED[name])
+    if name in LONG_FLAGS:
+        if has_value:
+            raise GateRefusalError(f"--{name} takes no value")
+        options.append(word)
+        return index
+    if name not in LONG_VALUES and name not in LONG_CONFINED:
+        raise GateRefusalError(f"unknown or refused option --{name[:60]}")
+    if has_value:
+        options.append(word)
+    else:
+        if index >= len(words) or words[index].text == ".":
+            raise GateRefusalError(f"--{name} has no value")
+        value = words[index].text
+        if value.startswith("-"):
+            # rsync could read it as the next option: judge no word two ways
+            raise GateRefusalError(f"--{name} takes the next word, {value[:60]!r}, as its value")
+        options.extend((word, value))
+        index += 1
+    _check_value(name, value)
+    if name in LONG_CONFINED:
+        confined.append((f"--{name}", value))
+    return index
+
+
+def parse_server_args(words: Sequence[Word]) -> ServerArgs:
+    """Judge ``rsync --server [options] . DEST``; a GateRefusalError names the first problem."""
+    if not words:
+        raise GateRefusalError("an empty command")
+    program = words[0].text
+    if program.rsplit("/", 1)[-1] != "rsync":
+        raise GateRefusalError(f"not an rsync command ({program[:60]!r})")
+    if len(words) < 2 or words[1].text != "--server":
+        raise GateRefusalError("not an rsync server command ('rsync --server' expected)")
+    options: list[str] = []
+    confined: list[tuple[str, str]] = []
+    index = 2
+    while index < len(words):
+        word = words[index].text
+        index += 1
+        if word == ".":
+            break
+        if word.startswith("--"):
+            index = _read_long_option(words, index, options, confined)
+        elif word.startswith("-") and len(word) > 1:
+            _check_short_cluster(word)
+            options.append(word)
+        else:
+            raise GateRefusalError(f"unexpected word {word[:60]!r} among the options")
+    else:
+        raise GateRefusalError("no '.' and destination after the options")
+    paths = words[index:]
+    if not paths:
+        raise GateRefusalError("no destination after the '.'")
+    if len(paths) > 1:
+        raise GateRefusalError(
+            "several paths after the '.': a receiving rsync takes one destination"
+        )
+    return ServerArgs(options, confined, paths[0])
+
+
+# --- where the destination is ---------------------------------------------------------------
+
+
+def _has_dotdot(path: str) -> bool:
+    return ".." in path.split("/")
+
+
+def is_inside(path: str, root: str) -> bool:
+    """``path`` is ``root`` or below it (both absolute and normalised)."""
+    if root == "/":
+        return True
+    return path == root or path.startswith(root + "/")
+
+
+def destination_path(destination: Word, home: str) -> str:
+    """Where sshd's shell would have put the destination, as an absolute, normalised path."""
+    text = destination.text
+    if not text:
+        raise GateRefusalError("an empty destination")
+    if _has_dotdot(text):
+        raise GateRefusalError(f"the destination {text[:200]!r} holds a '..' component")
+    if destination.tilde:
+        rest = text[1:]
+        if rest and not rest.startswith("/"):
+            raise GateRefusalError(f"the destination {text[:200]!r} names another user's home")
+        text = home + rest
+    elif not text.startswith("/"):
+        text = home + "/" + text
+    return os.path.normpath(text)
+
+
+def _check_confined_option(option: str, value: str, destination: str, root: str) -> None:
+    if not value or value.startswith(("/", "~")):
+        raise GateRefusalError(
+            f"{option} {value[:200]!r}: only a relative path inside the directory"
+        )
+    if _has_dotdot(value):
+        raise GateRefusalError(f"{option} {value[:200]!r} holds a '..' component")
+    real = os.path.realpath(os.path.join(destination, value))
+    if not is_inside(real, root):
+        raise GateRefusalError(f"{option} {value[:200]!r} leads out of the directory (to {real})")
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+
+class GateConfig:
+    """What the gate's command line in authorized_keys says."""
+
+    __slots__ = ("confine", "directory", "exact", "expect", "home", "log", "munge_links", "rsync")
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        home: str,
+        expect: str | None = None,
+        exact: bool = False,
+        log: str | None = None,
+        rsync: str = DEFAULT_RSYNC,
+        munge_links: bool = True,
+        confine: bool = False,
+    ) -> None:
+        self.directory = directory
+        self.confine = confine
+        self.home = home
+        self.expect = expect
+        self.exact = exact
+        self.log = log if log is not None else os.path.join(home, ".ssh", "keyforge", LOG_NAME)
+        self.rsync = rsync
+        self.munge_links = munge_links
+
+
+class Decision:
+    """Allowed (with the argv to exec) or refused (with the reason)."""
+
+    __slots__ = ("argv", "command", "drift", "reason")
+
+    def __init__(
+        self,
+        command: str | None,
+        *,
+        argv: tuple[str, ...] = (),
+        reason: str = "",
+        drift: bool = False,
+    ) -> None:
+        self.command = command
+        self.argv = argv
+        self.reason = reason
+        self.drift = drift
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.argv)
+
+    def __repr__(self) -> str:
+        if self.allowed:
+            return f"Decision(allowed, argv={self.argv!r}, drift={self.drift})"
+        return f"Decision(refused, reason={self.reason!r})"
+
+
+def _home_of(path: str) -> str:
+    return os.path.normpath(path if path.startswith("/") else "/" + path)
+
+
+def _root_of(config: GateConfig) -> str:
+    """The configured directory, symbolic links resolved; refused when it holds ~/.ssh or the
+    log (a push with --delete could replace authorized_keys or wipe the record)."""
+    home = _home_of(config.home)
+    directory = config.directory
+    if not directory.startswith("/"):
+        directory = home + "/" + directory
+    root = os.path.realpath(directory)
+    ssh_dir = os.path.realpath(home + "/.ssh")
+    if is_inside(ssh_dir, root) or is_inside(root, ssh_dir):
+        raise GateRefusalError(
+            f"misconfigured gate: --dir {root} holds or lies in {ssh_dir}; a push could replace "
+            "authorized_keys: give the backups a directory of their own"
+        )
+    if is_inside(os.path.realpath(config.log), root):
+        raise GateRefusalError(f"misconfigured gate: the log {config.log} lies inside --dir {root}")
+    return root
+
+
+def _meaning(command: str, config: GateConfig, root: str) -> tuple[tuple[str, ...], str, bool]:
+    """The checked option words, the absolute destination, and whether it ends with '/'."""
+    server = parse_server_args(split_command(command))
+    home = _home_of(config.home)
+    destination = destination_path(server.destination, home)
+    real = os.path.realpath(destination)
+    if not is_inside(real, root):
+        shown = server.destination.text[:200]
+        if real != destination:
+            raise GateRefusalError(
+                f"the destination {shown!r} leads out of {root} through a symbolic link (to {real})"
+            )
+        raise GateRefusalError(f"the destination {shown!r} ({destination}) is outside {root}")
+    for option, value in server.confined:
+        _check_confined_option(option, value, real, root)
+    return tuple(server.options), destination, server.destination.text.endswith("/")
+
+
+def judge(command: str | None, config: GateConfig) -> Decision:
+    """The gate's verdict on ``command`` (SSH_ORIGINAL_COMMAND); pure but for reading the file
+    system to resolve symbolic links."""
+    if command is None:
+        return Decision(
+            None, reason="no command: an interactive login, or sshd gave the gate nothing to check"
+        )
+    try:
+        if config.exact and config.expect is not None and command != config.expect:
+            raise GateRefusalError(
+                "the command is not the exact one this key is locked to (--exact)"
+            )
+        root = _root_of(config)
+        options, destination, slash = _meaning(command, config, root)
+    except GateRefusalError as refusal:
+        return Decision(command, reason=refusal.message)
+    target = destination + "/" if slash and destination != "/" else destination
+    munge = ("--munge-links",) if config.munge_links and "--munge-links" not in options else ()
+    # rsync 3.5+: paths rsync itself resolves (filter merge files sent inside the protocol,
+    # which the gate never sees) stay in the directory, and no device or special file is made
+    confine = (f"--confine-root={root}", "--drop-D") if config.confine else ()
+    argv = (config.rsync, "--server", *options, *munge, *confine, ".", target)
+    return Decision(command, argv=argv, drift=_drifts(command, options, destination, config))
+
+
+def _drifts(command: str, options: tuple[str, ...], destination: str, config: GateConfig) -> bool:
+    """Whether an allowed command means something else than the expected one.
+
+    Compared on meaning, not text: the expected ``~/backups/`` and an absolute spelling of the
+    same directory are no drift; another flag string or another destination is.
+    """
+    expected = config.expect
+    if expected is None or expected == command:
+        return False
+    try:
+        want_options, want_destination, _ = _meaning(expected, config, _root_of(config))
+    except GateRefusalError:
+        return True
+    return want_options != options or want_destination != destination
+
+
+# --- the side effects: log, drift state, exec ----------------------------------------------
+
+
+def client_address(environ: Mapping[str, str]) -> str:
+    """The client's address from SSH_CLIENT or SSH_CONNECTION (first field), else "unknown"."""
+    for name in ("SSH_CLIENT", "SSH_CONNECTION"):
+        value = environ.get(name, "")
+        first = value.split(" ", 1)[0]
+        if first and len(first) <= 64 and all(c in "0123456789abcdefABCDEF:.%" for c in first):
+            return first.removeprefix("::ffff:")
+    return "unknown"
+
+
+def _now() -> str:
+    import time  # noqa: PLC0415 - only when a record is written
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _clip(text: str | None) -> tuple[str | None, dict[str, int]]:
+    if text is None or len(text) <= LOG_COMMAND_LIMIT:
+        return text, {}
+    return text[:LOG_COMMAND_LIMIT], {"command_length": len(text)}
+
+
+def records_for(
+    decision: Decision, config: GateConfig, client: str, *, new_drift: bool
+) -> list[dict[str, object]]:
+    """The log records of one decision: the decision itself, then a drift record if new."""
+    now = _now()
+    command, extra = _clip(decision.command)
+    record: dict[str, object] = {
+        "time": now,
+        "event": "allowed" if decision.allowed else "refused",
+        "client": client,
+        "dir": config.directory,
+        "command": command,
+        **extra,
+    }
+    if decision.allowed:
+        record["argv"] = list(decision.argv)
+    else:
+        record["reason"] = decision.reason
+    records = [record]
+    if new_drift:
+        records.append(
+            {
+                "time": now,
+                "event": "drift",
+                "client": client,
+                "dir": config.directory,
+                "expected": config.expect,
+                "received": command,
+                "hint": DRIFT_HINT,
+            }
+        )
+    return records
+
+
+def _open_private(path: str, flags: int) -> int:
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+
+def append_records(path: str, records: Sequence[dict[str, object]]) -> None:
+    """Append the records as JSON lines in one write to an O_APPEND file (0600, parent 0700),
+    so concurrent connections never interleave within a line. ASCII-only JSON: no command
+    text, however hostile, can break a line or pass for a second record."""
+    import json  # noqa: PLC0415 - only when a record is written
+
+    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    fd = _open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, data.encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def drift_state_path(log: str) -> str:
+    return log + ".drift"
+
+
+def first_time_drift(log: str, command: str) -> bool:
+    """Note ``command`` in the drift state beside the log; True when it was not there yet."""
+    import hashlib  # noqa: PLC0415 - only on the drift path
+
+    digest = hashlib.sha256(command.encode("utf-8", "surrogateescape")).hexdigest()
+    path = drift_state_path(log)
+    try:
+        with open(path, encoding="ascii", errors="replace") as state:
+            if digest in state.read().split():
+                return False
+    except FileNotFoundError:
+        pass
+    fd = _open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (digest + "\n").encode("ascii"))
+    finally:
+        os.close(fd)
+    return True
+
+
+def _say(message: str) -> None:
+    os.write(2, f"keyforge gate: {message}\n".encode("utf-8", "backslashreplace"))
+
+
+def decide_and_log(config: GateConfig, environ: Mapping[str, str]) -> Decision:
+    """Judge SSH_ORIGINAL_COMMAND and log the decision (a log failure is said, not fatal)."""
+    command = environ.get("SSH_ORIGINAL_COMMAND")
+    decision = judge(command, config)
+    client = client_address(environ)
+    try:
+        new_drift = (
+            decision.allowed
+            and decision.drift
+            and command is not None
+            and first_time_drift(config.log, command)
+        )
+        append_records(config.log, records_for(decision, config, client, new_drift=new_drift))
+    except OSError as err:
+        _say(f"warning: cannot write the log {config.log}: {err.strerror or err}")
+    return decision
+
+
+# --- the gate's own command line ------------------------------------------------------------
+
+USAGE = """\
+usage: keyforge gate --dir DIR [--expect COMMAND [--exact]] [--log PATH] [--rsync PATH]
+                     [--no-munge-links] [--confine]
+
+The forced command (authorized_keys command=) for a backup key: reads SSH_ORIGINAL_COMMAND
+and lets it run only as an rsync receive into DIR, through an argument list, never a shell.
+
+Refused, logged with the client address, exit 1: a pull (--sender), a destination outside DIR
+(relative paths are relative to the home, ~ is the home), a '..' component, a symbolic link
+leading out, options that name files elsewhere (--files-from, --log-file, --backup-dir and
+the like unless relative and inside DIR), options that follow links on this host (-K -L -k)
+or hide the destination (-s), and any unquoted shell syntax (; | & $ ` < > ...).
+--delete is allowed: it can only delete inside DIR.
+
+  --dir DIR          the only directory pushes may write to (absolute, or relative to home)
+  --expect COMMAND   the command captured for this key; another command that passes the
+                     checks still runs, and the first push with each new text is logged as
+                     "drift" with both texts and a hint to run 'keyforge capture' again
+  --exact            run only the exact --expect text (the strict comparison)
+  --log PATH         the JSON-lines log (default ~/.ssh/keyforge/gate.log, mode 0600)
+  --rsync PATH       the rsync to exec (default /usr/bin/rsync)
+  --no-munge-links   do not add --munge-links. By default rsync stores pushed symbolic
+                     links munged (prefixed with /rsyncd-munged/), so a link pushed by one
+                     run cannot lead a later run out of DIR; rsync --munge-links
+                     on the side sending them back (-M--munge-links when that is
+                     this host) restores them
+  --confine          also pass --confine-root=DIR and --drop-D (rsync 3.5 and later;
+                     'keyforge install --gate' adds it when this host's rsync has them):
+                     paths rsync resolves itself, such as filter merge files named
+                     inside the protocol, stay in DIR, and no device or special file
+                     is created
+"""
+
+
+_VALUE_FLAGS = {"--dir": "directory", "--expect": "expect", "--log": "log", "--rsync": "rsync"}
+
+
+def parse_gate_args(args: Sequence[str], *, home: str) -> GateConfig | None:
+    """The gate's options, or None for --help (a hand-written loop: argparse would cost
+    start-up time on every connection)."""
+    values: dict[str, str] = {}
+    exact = False
+    munge_links = True
+    confine = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, has_value, value = arg.partition("=")
+        i += 1
+        if name in _VALUE_FLAGS:
+            if not has_value:
+                if i >= len(args):
+                    raise GateUsageError(f"{name} needs a value")
+                value = args[i]
+                i += 1
+            values[_VALUE_FLAGS[name]] = value
+        elif arg == "--exact":
+            exact = True
+        elif arg == "--no-munge-links":
+            munge_links = False
+        elif arg == "--confine":
+            confine = True
+        elif arg in ("-h", "--help"):
+            return None
+        else:
+            raise GateUsageError(f"unknown argument {arg!r}")
+    if not values.get("directory"):
+        raise GateUsageError("--dir is required: the directory pushes may write to")
+    if exact and "expect" not in values:
+        raise GateUsageError("--exact needs --expect COMMAND: the one command to allow")
+    rsync = values.get("rsync", DEFAULT_RSYNC)
+    if not rsync.startswith("/"):
+        raise GateUsageError("--rsync needs an absolute path")
+    return GateConfig(
+        values["directory"],
+        home=home,
+        expect=values.get("expect"),
+        exact=exact,
+        log=values.get("log"),
+        rsync=rsync,
+        munge_links=munge_links,
+        confine=confine,
+    )
+
+
+def _login_home() -> str:
+    import pwd  # noqa: PLC0415
+
+    # the passwd entry, not $HOME: that is where sshd starts the command, and an environment=
+    # option cannot move it
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return os.environ.get("HOME", "/")
+
+
+def run(args: Sequence[str], environ: Mapping[str, str], *, home: str | None = None) -> int:
+    """The gate: judge, log, then exec rsync (no return) or say why not and return 1."""
+    try:
+        config = parse_gate_args(args, home=home if home is not None else _login_home())
+    except GateUsageError as err:
+        _say(f"error: {err}")
+        return err.exit_code
+    if config is None:
+        os.write(1, USAGE.encode())
+        return 0
+    decision = decide_and_log(config, environ)
+    if not decision.allowed:
+        _say(f"refused: {decision.reason}")
+        return 1
+    try:
+        os.execv(decision.argv[0], decision.argv)  # noqa: S606 - an argv list, no shell
+    except OSError as err:
+        _say(f"error: cannot run {decision.argv[0]}: {err.strerror or err}")
+        return 1
+    return 1  # pragma: no cover - execv does not return
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """``keyforge gate ...``: called by keyforge.entry without loading the CLI."""
+    return run(sys.argv[2:] if args is None else args, os.environ)
+
+
+# --- installing the gate (used by 'keyforge install --gate'; never on the gate's path) -------
+
+
+def gate_program(explicit: str | None = None) -> str:
+    """The absolute path of the keyforge script to put in command=.
+
+    The script beside the running Python (a venv's bin/) comes first: it does not depend on the
+    PATH sshd gives the forced command.
+    """
+    import shutil  # noqa: PLC0415
+
+    if explicit is not None:
+        if not explicit.startswith("/"):
+            raise GateUsageError(f"the keyforge program must be an absolute path, not {explicit!r}")
+        return explicit
+    beside = os.path.join(os.path.dirname(sys.executable), "keyforge")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("keyforge")
+    if found is None:
+        raise GateUsageError(
+            "cannot find the keyforge program's absolute path; pass --gate-program PATH"
+        )
+    return os.path.abspath(found)
+
+
+def rsync_program() -> str:
+    """The rsync the gate will exec: the one on this host's PATH, else /usr/bin/rsync."""
+    import shutil  # noqa: PLC0415
+
+    found = shutil.which("rsync")
+    return os.path.abspath(found) if found else DEFAULT_RSYNC
+
+
+def gate_command(
+    program: str,
+    directory: str,
+    *,
+    expect: str | None = None,
+    exact: bool = False,
+    log: str | None = None,
+    rsync: str = DEFAULT_RSYNC,
+    munge_links: bool = True,
+    confine: bool = False,
+) -> str:
+    """The forced command that runs the gate, each argument shell-quoted (sshd runs command=
+    through the user's shell)."""
+    import shlex  # noqa: PLC0415
+
+    if exact and expect is None:
+        raise GateUsageError("--exact needs the command to compare with (--command or a capture)")
+    argv = [program, "gate", "--dir", directory]
+    if expect is not None:
+        argv += ["--expect", expect]
+    if exact:
+        argv.append("--exact")
+    if log is not None:
+        argv += ["--log", log]
+    if rsync != DEFAULT_RSYNC:
+        argv += ["--rsync", rsync]
+    if not munge_links:
+        argv.append("--no-munge-links")
+    if confine:
+        argv.append("--confine")
+    return shlex.join(argv)
+
+
+def rsync_can_confine(rsync: str) -> bool:
+    """Whether this rsync knows --confine-root and --drop-D (rsync 3.5 and later)."""
+    import subprocess  # noqa: PLC0415
+
+    try:
+        result = subprocess.run(
+            [rsync, "--help"], capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--confine-root" in result.stdout and "--drop-D" in result.stdout
+
+
+def check_setup(config: GateConfig) -> list[str]:
+    """Refuse a gate that could never allow anything; return notes for the admin.
+
+    The expected command, if any, must itself pass the gate: otherwise the key could push
+    nothing (with --exact) or every push would be drift.
+    """
+    if not config.directory.startswith("/"):
+        raise GateUsageError(f"the gate directory must be absolute, not {config.directory!r}")
+    try:
+        root = _root_of(config)
+    except GateRefusalError as err:
+        raise GateUsageError(err.message.removeprefix("misconfigured gate: ")) from None
+    notes = []
+    if not os.path.isdir(root):
+        notes.append(f"{root} does not exist yet; rsync creates it on the first push")
+    if config.expect is not None:
+        decision = judge(config.expect, config)
+        if not decision.allowed:
+            raise GateUsageError(
+                f"the gate would refuse the expected command itself: {decision.reason}"
+            )
+        notes.append("the gate will run: " + " ".join(decision.argv))
+    return notes
