@@ -20,6 +20,18 @@ COPY = f"{HOME}/srvbackups"
 STORE = "/var/backups/keyforge-snapshots"
 CONFIG = "/etc/keyforge/snapshot.toml"
 MANIFEST = "server1.20261127.manifest.json"
+# The sender's backups for this module alone: other modules of the session-wide lab run
+# keyforge backup as root on /mnt/backups, which leaves it root's.
+SOURCE = "/mnt/snapshot-test/server1"
+SOURCE_SCRIPT = f"""
+set -e
+rm -rf /mnt/snapshot-test
+mkdir -p {SOURCE}/etc {SOURCE}/home/foo
+head -c 300000 /dev/urandom > {SOURCE}/home/foo/random.bin
+printf 'root:x:0:0:root:/root:/bin/bash\\n' > {SOURCE}/etc/passwd
+: > {SOURCE}/etc/empty
+chown -R foo:foo /mnt/snapshot-test
+"""
 
 
 def _snapshot(lab, *args: str, user: str = "root"):
@@ -42,7 +54,14 @@ def _inode(lab, path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def history(lab, keys, rsync_server_command, backup_source):
+def snapshot_source(lab) -> str:
+    lab.sender.sh(SOURCE_SCRIPT)
+    return SOURCE
+
+
+@pytest.fixture(scope="module")
+def history(lab, keys, rsync_server_command, snapshot_source):
+    backup_source = snapshot_source
     """Two days pushed with the locked key, each followed by a snapshot as root. The two
     snapshots are then dated three and two days back, so retention (1 day, min_keep 1) would
     remove both but for the wipe guard."""
@@ -106,7 +125,7 @@ def test_unchanged_files_are_hard_links_between_snapshots_never_to_the_mirror(la
 
 
 def test_the_backup_key_cannot_write_into_the_store_and_foo_cannot_list_it(
-    lab, history, backup_source
+    lab, history, snapshot_source
 ):
     before = {s: lab.tree_hashes(lab.receiver, f"{STORE}/{s}") for s in history["stamps"]}
     lab.sender.sh("rm -rf /tmp/evil && mkdir /tmp/evil && echo evil > /tmp/evil/evil")
@@ -118,7 +137,7 @@ def test_the_backup_key_cannot_write_into_the_store_and_foo_cannot_list_it(
     assert {s: lab.tree_hashes(lab.receiver, f"{STORE}/{s}") for s in history["stamps"]} == before
     assert not lab.receiver.exists(f"{STORE}/evil")
     assert lab.receiver.exists(f"{COPY}/evil")
-    assert _push(lab, backup_source).returncode == 0  # the nightly push puts the mirror back
+    assert _push(lab, snapshot_source).returncode == 0  # the nightly push puts the mirror back
     listing = lab.receiver.run(["ls", STORE], user="foo", check=False)
     assert listing.returncode != 0
     assert "Permission denied" in listing.stderr
