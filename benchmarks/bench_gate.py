@@ -98,11 +98,10 @@ def main() -> None:
         allowed = [*gate, "--rsync", "/bin/true"]
         push_env = {**env, "SSH_ORIGINAL_COMMAND": PUSH.format(dir=directory)}
         runs: dict[str, list[float]] = {name: [] for name in ("rrsync", "gate", "allowed", "py")}
-        for warm in range(3):  # page cache and .pyc files, as on a host that runs it nightly
+        for _ in range(3):  # page cache and .pyc files, as on a host that runs it nightly
             one_connection(rrsync, env, 1)
             one_connection(gate, env, 1)
             one_connection(allowed, push_env, 0)
-            del warm
         for _ in range(args.connections):
             runs["rrsync"].append(one_connection(rrsync, env, 1))
             runs["gate"].append(one_connection(gate, env, 1))

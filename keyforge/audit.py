@@ -179,8 +179,7 @@ def _access_findings(entry: ak.Entry) -> list[tuple[Severity, str, str]]:
                 "no from=: the key works from any source address, so a stolen copy works anywhere",
             )
         )
-    patterns = [p for value in entry.values("from") for p in value.split(",")]
-    names = install.hostname_patterns(patterns)
+    names = install.hostname_patterns(install.from_patterns(entry))
     if names:
         found.append(
             (
@@ -200,7 +199,7 @@ def _how_allowed(flag: str, restricted: bool) -> str:
 
 
 def _flag_findings(entry: ak.Entry) -> list[tuple[Severity, str, str]]:
-    permissions = explain.effective_permissions(entry)
+    permissions = ak.effective_permissions(entry)
     found: list[tuple[Severity, str, str]] = []
     restricted = permissions.restricted
     if permissions.allows("port-forwarding"):
@@ -226,7 +225,7 @@ def _flag_findings(entry: ak.Entry) -> list[tuple[Severity, str, str]]:
 def _expiry_findings(entry: ak.Entry, now: dt.datetime) -> list[tuple[Severity, str, str]]:
     found: list[tuple[Severity, str, str]] = []
     for value in entry.values("expiry-time"):
-        moment = install._expiry_datetime(value)
+        moment = ak.expiry_datetime(value)
         if moment is not None and moment <= now:
             found.append(
                 (
@@ -249,10 +248,15 @@ def _expiry_findings(entry: ak.Entry, now: dt.datetime) -> list[tuple[Severity, 
 
 
 def entry_findings(
-    entry: ak.Entry, *, file: str, line: int | None, now: dt.datetime, user: str | None = None
+    entry: ak.Entry,
+    facts: explain.KeyFacts,
+    *,
+    file: str,
+    line: int | None,
+    now: dt.datetime,
+    user: str | None = None,
 ) -> list[Finding]:
-    """Everything worth saying about one accepted line, most severe kinds first."""
-    facts = explain.key_facts(entry)
+    """Everything worth saying about one accepted line (``facts``: its key), most severe first."""
     raw: list[tuple[Severity, str, str]] = _access_findings(entry)
     strength = _key_strength(facts)
     if strength is not None:
@@ -302,7 +306,7 @@ def audit_text(text: str, *, file: str, now: dt.datetime, user: str | None = Non
             findings.append(_duplicate(earlier, entry, file, line.lineno, facts, user))
         else:
             first_line[identity] = (line.lineno, entry)
-        findings += entry_findings(entry, file=file, line=line.lineno, now=now, user=user)
+        findings += entry_findings(entry, facts, file=file, line=line.lineno, now=now, user=user)
     return TextAudit(len(key_ids), tuple(findings), tuple(key_ids))
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import datetime as dt
 import functools
 import gc
 import ipaddress
@@ -29,6 +30,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from keyforge import wire
 from keyforge.errors import ParseError, RenderError
 from keyforge.wire import WireError, WireReader
 
@@ -126,7 +128,23 @@ class Entry:
         return (self.keytype, _decode_blob(self.blob))
 
     def same_key(self, other: Entry) -> bool:
-        return self.key_id() == other.key_id()
+        # the parser admits only canonical base64, which spells each blob one way, so the text
+        # compares as the bytes would, without decoding two blobs per line of a big file
+        return self.keytype == other.keytype and self.blob == other.blob
+
+    def plain_key(self) -> tuple[str, bytes]:
+        """The key type and wire form of the key itself: a certificate's is the key it certifies.
+
+        Raises ValueError when the blob is not a whole key of its type (a hand-built Entry).
+        """
+        try:
+            return _plain_key(self.keytype, _decode_blob(self.blob))
+        except (_Invalid, WireError, KeyError) as err:
+            raise ValueError(f"the {self.keytype} key data is not a whole key") from err
+
+    def fingerprint(self) -> str:
+        """``SHA256:...`` as ``ssh-keygen -lf`` prints it (for a certificate: its key's)."""
+        return wire.fingerprint(self.plain_key()[1])
 
     def values(self, name: str) -> list[str]:
         """Every value of option ``name`` (any case), in file order."""
@@ -136,6 +154,60 @@ class Entry:
     def has(self, name: str) -> bool:
         wanted = name.lower()
         return any(o.name == wanted for o in self.options)
+
+
+# --- what sshd makes of the flags -------------------------------------------------------------
+
+# The switches sshd keeps per key: on by default, all off after ``restrict``, each turned on by
+# its own name and off by its ``no-`` form; the options are read left to right, the last wins.
+PERMISSION_FLAGS = ("port-forwarding", "agent-forwarding", "x11-forwarding", "pty", "user-rc")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """The per-key switches after every option is read, left to right."""
+
+    allowed: frozenset[str]  # members of PERMISSION_FLAGS
+    restricted: bool = False
+    touch_required: bool = True
+    verify_required: bool = False
+
+    def allows(self, flag: str) -> bool:
+        return flag in self.allowed
+
+
+def flag_change(name: str) -> tuple[str, bool] | None:
+    """The permission flag an option sets, and to what; None for any other option."""
+    if name in PERMISSION_FLAGS:
+        return name, True
+    bare = name.removeprefix("no-")
+    if bare != name and bare in PERMISSION_FLAGS:
+        return bare, False
+    return None
+
+
+def effective_permissions(entry: Entry) -> Permissions:
+    """The flags sshd ends up with: defaults all on; ``restrict`` all off; last option wins."""
+    allowed = set(PERMISSION_FLAGS)
+    restricted = False
+    touch, verify = True, False
+    for option in entry.options:
+        name = option.name
+        change = flag_change(name)
+        if name == "restrict":
+            restricted = True
+            allowed.clear()
+        elif change is not None:
+            flag, on = change
+            if on:
+                allowed.add(flag)
+            else:
+                allowed.discard(flag)
+        elif name in ("touch-required", "no-touch-required"):
+            touch = name == "touch-required"
+        elif name in ("verify-required", "no-verify-required"):
+            verify = name == "verify-required"
+    return Permissions(frozenset(allowed), restricted, touch, verify)
 
 
 @dataclass(frozen=True)
@@ -215,6 +287,22 @@ def _check_expiry_time(value: str) -> None:
     # sshd refuses a time at or before the epoch; local times may lie up to a day either side
     if moment <= (0 if utc else 86400):
         raise _Invalid(f'expiry-time="{value}" is before 1970')
+
+
+def expiry_datetime(value: str) -> dt.datetime | None:
+    """The moment an ``expiry-time`` value names; None when it is not one."""
+    match = _EXPIRY.fullmatch(value)
+    if match is None:
+        return None
+    digits = match.group(1)
+    layout = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(digits)]
+    try:
+        moment = dt.datetime.strptime(digits, layout)
+    except ValueError:
+        return None  # sshd normalises dates like Feb 31; no warning rather than a wrong one
+    if match.group(2):
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone()
 
 
 def _hpdelim(text: str) -> tuple[str, str | None] | None:
@@ -479,6 +567,18 @@ def _read_public_fields(reader: WireReader, plain: str) -> None:
         reader.skip(1)  # public point
         if plain.startswith("sk-"):
             reader.skip(1)  # application
+
+
+def _plain_key(keytype: str, data: bytes) -> tuple[str, bytes]:
+    reader = WireReader(data)
+    reader.string()
+    plain = CERT_KEY_TYPES.get(keytype, keytype)
+    if plain != keytype:
+        reader.string()  # the certificate's nonce
+    start = reader.pos
+    _read_public_fields(reader, plain)
+    name = plain.encode()
+    return plain, len(name).to_bytes(4, "big") + name + data[start : reader.pos]
 
 
 def _check_certificate(reader: WireReader, keytype: str) -> None:

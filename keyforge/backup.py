@@ -138,6 +138,11 @@ def partial_name(name: str) -> str:
     return f".{name}{PARTIAL_SUFFIX}"
 
 
+def work_snapshot_of(snapshot: Path) -> Path:
+    """Where a run writes tar's new snapshot file until its archive is listed in a manifest."""
+    return snapshot.with_name(partial_name(snapshot.name))
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class ArchiveRecord:
     """One committed archive, as its name describes it."""
@@ -376,13 +381,22 @@ def lock_path(backup_dir: Path) -> Path:
     return backup_dir / LOCK_NAME
 
 
+def run_manifests(backup_dir: Path, host: str) -> dict[str, Path]:
+    """This host's run manifests by run stamp; another host's (``host.lan.*``) are not ours."""
+    found: dict[str, Path] = {}
+    for path in backup_dir.glob(f"{host}.*{MANIFEST_SUFFIX}"):
+        match = _MANIFEST_RE.match(path.name)
+        if match is not None and match["host"] == host:
+            found[path.name[len(host) + 1 : -len(MANIFEST_SUFFIX)]] = path
+    return found
+
+
 def read_manifests(backup_dir: Path, host: str) -> dict[str, dict[str, Any]]:
     """Every archive entry recorded by this host's run manifests, by archive name."""
     entries: dict[str, dict[str, Any]] = {}
-    runs = [p for p in backup_dir.glob(f"{host}.*{MANIFEST_SUFFIX}") if _MANIFEST_RE.match(p.name)]
-    for path in sorted(
-        runs, key=lambda p: stamp_key(p.name[len(host) + 1 : -len(MANIFEST_SUFFIX)])
-    ):
+    runs = run_manifests(backup_dir, host)
+    for stamp in sorted(runs, key=stamp_key):
+        path = runs[stamp]
         try:
             document = json.loads(path.read_text())
             for entry in document["archives"]:
@@ -430,6 +444,10 @@ class PlannedArchive:
     tar_argv: tuple[str, ...]
     compress_argv: tuple[str, ...]
 
+    @property
+    def work_snapshot(self) -> Path:
+        return work_snapshot_of(self.snapshot)
+
 
 @dataclasses.dataclass(frozen=True)
 class BackupPlan:
@@ -466,12 +484,7 @@ def snapshot_path(config: Config, slug: str) -> Path:
 
 
 def _taken_stamps(config: Config, records: Iterable[ArchiveRecord]) -> set[str]:
-    stamps = {r.stamp for r in records}
-    for path in config.backup_dir.glob(f"{config.host}.*{MANIFEST_SUFFIX}"):
-        match = _MANIFEST_RE.match(path.name)
-        if match is not None:
-            stamps.add(path.name[len(config.host) + 1 : -len(MANIFEST_SUFFIX)])
-    return stamps
+    return {r.stamp for r in records} | set(run_manifests(config.backup_dir, config.host))
 
 
 def plan_backup(
@@ -497,7 +510,6 @@ def plan_backup(
         kind = MASTER if full else INCREMENTAL
         name = archive_name(config.host, slug, stamp, kind, backup.compression)
         chain = name if full or latest is None else latest.name
-        work_snapshot = snapshot.with_name(partial_name(snapshot.name))
         planned.append(
             PlannedArchive(
                 source=source,
@@ -506,7 +518,7 @@ def plan_backup(
                 name=name,
                 chain=chain,
                 snapshot=snapshot,
-                tar_argv=tuple(tar_create_argv(source, work_snapshot, backup)),
+                tar_argv=tuple(tar_create_argv(source, work_snapshot_of(snapshot), backup)),
                 compress_argv=tuple(compress_argv(backup.compression, backup.compression_level)),
             )
         )
@@ -565,11 +577,9 @@ def remove_leftovers(backup_dir: Path) -> list[Path]:
     return removed
 
 
-@contextlib.contextmanager
-def backup_lock(backup_dir: Path) -> Any:
+def backup_lock(backup_dir: Path) -> contextlib.AbstractContextManager[None]:
     """The lock every writer of the backup directory takes (backup, prune, restore, sync)."""
-    with fsutil.locked(lock_path(backup_dir), wait=False):
-        yield
+    return fsutil.locked(lock_path(backup_dir), wait=False)
 
 
 def write_index(config: Config, now: dt.datetime) -> None:
@@ -587,22 +597,29 @@ def write_index(config: Config, now: dt.datetime) -> None:
     fsutil.atomic_write(backup_dir / MANIFEST_NAME, data, mode=fsutil.PRIVATE_FILE)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_of(path: Path | bytes) -> str:
+    with open(path, "rb") as handle:  # noqa: PTH123 - bytes paths keep non-UTF-8 names exact
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _tar_messages(stderr: str) -> list[str]:
+    """tar's non-empty lines, without its closing "Exiting with failure status"."""
+    return [
+        ln for ln in stderr.splitlines() if ln.strip() and "Exiting with failure status" not in ln
+    ]
 
 
 def _tar_failure(result: runner.Result, source: str) -> str:
-    lines = [
-        ln
-        for ln in result.stderr.splitlines()
-        if ln.strip() and "Exiting with failure status" not in ln
-    ]
+    lines = _tar_messages(result.stderr)
     detail = lines[-1].strip() if lines else f"exit status {result.returncode}"
     return f"tar failed on {source}: {detail}"
+
+
+def _discard(*paths: Path) -> None:
+    """Remove what a failed step left; a failure here must not hide the one being raised."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> ArchiveEntry:
@@ -620,7 +637,7 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
     backup_dir = config.backup_dir
     final = backup_dir / item.name
     partial = backup_dir / partial_name(item.name)
-    work_snapshot = item.snapshot.with_name(partial_name(item.snapshot.name))
+    work_snapshot = item.work_snapshot
     started = time.monotonic()
     try:
         if item.kind == INCREMENTAL:
@@ -631,16 +648,13 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
         # read-write: the compressor writes through it (its stdout), the follower preads it
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, fsutil.PRIVATE_FILE)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            work_snapshot.unlink()
+        _discard(work_snapshot)
         raise FileError.from_os_error("write in", backup_dir, err) from err
     try:
         with os.fdopen(fd, "rb", buffering=0) as out:
             tar, size, sha256 = _write_checked(config, item, out.fileno(), reporter, started)
         warnings = tuple(
-            f"{item.source}: {ln.removeprefix('tar: ').strip()}"
-            for ln in tar.stderr.splitlines()
-            if ln.strip() and "Exiting with failure status" not in ln
+            f"{item.source}: {ln.removeprefix('tar: ').strip()}" for ln in _tar_messages(tar.stderr)
         )
         entry = ArchiveEntry(
             name=item.name,
@@ -653,15 +667,10 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
         )
         partial.replace(final)
         fsutil.fsync_dir(backup_dir)
-    except OSError as err:
-        for leftover in (partial, work_snapshot):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        raise FileError.from_os_error("write", partial, err) from err
-    except BaseException:
-        for leftover in (partial, work_snapshot):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+    except BaseException as err:
+        _discard(partial, work_snapshot)
+        if isinstance(err, OSError):
+            raise FileError.from_os_error("write", partial, err) from err
         raise
     for warning in warnings:
         reporter.warn(warning)
@@ -847,9 +856,8 @@ def _flushing(fd: int, every: float = 1.0) -> Iterator[None]:
 
 
 def commit_snapshot(item: PlannedArchive) -> None:
-    work_snapshot = item.snapshot.with_name(partial_name(item.snapshot.name))
-    work_snapshot.chmod(fsutil.PRIVATE_FILE)
-    work_snapshot.replace(item.snapshot)
+    item.work_snapshot.chmod(fsutil.PRIVATE_FILE)
+    item.work_snapshot.replace(item.snapshot)
     fsutil.fsync_dir(item.snapshot.parent)
 
 
@@ -866,7 +874,7 @@ def remove_chains(config: Config, chains: Iterable[Chain]) -> None:
             except OSError as err:
                 raise FileError.from_os_error("remove", backup_dir / record.name, err) from err
     present = {p.name for p in backup_dir.iterdir()}
-    for path in backup_dir.glob(f"{config.host}.*{MANIFEST_SUFFIX}"):
+    for path in run_manifests(backup_dir, config.host).values():
         try:
             document = json.loads(path.read_text())
             names = {a["name"] for a in document["archives"]}
@@ -875,6 +883,17 @@ def remove_chains(config: Config, chains: Iterable[Chain]) -> None:
         if names and not names & present:
             path.unlink()
     fsutil.fsync_dir(backup_dir)
+
+
+def _plan_from_disk(config: Config, now: dt.datetime, *, force_full: bool) -> BackupPlan:
+    records = scan_archives(config)
+    taken = _taken_stamps(config, records)
+    return plan_backup(config, records, now, force_full=force_full, taken_stamps=taken)
+
+
+def expired_chains(config: Config, now: dt.datetime) -> list[Chain]:
+    """The chains on disk that retention removes at ``now``."""
+    return chains_to_remove(scan_archives(config), now.date(), config.backup.retention_days)
 
 
 def run_backup(
@@ -893,10 +912,7 @@ def run_backup(
     backup_dir = config.backup_dir
     started = time.monotonic()
     if dry_run:
-        records = scan_archives(config)
-        taken = _taken_stamps(config, records)
-        plan = plan_backup(config, records, now, force_full=force_full, taken_stamps=taken)
-        return BackupReport(plan, (), (), (), 0.0)
+        return BackupReport(_plan_from_disk(config, now, force_full=force_full), (), (), (), 0.0)
 
     warnings = prepare_backup_dir(backup_dir)
     warnings += same_filesystem_warnings(backup_dir, config.backup.sources)
@@ -904,14 +920,7 @@ def run_backup(
         reporter.warn(warning)
     with backup_lock(backup_dir):
         remove_leftovers(backup_dir)
-        records = scan_archives(config)
-        plan = plan_backup(
-            config,
-            records,
-            now,
-            force_full=force_full,
-            taken_stamps=_taken_stamps(config, records),
-        )
+        plan = _plan_from_disk(config, now, force_full=force_full)
         entries: list[ArchiveEntry] = []
         manifest = backup_dir / manifest_name(config.host, plan.stamp)
         for item in plan.archives:
@@ -926,16 +935,12 @@ def run_backup(
                 write_index(config, now)
             except BaseException:
                 # an archive no manifest lists would look complete yet be unverifiable
-                with contextlib.suppress(OSError):
-                    (backup_dir / entry.name).unlink()
-                with contextlib.suppress(OSError):
-                    item.snapshot.with_name(partial_name(item.snapshot.name)).unlink()
+                _discard(backup_dir / entry.name, item.work_snapshot)
                 raise
             commit_snapshot(item)
             warnings += entry.warnings
         # retention from what is on disk now, so a failed run above never prunes
-        records = scan_archives(config)
-        pruned = chains_to_remove(records, now.date(), config.backup.retention_days)
+        pruned = expired_chains(config, now)
         remove_chains(config, pruned)
         if pruned:
             write_index(config, now)
@@ -953,9 +958,9 @@ def run_prune(
     if not backup_dir.is_dir():
         raise FileError(f"backup directory {backup_dir} does not exist")
     if dry_run:
-        return chains_to_remove(scan_archives(config), now.date(), config.backup.retention_days)
+        return expired_chains(config, now)
     with backup_lock(backup_dir):
-        doomed = chains_to_remove(scan_archives(config), now.date(), config.backup.retention_days)
+        doomed = expired_chains(config, now)
         remove_chains(config, doomed)
         if doomed:
             write_index(config, now)

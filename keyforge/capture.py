@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import pwd
 import re
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keyforge import authorized_keys as ak
-from keyforge import fsutil, install, runner
+from keyforge import fsutil, install, runner, wire
 from keyforge.errors import FileError, KeyforgeError, ParseError, UsageError
 from keyforge.templating import render
 
@@ -84,9 +83,7 @@ def home_for(authorized_keys: Path) -> Path:
 
 def key_id(blob: str | bytes) -> str:
     """``SHA256:<base64, no padding>`` of a key blob, as ``ssh-keygen -l`` shows it."""
-    raw = blob if isinstance(blob, bytes) else base64.b64decode(blob)
-    digest = base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii")
-    return "SHA256:" + digest.rstrip("=")
+    return wire.fingerprint(blob if isinstance(blob, bytes) else base64.b64decode(blob))
 
 
 # --- the recorder ---------------------------------------------------------------------------
@@ -366,7 +363,6 @@ class ServerCommand:
     """An ``rsync --server`` command line as the receiving host sees it (words as written)."""
 
     words: tuple[str, ...]
-    program: str
     sender: bool
     flags: str
     protocol: str | None
@@ -495,7 +491,6 @@ def parse_server_command(command: str) -> ServerCommand:
         raise NotRsyncServerError("a receiving rsync takes one destination, this has several")
     return ServerCommand(
         words=tuple(words),
-        program=words[0],
         sender=sender,
         flags=found.flags,
         protocol=found.protocol,

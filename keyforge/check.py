@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import struct
-import tempfile
 from collections.abc import Callable, Sequence
 
 from keyforge import runner, sync
@@ -102,18 +101,13 @@ def probe_argv(
 Run = Callable[[Sequence[str], bytes], runner.Result]
 
 
-def _run(argv: Sequence[str], stdin: bytes) -> runner.Result:
-    with tempfile.TemporaryFile() as feed:
-        feed.write(stdin)
-        feed.seek(0)
-        return runner.run(argv, stdin=feed, check=False)
-
-
 def check_target(
-    target: sync.RemoteTarget, tools: sync.Tools, timeout: int, run: Run = _run
+    target: sync.RemoteTarget, tools: sync.Tools, timeout: int, run: Run = runner.run_with_input
 ) -> list[Finding]:
     """Every probe against one target; a CommandError when the key cannot log in at all."""
-    ssh = sync.ssh_argv(tools.ssh, target, connect_timeout=timeout)
+    ssh = sync.ssh_argv(
+        tools.ssh, target.port, target.key, target.known_hosts, connect_timeout=timeout
+    )
     token = f"keyforge-probe-{secrets.token_hex(8)}"
     command = run(probe_argv(ssh, target, ["-T"], f"echo {token}"), b"")
     problem = connection_problem(command)
@@ -133,7 +127,7 @@ def check_target(
 
 
 def run_checks(
-    config: Config, target_name: str | None, run: Run = _run
+    config: Config, target_name: str | None, run: Run = runner.run_with_input
 ) -> dict[str, list[Finding]]:
     """Findings per remote target; local targets have no key to check."""
     targets = [

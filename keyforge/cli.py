@@ -217,6 +217,17 @@ DiffDryRunOption = Annotated[
 ]
 
 
+def _authorized_keys_path(option: Path | None) -> Path:
+    from keyforge import install
+
+    return option if option is not None else install.default_authorized_keys()
+
+
+def _given(flags: dict[str, bool]) -> list[str]:
+    """The names of the options among ``flags`` that were given."""
+    return [name for name, was_given in flags.items() if was_given]
+
+
 def _read_key_option(spec: str) -> Entry:
     from keyforge import install
 
@@ -226,11 +237,9 @@ def _read_key_option(spec: str) -> Entry:
 
 
 def _key_label(key: Entry) -> str:
-    from keyforge import keys
-
     try:
-        fingerprint = keys.parse_public_line(f"{key.keytype} {key.blob}").sha256
-    except KeyforgeError:
+        fingerprint = key.fingerprint()
+    except ValueError:
         fingerprint = f"{key.keytype} ...{key.blob[-12:]}"
     return f"{fingerprint} ({key.comment})" if key.comment else fingerprint
 
@@ -478,7 +487,7 @@ def install_command(
     """
     from keyforge import install
 
-    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    path = _authorized_keys_path(authorized_keys)
     if like is not None:
         _refuse_beside_like(
             {
@@ -537,7 +546,7 @@ def install_command(
     entry = install.locked_entry(
         public_key,
         from_patterns=patterns,
-        command=forced if forced is not None else _forced_command(command),
+        command=_forced_command(forced),
         restrict=not no_restrict,
         dropbear=dropbear,
         expiry_time=expiry_time,
@@ -547,7 +556,7 @@ def install_command(
 
 
 def _refuse_beside_like(given: dict[str, bool]) -> None:
-    used = [name for name, was_given in given.items() if was_given]
+    used = _given(given)
     if used:
         raise UsageError(
             f"--like copies the old line's options; {', '.join(used)} cannot be given with it"
@@ -577,7 +586,7 @@ def revoke_command(
     """
     from keyforge import install
 
-    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    path = _authorized_keys_path(authorized_keys)
     public_key = _read_key_option(key)
     _report(install.revoke_key(path, public_key, dry_run=dry_run), public_key, dry_run=dry_run)
 
@@ -993,9 +1002,9 @@ def capture_start_command(
     recorder has appended the command, the client address and the time to
     ~/.ssh/keyforge/capture.log (mode 0600). Read it with 'keyforge capture show'.
     """
-    from keyforge import capture, install
+    from keyforge import capture
 
-    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    path = _authorized_keys_path(authorized_keys)
     patterns = [p for value in from_ for p in value.split(",")] if from_ else None
     started = capture.start(path, _read_key_option(key), from_patterns=patterns, dry_run=dry_run)
     _report(started.result, started.entry, dry_run=dry_run)
@@ -1161,7 +1170,7 @@ def _check_gate_options(
     if gate is not None:
         return
     given = {"--exact": exact, "--gate-log": log is not None, "--gate-program": program is not None}
-    used = [name for name, was_given in given.items() if was_given]
+    used = _given(given)
     if used:
         raise UsageError(f"{', '.join(used)} only make sense with --gate")
 
@@ -1189,15 +1198,7 @@ def _gate_line(
     config.confine = gate.rsync_can_confine(config.rsync)
     for note in gate.check_setup(config):
         say(note)
-    return gate.gate_command(
-        gate.gate_program(program),
-        config.directory,
-        expect=expect,
-        exact=exact,
-        log=config.log if log is not None else None,
-        rsync=config.rsync,
-        confine=config.confine,
-    )
+    return gate.gate_command(gate.gate_program(program), config)
 
 
 def _check_capture_options(
@@ -1209,7 +1210,7 @@ def _check_capture_options(
     capture_only: dict[str, bool],
 ) -> None:
     if not from_capture:
-        used = [name for name, given in capture_only.items() if given]
+        used = _given(capture_only)
         if used:
             raise UsageError(f"{', '.join(used)} only make sense with --from-capture")
         return
@@ -1624,8 +1625,8 @@ def explain_command(
     certificates). Each option is shown in the order sshd reads it, with its effect, then the
     sum of them. A line sshd would refuse is reported with the reason and exit code 3.
     """
-    from keyforge import explain, install
-    from keyforge.errors import FileError, ParseError
+    from keyforge import explain
+    from keyforge.errors import ParseError
 
     if (line is None) == (key is None):
         raise UsageError("give either LINE or --key PUBFILE")
@@ -1636,13 +1637,9 @@ def explain_command(
         for text in explain.explain_line(line).lines():
             say(text)
         return
-    path = authorized_keys if authorized_keys is not None else install.default_authorized_keys()
+    path = _authorized_keys_path(authorized_keys)
     wanted = _read_key_option(key)
-    try:
-        content = path.read_bytes().decode("utf-8", errors="surrogateescape")
-    except OSError as err:
-        raise FileError.from_os_error("read", path, err) from err
-    found = explain.explain_key_in(content, wanted)
+    found = explain.explain_key_in_file(path, wanted)
     if not found:
         raise KeyforgeError(f"key {_key_label(wanted)} is not in {path}")
     if len([f for f in found if f.explanation is not None]) > 1:

@@ -291,7 +291,7 @@ def _matches(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-def _coerce(value: Any, tp: Any) -> Any:
+def _coerce(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -306,7 +306,7 @@ def _parse_section(cls: type[Any], table: Mapping[str, Any], where: str) -> Any:
         tp = hints[key]
         if not _matches(value, tp):
             raise ConfigError(f"{where} {key} must be {_type_name(tp)}, got {value!r}")
-        coerced = _coerce(value, tp)
+        coerced = _coerce(value)
         check = known[key].metadata.get("check")
         problem = check(coerced) if check is not None else None
         if problem is not None:
@@ -389,7 +389,7 @@ def render_default(host: str | None = None) -> str:
     name = host or default_host()
     if not _HOST_RE.match(name):
         name = "localhost"
-    defaults = BackupConfig()
+    defaults, sync, snapshot = BackupConfig(), SyncConfig(), SnapshotConfig()
     return render(
         "keyforge.toml.j2",
         host=toml_string(name),
@@ -401,11 +401,11 @@ def render_default(host: str | None = None) -> str:
         compression_level=defaults.compression_level,
         nice=defaults.nice,
         ionice=toml_string(defaults.ionice),
-        sync=SyncConfig(),
+        sync=sync,
         schedule=ScheduleConfig(),
-        sync_log=toml_string(SyncConfig().log),
-        snapshot=SnapshotConfig(),
-        snapshot_store=toml_string(SnapshotConfig().directory),
+        sync_log=toml_string(sync.log),
+        snapshot=snapshot,
+        snapshot_store=toml_string(snapshot.directory),
     )
 
 

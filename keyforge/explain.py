@@ -9,19 +9,17 @@ The same reading of the flags (:func:`effective_permissions`) is what ``keyforge
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from keyforge import authorized_keys as ak
-from keyforge import install
-from keyforge.errors import ParseError, UsageError
-from keyforge.wire import WireError, WireReader
+from keyforge import install, keys, wire
+from keyforge.authorized_keys import Permissions, effective_permissions, flag_change
+from keyforge.errors import FileError, ParseError, UsageError
 
-# The flags sshd keeps per key, the option that turns each one on, and its name in a sentence.
+# Each of sshd's per-key permission flags (ak.PERMISSION_FLAGS), named in a sentence.
 PERMISSION_FLAGS = {
     "port-forwarding": "port forwarding",
     "agent-forwarding": "agent forwarding",
@@ -29,21 +27,6 @@ PERMISSION_FLAGS = {
     "pty": "a terminal (pty)",
     "user-rc": "running ~/.ssh/rc",
 }
-
-# how many wire fields follow the key type in each plain key type (a certificate holds the same
-# fields after its nonce), so a certificate's fingerprint can be taken over its plain key
-_KEY_FIELDS = {
-    "ssh-ed25519": 1,
-    "sk-ssh-ed25519@openssh.com": 2,
-    "ssh-rsa": 2,
-    "ssh-dss": 4,
-    "ecdsa-sha2-nistp256": 2,
-    "ecdsa-sha2-nistp384": 2,
-    "ecdsa-sha2-nistp521": 2,
-    "sk-ecdsa-sha2-nistp256@openssh.com": 3,
-}
-_CURVE_BITS = {b"nistp256": 256, b"nistp384": 384, b"nistp521": 521}
-
 
 # --- the key ----------------------------------------------------------------------------------
 
@@ -67,91 +50,17 @@ class KeyFacts:
         return f"{size}{self.keytype} key {self.fingerprint}{comment}"
 
 
-def _plain_fields(keytype: str, data: bytes) -> tuple[str, bytes]:
-    """The plain key type and its fields' raw bytes (a certificate's without nonce and rest)."""
-    reader = WireReader(data)
-    reader.string()
-    plain = ak.CERT_KEY_TYPES.get(keytype, keytype)
-    if plain != keytype:
-        reader.string()  # the certificate's nonce
-    start = reader.pos
-    reader.skip(_KEY_FIELDS[plain])
-    return plain, data[start : reader.pos]
-
-
-def _bits(plain: str, fields: bytes) -> int:
-    reader = WireReader(fields)
-    if plain == "ssh-rsa":
-        reader.string()  # the public exponent comes first
-        return int.from_bytes(reader.string(), "big").bit_length()
-    if plain == "ssh-dss":
-        return int.from_bytes(reader.string(), "big").bit_length()  # the prime p
-    if "ecdsa" in plain:
-        return _CURVE_BITS.get(reader.string(), 0)
-    return 256
-
-
 def key_facts(entry: ak.Entry) -> KeyFacts:
     """Type, size and SHA256 fingerprint; a certificate is shown by the key it certifies."""
     try:
-        data = base64.b64decode(entry.blob, validate=True)
-        plain, fields = _plain_fields(entry.keytype, data)
-        wire = len(plain.encode()).to_bytes(4, "big") + plain.encode() + fields
-        digest = base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
-        return KeyFacts(entry.keytype, _bits(plain, fields), f"SHA256:{digest}", entry.comment)
-    except (binascii.Error, ValueError, KeyError, WireError):
+        plain, wire_form = entry.plain_key()
+        reader = wire.WireReader(wire_form)
+        reader.string()
+        bits = keys.key_bits(plain, reader)
+    except ValueError:
         # a line the parser accepted always decodes; this keeps a hand-built Entry readable
         return KeyFacts(entry.keytype, None, f"...{entry.blob[-12:]}", entry.comment)
-
-
-# --- the flags, as sshd reads them -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Permissions:
-    """The per-key switches after every option is read, left to right."""
-
-    allowed: frozenset[str]  # keys of PERMISSION_FLAGS
-    restricted: bool = False
-    touch_required: bool = True
-    verify_required: bool = False
-
-    def allows(self, flag: str) -> bool:
-        return flag in self.allowed
-
-
-def _flag_change(name: str) -> tuple[str, bool] | None:
-    """The permission flag an option sets, and to what; None for any other option."""
-    if name in PERMISSION_FLAGS:
-        return name, True
-    bare = name.removeprefix("no-")
-    if bare != name and bare in PERMISSION_FLAGS:
-        return bare, False
-    return None
-
-
-def effective_permissions(entry: ak.Entry) -> Permissions:
-    """The flags sshd ends up with: defaults all on; ``restrict`` all off; last option wins."""
-    allowed = set(PERMISSION_FLAGS)
-    restricted = False
-    touch, verify = True, False
-    for option in entry.options:
-        name = option.name
-        change = _flag_change(name)
-        if name == "restrict":
-            restricted = True
-            allowed.clear()
-        elif change is not None:
-            flag, on = change
-            if on:
-                allowed.add(flag)
-            else:
-                allowed.discard(flag)
-        elif name in ("touch-required", "no-touch-required"):
-            touch = name == "touch-required"
-        elif name in ("verify-required", "no-verify-required"):
-            verify = name == "verify-required"
-    return Permissions(frozenset(allowed), restricted, touch, verify)
+    return KeyFacts(entry.keytype, bits, wire.fingerprint(wire_form), entry.comment)
 
 
 # --- the forced command -----------------------------------------------------------------------
@@ -234,7 +143,7 @@ def describe_expiry(values: list[str], now: dt.datetime) -> str:
     if not values:
         return "never: no expiry-time"
     # sshd keeps the earliest of several expiry-time options
-    dated = [(install._expiry_datetime(v), v) for v in values]
+    dated = [(ak.expiry_datetime(v), v) for v in values]
     known = [(moment, v) for moment, v in dated if moment is not None]
     moment, value = min(known) if known else (None, values[0])
     zone = "UTC" if value[-1:].lower() == "z" or value.lower().endswith("utc") else "local time"
@@ -273,7 +182,7 @@ def option_effect(
 ) -> str:
     """One sentence for one option, given what the options before it did."""
     name, value = option.name, option.value or ""
-    change = _flag_change(name)
+    change = flag_change(name)
     if name == "restrict":
         text = (
             "turns off port, agent and X11 forwarding, the terminal (pty) and ~/.ssh/rc, and "
@@ -341,7 +250,7 @@ def _effects(entry: ak.Entry) -> list[tuple[str, str]]:
             option, enabled_so_far=enabled, restricted_before=restricted, fido=fido
         )
         effects.append((ak.format_option(option), effect))
-        change = _flag_change(option.name)
+        change = flag_change(option.name)
         if option.name == "restrict":
             restricted = True
             enabled.clear()
@@ -456,3 +365,12 @@ def explain_key_in(text: str, key: ak.Entry, *, now: dt.datetime | None = None) 
         elif line.error is not None and key.blob in line.raw:
             found.append(KeyLine(line.lineno, None, line.error.reason))
     return found
+
+
+def explain_key_in_file(path: Path, key: ak.Entry) -> list[KeyLine]:
+    """``explain_key_in`` on an authorized_keys file, read as sshd reads it (bytes as they are)."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as err:
+        raise FileError.from_os_error("read", path, err) from err
+    return explain_key_in(text, key)

@@ -11,10 +11,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from keyforge.errors import FileError, LockedError
 
@@ -114,6 +116,27 @@ def atomic_write(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _writable_then_retry(func: Callable[..., Any], path: str, _exc_info: Any) -> None:
+    """rmtree's error hook: a read-only directory (copied or restored as it was) blocks a
+    non-root run from emptying it; open it up (the tree is ours to remove) and try again."""
+    if func in (os.open, os.scandir, os.listdir):
+        Path(path).chmod(PRIVATE_DIR)
+        shutil.rmtree(path, onerror=_writable_then_retry)
+        return
+    Path(path).parent.chmod(PRIVATE_DIR)
+    func(path)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove the directory tree at ``path``, read-only parts included; a missing one is fine."""
+    try:
+        shutil.rmtree(path, onerror=_writable_then_retry)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise FileError.from_os_error("remove", path, err) from err
 
 
 def read_text_if_exists(path: Path) -> str | None:

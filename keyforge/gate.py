@@ -433,9 +433,19 @@ def _check_confined_option(option: str, value: str, destination: str, root: str)
 
 
 class GateConfig:
-    """What the gate's command line in authorized_keys says."""
+    """What the gate's command line in authorized_keys says; ``log_option`` is --log as given
+    (None: the default log in the user's keyforge directory)."""
 
-    __slots__ = ("confine", "directory", "exact", "expect", "home", "log", "munge_links", "rsync")
+    __slots__ = (
+        "confine",
+        "directory",
+        "exact",
+        "expect",
+        "home",
+        "log_option",
+        "munge_links",
+        "rsync",
+    )
 
     def __init__(
         self,
@@ -454,9 +464,15 @@ class GateConfig:
         self.home = home
         self.expect = expect
         self.exact = exact
-        self.log = log if log is not None else os.path.join(home, ".ssh", "keyforge", LOG_NAME)
+        self.log_option = log
         self.rsync = rsync
         self.munge_links = munge_links
+
+    @property
+    def log(self) -> str:
+        if self.log_option is not None:
+            return self.log_option
+        return os.path.join(self.home, ".ssh", "keyforge", LOG_NAME)
 
 
 class Decision:
@@ -550,10 +566,13 @@ def judge(command: str | None, config: GateConfig) -> Decision:
     # which the gate never sees) stay in the directory, and no device or special file is made
     confine = (f"--confine-root={root}", "--drop-D") if config.confine else ()
     argv = (config.rsync, "--server", *options, *munge, *confine, ".", target)
-    return Decision(command, argv=argv, drift=_drifts(command, options, destination, config))
+    drift = _drifts(command, options, destination, config, root)
+    return Decision(command, argv=argv, drift=drift)
 
 
-def _drifts(command: str, options: tuple[str, ...], destination: str, config: GateConfig) -> bool:
+def _drifts(
+    command: str, options: tuple[str, ...], destination: str, config: GateConfig, root: str
+) -> bool:
     """Whether an allowed command means something else than the expected one.
 
     Compared on meaning, not text: the expected ``~/backups/`` and an absolute spelling of the
@@ -563,7 +582,7 @@ def _drifts(command: str, options: tuple[str, ...], destination: str, config: Ga
     if expected is None or expected == command:
         return False
     try:
-        want_options, want_destination, _ = _meaning(expected, config, _root_of(config))
+        want_options, want_destination, _ = _meaning(expected, config, root)
     except GateRefusalError:
         return True
     return want_options != options or want_destination != destination
@@ -854,35 +873,25 @@ def rsync_program() -> str:
     return os.path.abspath(found) if found else DEFAULT_RSYNC
 
 
-def gate_command(
-    program: str,
-    directory: str,
-    *,
-    expect: str | None = None,
-    exact: bool = False,
-    log: str | None = None,
-    rsync: str = DEFAULT_RSYNC,
-    munge_links: bool = True,
-    confine: bool = False,
-) -> str:
-    """The forced command that runs the gate, each argument shell-quoted (sshd runs command=
-    through the user's shell)."""
+def gate_command(program: str, config: GateConfig) -> str:
+    """The forced command that runs ``program``'s gate with ``config`` (what parse_gate_args
+    reads back), each argument shell-quoted (sshd runs command= through the user's shell)."""
     import shlex  # noqa: PLC0415
 
-    if exact and expect is None:
+    if config.exact and config.expect is None:
         raise GateUsageError("--exact needs the command to compare with (--command or a capture)")
-    argv = [program, "gate", "--dir", directory]
-    if expect is not None:
-        argv += ["--expect", expect]
-    if exact:
+    argv = [program, "gate", "--dir", config.directory]
+    if config.expect is not None:
+        argv += ["--expect", config.expect]
+    if config.exact:
         argv.append("--exact")
-    if log is not None:
-        argv += ["--log", log]
-    if rsync != DEFAULT_RSYNC:
-        argv += ["--rsync", rsync]
-    if not munge_links:
+    if config.log_option is not None:
+        argv += ["--log", config.log_option]
+    if config.rsync != DEFAULT_RSYNC:
+        argv += ["--rsync", config.rsync]
+    if not config.munge_links:
         argv.append("--no-munge-links")
-    if confine:
+    if config.confine:
         argv.append("--confine")
     return shlex.join(argv)
 

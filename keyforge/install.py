@@ -12,11 +12,9 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import difflib
 import glob
-import hashlib
 import ipaddress
 import os
 import re
@@ -48,17 +46,8 @@ LOCKDOWN_FLAGS = (
 )
 # Dropbear refuses the whole line on an option it does not know, so these must not appear.
 DROPBEAR_UNKNOWN = frozenset({"restrict", "no-user-rc", "from", "expiry-time", "environment"})
-# What ``restrict`` switches off (sshd(8)); the matching option names switch it back on.
-RESTRICT_COVERS = {
-    "no-port-forwarding": "port-forwarding",
-    "no-x11-forwarding": "x11-forwarding",
-    "no-agent-forwarding": "agent-forwarding",
-    "no-pty": "pty",
-    "no-user-rc": "user-rc",
-}
 BACKUP_SUFFIX = ".keyforge-bak"
 
-_EXPIRY = re.compile(r"([0-9]{8}|[0-9]{12}|[0-9]{14})(z|utc)?", re.IGNORECASE)
 _IPV4_WILDCARD = re.compile(r"[0-9.*?]+")
 _IPV6_WILDCARD = re.compile(r"[0-9A-Fa-f:.*?]+")
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
@@ -144,21 +133,6 @@ def check_expiry_time(value: str) -> ak.Option:
     return _sshd_option("expiry-time", value)
 
 
-def _expiry_datetime(value: str) -> dt.datetime | None:
-    match = _EXPIRY.fullmatch(value)
-    if match is None:
-        return None
-    digits = match.group(1)
-    layout = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(digits)]
-    try:
-        moment = dt.datetime.strptime(digits, layout)
-    except ValueError:
-        return None  # sshd normalises dates like Feb 31; no warning rather than a wrong one
-    if match.group(2):
-        return moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone()
-
-
 def check_environment(assignment: str) -> ak.Option:
     """An ``environment="NAME=VALUE"`` option."""
     return _sshd_option("environment", assignment)
@@ -218,8 +192,7 @@ def locked_entry(
 def entry_warnings(entry: ak.Entry, *, now: dt.datetime | None = None) -> list[str]:
     """What an admin should know about a line keyforge is about to write."""
     warnings: list[str] = []
-    patterns = [p for value in entry.values("from") for p in value.split(",")]
-    names = hostname_patterns(patterns)
+    names = hostname_patterns(from_patterns(entry))
     if names:
         warnings.append(
             f"from= names hosts ({', '.join(names)}): with sshd's default 'UseDNS no' the "
@@ -233,7 +206,7 @@ def entry_warnings(entry: ak.Entry, *, now: dt.datetime | None = None) -> list[s
         )
     for value in entry.values("expiry-time"):
         moment = now if now is not None else dt.datetime.now(dt.UTC)
-        expires = _expiry_datetime(value)
+        expires = ak.expiry_datetime(value)
         if expires is not None and expires <= moment:
             warnings.append(f"expiry-time {value} is already past: sshd will refuse the key")
     return warnings
@@ -256,27 +229,13 @@ def render_line(entry: ak.Entry) -> str:
 # --- widening ---------------------------------------------------------------------------------
 
 
-def _effective_restrictions(entry: ak.Entry) -> set[str]:
-    # sshd applies the options left to right and the last one wins: "pty,restrict" gives no
-    # terminal, "restrict,pty" gives one, so a set of names would judge a widening wrongly.
-    undoes = {undo: flag for flag, undo in RESTRICT_COVERS.items()}
-    active: set[str] = set()
-    for option in entry.options:
-        if option.name == "restrict":
-            active |= set(RESTRICT_COVERS)
-        elif option.name in RESTRICT_COVERS:
-            active.add(option.name)
-        elif option.name in undoes:
-            active.discard(undoes[option.name])
-    return active
-
-
-def _from_patterns_of(entry: ak.Entry) -> list[str]:
+def from_patterns(entry: ak.Entry) -> list[str]:
+    """Every pattern of the line's from= options, in file order."""
     return [p for value in entry.values("from") for p in value.split(",")]
 
 
 def _from_widening(old: ak.Entry, new: ak.Entry) -> list[str]:
-    old_patterns, new_patterns = _from_patterns_of(old), _from_patterns_of(new)
+    old_patterns, new_patterns = from_patterns(old), from_patterns(new)
     if not old_patterns:
         return []
     if not new_patterns:
@@ -299,7 +258,10 @@ def widening_warnings(old: ak.Entry, new: ak.Entry) -> list[str]:
             "the existing line has 'restrict' and the new one drops it (restrictions added "
             "by future sshd versions will not apply)"
         )
-    lost = sorted(_effective_restrictions(old) - _effective_restrictions(new))
+    # sshd reads the options left to right and the last one wins: "pty,restrict" gives no
+    # terminal, "restrict,pty" gives one, so comparing sets of option names would misjudge
+    regained = ak.effective_permissions(new).allowed - ak.effective_permissions(old).allowed
+    lost = sorted(f"no-{flag}" for flag in regained)
     if lost:
         warnings.append(f"the new line no longer has {', '.join(lost)}")
     old_cmd, new_cmd = old.values("command"), new.values("command")
@@ -367,9 +329,8 @@ class _Scan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _scan(text: str, lines: list[str], key: ak.Entry, source: str | None) -> _Scan:
-    """Parse every line; find the key; refuse when an unparseable line seems to hold it."""
-    parsed = ak.parse(text, source=source, strict=False)
+def _scan(parsed: list[ak.Line], lines: list[str], key: ak.Entry, source: str | None) -> _Scan:
+    """Find the key in the parsed lines; refuse when an unparseable line seems to hold it."""
     if len(parsed) != len(lines):
         raise RenderError(
             "refusing to write: the authorized_keys model splits the file differently"
@@ -444,8 +405,9 @@ def _refuse_duplicates(scan: _Scan, source: str | None) -> None:
 def plan_install(current_text: str | None, entry: ak.Entry, *, source: str | None = None) -> Plan:
     """Put ``entry`` in the text: replace the key's line where it stands, else append it."""
     line = render_line(entry)
-    lines = ak.split_lines(current_text or "")
-    scan = _scan(current_text or "", lines, entry, source)
+    text = current_text or ""
+    lines = ak.split_lines(text)
+    scan = _scan(ak.parse(text, source=source, strict=False), lines, entry, source)
     _refuse_duplicates(scan, source)
     warnings = [*scan.warnings, *entry_warnings(entry), *ak.parse(line)[0].warnings]
     new_lines = list(lines)
@@ -476,8 +438,9 @@ def plan_install(current_text: str | None, entry: ak.Entry, *, source: str | Non
 
 def plan_revoke(current_text: str | None, key: ak.Entry, *, source: str | None = None) -> Plan:
     """Remove every line holding ``key`` (all of them: one left behind would still let it in)."""
-    lines = ak.split_lines(current_text or "")
-    scan = _scan(current_text or "", lines, key, source)
+    text = current_text or ""
+    lines = ak.split_lines(text)
+    scan = _scan(ak.parse(text, source=source, strict=False), lines, key, source)
     if not scan.matches:
         return Plan("absent", current_text, current_text, warnings=tuple(scan.warnings))
     doomed = set(scan.matches)
@@ -673,12 +636,6 @@ def read_public_key(path: Path) -> ak.Entry:
 OldKey = ak.Entry | str  # a public key, or "SHA256:<base64>" as ssh-keygen -l prints it
 
 
-def key_fingerprint(key: ak.Entry) -> str:
-    """``SHA256:<base64 without padding>`` of the key, as ``ssh-keygen -lf`` prints it."""
-    digest = base64.b64encode(hashlib.sha256(key.key_id()[1]).digest()).decode("ascii")
-    return "SHA256:" + digest.rstrip("=")
-
-
 def parse_old_key(spec: str, *, read_file: Callable[[Path], ak.Entry] | None = None) -> OldKey:
     """``--like``'s value: a SHA256 fingerprint as is, anything else a public key file."""
     if spec.startswith("SHA256:"):
@@ -692,19 +649,21 @@ def parse_old_key(spec: str, *, read_file: Callable[[Path], ak.Entry] | None = N
 
 
 def _old_label(old: OldKey) -> str:
-    return old if isinstance(old, str) else key_fingerprint(old)
+    return old if isinstance(old, str) else old.fingerprint()
 
 
 def _holds_old(entry: ak.Entry, old: OldKey) -> bool:
     if isinstance(old, str):
-        return key_fingerprint(entry) == old
+        return entry.fingerprint() == old
     return entry.same_key(old)
 
 
-def _old_key_lines(text: str, old: OldKey, source: str | None) -> list[tuple[int, ak.Entry]]:
+def _old_key_lines(
+    parsed: list[ak.Line], old: OldKey, source: str | None
+) -> list[tuple[int, ak.Entry]]:
     """Every (index, entry) holding the old key; refused when a bad line seems to hold it."""
     holders: list[tuple[int, ak.Entry]] = []
-    for index, line in enumerate(ak.parse(text, source=source, strict=False)):
+    for index, line in enumerate(parsed):
         if line.entry is not None and _holds_old(line.entry, old):
             holders.append((index, line.entry))
         elif line.error is not None and isinstance(old, ak.Entry) and old.blob in line.raw:
@@ -717,10 +676,10 @@ def _old_key_lines(text: str, old: OldKey, source: str | None) -> list[tuple[int
     return holders
 
 
-def _the_old_line(text: str, old: OldKey, source: str | None) -> tuple[int, ak.Entry]:
+def _the_old_line(parsed: list[ak.Line], old: OldKey, source: str | None) -> tuple[int, ak.Entry]:
     """The line whose options the new key copies; refused when absent or ambiguous."""
     label = source or "authorized_keys"
-    holders = _old_key_lines(text, old, source)
+    holders = _old_key_lines(parsed, old, source)
     if not holders:
         raise KeyforgeError(
             f"the old key {_old_label(old)} is not in {label}, so there is no line to copy the "
@@ -746,12 +705,13 @@ def plan_install_like(
     should be, else replaced where it stands (with a warning for anything that widens it).
     """
     text = current_text or ""
-    index, old_entry = _the_old_line(text, old, source)
+    parsed = ak.parse(text, source=source, strict=False)
+    index, old_entry = _the_old_line(parsed, old, source)
     if old_entry.same_key(new_key):
         raise UsageError("the new key is the old key; make a new key pair first")
     entry = ak.Entry(new_key.keytype, new_key.blob, new_key.comment, old_entry.options)
     lines = ak.split_lines(text)
-    scan = _scan(text, lines, entry, source)
+    scan = _scan(parsed, lines, entry, source)
     if scan.matches:
         return plan_install(current_text, entry, source=source)
     line = render_line(entry)

@@ -12,7 +12,6 @@ import base64
 import binascii
 import contextlib
 import getpass
-import hashlib
 import os
 import pwd
 import socket
@@ -21,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keyforge import fsutil
+from keyforge import fsutil, wire
 from keyforge.errors import FileError, KeyMaterialError, UsageError
 from keyforge.wire import WireReader
 
@@ -89,8 +88,7 @@ class PublicKey:
     @property
     def sha256(self) -> str:
         """``SHA256:<base64 without padding>``, as OpenSSH shows it."""
-        digest = base64.b64encode(hashlib.sha256(self.blob).digest()).decode("ascii")
-        return "SHA256:" + digest.rstrip("=")
+        return wire.fingerprint(self.blob)
 
     @property
     def fingerprint_line(self) -> str:
@@ -264,14 +262,17 @@ def parse_public_line(line: str) -> PublicKey:
         embedded = reader.string().decode("ascii")
         if embedded != algorithm:
             raise KeyMaterialError(f"the key says {algorithm} but its data is {embedded}")
-        bits = _key_bits(algorithm, reader)
+        bits = key_bits(algorithm, reader)
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise KeyMaterialError(f"the {algorithm} public key is not valid base64 key data") from None
     return PublicKey(algorithm, blob, comment, bits, _LABELS[algorithm])
 
 
-def _key_bits(algorithm: str, reader: WireReader) -> int:
-    """The size ssh-keygen reports: the modulus (RSA), the prime p (DSA) or the curve's bits."""
+def key_bits(algorithm: str, reader: WireReader) -> int:
+    """The size ssh-keygen reports: the modulus (RSA), the prime p (DSA) or the curve's bits.
+
+    ``reader`` stands just after the key type string; ValueError for a curve OpenSSH lacks.
+    """
     if algorithm in ("ssh-rsa", "ssh-dss"):
         if algorithm == "ssh-rsa":
             reader.string()  # the public exponent comes before the modulus

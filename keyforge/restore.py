@@ -247,7 +247,7 @@ def _expected_of(member: tarfile.TarInfo, content: IO[bytes] | None) -> Expected
 
 @contextlib.contextmanager
 def _open_stream(archive: Path) -> Iterator[tarfile.TarFile]:
-    proc = subprocess.Popen(
+    proc = runner.spawn(
         backup.decompress_argv(archive), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     assert proc.stdout is not None
@@ -318,14 +318,6 @@ def _actual_entries(root: Path) -> dict[bytes, os.stat_result]:
     return found
 
 
-def _file_sha256(path: bytes) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:  # noqa: PTH123 - bytes paths keep non-UTF-8 names exact
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _actual_xattrs(path: bytes) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -390,7 +382,7 @@ def _differences(
         problems.append(f"mode {stat.S_IMODE(st.st_mode):04o}, recorded {want.mode:04o}")
     if int(st.st_mtime) != want.mtime:
         problems.append(f"mtime {int(st.st_mtime)}, recorded {want.mtime}")
-    if want.kind == "file" and (st.st_size != want.size or _file_sha256(full) != want.sha256):
+    if want.kind == "file" and (st.st_size != want.size or backup.sha256_of(full) != want.sha256):
         problems.append("content differs")
     if _actual_xattrs(full) != want.xattrs:
         problems.append("extended attributes differ")
@@ -479,9 +471,8 @@ def _verify_source(
 def _remove_tree(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
-    elif path.exists():
-        # restored trees may hold read-only directories; root removes them regardless
-        shutil.rmtree(path)
+    else:
+        fsutil.remove_tree(path)
 
 
 def summarize_problems(problems: Iterable[str]) -> str:

@@ -23,16 +23,15 @@ import contextlib
 import dataclasses
 import errno
 import os
-import re
 import shlex
 import stat
-import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from keyforge import fsutil, keys, runner
+from keyforge import fsutil, keys, runner, sync
+from keyforge.backup import lock_path
 from keyforge.config import Config
 from keyforge.errors import (
     CommandError,
@@ -41,9 +40,6 @@ from keyforge.errors import (
     KeyMaterialError,
     UsageError,
 )
-
-if TYPE_CHECKING:
-    from keyforge.sync import RemoteTarget
 
 STEPS: dict[int, str] = {
     1: "make the new key pair",
@@ -55,8 +51,6 @@ STEPS: dict[int, str] = {
 }
 DONE = 7  # the step after the last: nothing left to do
 
-_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
-_HOST_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
 _KEY_TYPES = {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}
 
 
@@ -214,13 +208,13 @@ def checked_next_pair(files: KeyFiles) -> str:
     A .pub that belongs to another key is refused rather than overwritten: the user decides.
     """
     _refuse_loose_private(files.next)
-    derived = public_line_of_private(files.next)
     if not os.path.lexists(files.next_pub):
         line = public_line_of_private(files.next, comment=_comment_of(files.pub))
         fsutil.atomic_write(
             files.next_pub, (line + "\n").encode(), mode=keys.PUBLIC_FILE_MODE, exclusive=True
         )
         return line
+    derived = public_line_of_private(files.next)
     try:
         written = files.next_pub.read_text("utf-8").strip()
         public = keys.parse_public_line(written)
@@ -297,26 +291,19 @@ class LocalReceiver:
         old = install.public_key_from_text(old_public, source="the old key")
         new = install.public_key_from_text(new_public, source="the new key")
         result = install.install_key_like(self.path, new, old)
-        return _note(result.action, install.key_fingerprint(new), self.path, result.plan.linenos)
+        return _note(result.action, new.fingerprint(), self.path, result.plan.linenos)
 
     def revoke(self, old_public: str) -> str:
         from keyforge import install  # noqa: PLC0415
 
         old = install.public_key_from_text(old_public, source="the old key")
         result = install.revoke_key(self.path, old)
-        return _note(result.action, install.key_fingerprint(old), self.path, result.plan.linenos)
+        return _note(result.action, old.fingerprint(), self.path, result.plan.linenos)
 
 
 def _note(action: str, fingerprint: str, path: Path, linenos: Sequence[int]) -> str:
     where = f" (line {', '.join(map(str, linenos))})" if linenos else ""
     return f"{action}: key {fingerprint} in {path}{where}"
-
-
-def _run_with_input(argv: Sequence[str], data: bytes) -> runner.Result:
-    with tempfile.TemporaryFile() as stdin:
-        stdin.write(data)
-        stdin.seek(0)
-        return runner.run(argv, stdin=stdin, check=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,8 +323,8 @@ class SshReceiver:
     known_hosts: Path
     authorized_keys: str | None = None
     keyforge: str = "keyforge"
-    connect_timeout: int = 30
-    run: Callable[[Sequence[str], bytes], runner.Result] = _run_with_input
+    connect_timeout: int = sync.CONNECT_TIMEOUT
+    run: Callable[[Sequence[str], bytes], runner.Result] = runner.run_with_input
 
     @property
     def where(self) -> str:
@@ -347,22 +334,14 @@ class SshReceiver:
 
     def argv(self, remote: Sequence[str]) -> list[str]:
         """The ssh command running ``remote`` there; ssh hands the words to a shell, so quoted."""
-        from keyforge.sync import pinned_client_options  # noqa: PLC0415
-
-        options = pinned_client_options(self.known_hosts, connect_timeout=self.connect_timeout)
-        return [
+        ssh = sync.ssh_argv(
             self.ssh,
-            "-p",
-            str(self.port),
-            "-i",
-            str(self.identity),
-            *options,
-            "-l",
-            self.user,
-            "--",
-            self.host,
-            shlex.join(remote),
-        ]
+            self.port,
+            self.identity,
+            self.known_hosts,
+            connect_timeout=self.connect_timeout,
+        )
+        return [*ssh, "-l", self.user, "--", self.host, shlex.join(remote)]
 
     def _file_option(self) -> list[str]:
         return ["--authorized-keys", self.authorized_keys] if self.authorized_keys else []
@@ -400,9 +379,9 @@ def parse_admin(spec: str, default_host: str) -> tuple[str, str]:
     host = host or default_host
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not _USER_RE.match(user):
+    if not sync.is_login_name(user):
         raise UsageError(f"--admin needs USER or USER@HOST with a login name, got {spec!r}")
-    if not _HOST_RE.match(host):
+    if not sync.is_host(host):
         raise UsageError(f"--admin host must be a host name or an IP address, got {host!r}")
     return user, host
 
@@ -552,10 +531,8 @@ def _pending_new_public(files: KeyFiles) -> str:
 # --- from the config (side effects) -------------------------------------------------------------
 
 
-def remote_target(config: Config, target_name: str | None) -> RemoteTarget:
+def remote_target(config: Config, target_name: str | None) -> sync.RemoteTarget:
     """The [[targets]] entry whose key rotates: the one named, or the only one."""
-    from keyforge import sync  # noqa: PLC0415
-
     every = sync.select_targets(config.targets, None)
     if target_name is None and len(every) > 1:
         names = ", ".join(t.name for t in every)
@@ -577,11 +554,9 @@ def remote_target(config: Config, target_name: str | None) -> RemoteTarget:
 
 
 def sync_push(
-    config: Config, target: RemoteTarget, notify: Callable[[str], None]
+    config: Config, target: sync.RemoteTarget, notify: Callable[[str], None]
 ) -> Callable[[Path], None]:
     """The test push: ``keyforge sync`` of ``target`` with another private key, as is."""
-    from keyforge import sync  # noqa: PLC0415
-
     names = [t.name for t in sync.select_targets(config.targets, None)]
     index = names.index(target.name)
 
@@ -600,10 +575,7 @@ def sync_push(
 
 def backup_lock(config: Config) -> Callable[[], AbstractContextManager[None]]:
     """The lock keyforge sync and keyforge backup hold: a sync never sees half a swap."""
-    from keyforge import sync  # noqa: PLC0415
-    from keyforge.backup import LOCK_NAME  # noqa: PLC0415
-
-    lock = sync.source_dir(config) / LOCK_NAME
+    lock = lock_path(sync.source_dir(config))
     return lambda: fsutil.locked(lock, wait=True)
 
 
@@ -627,7 +599,7 @@ def pair_maker(
 
 
 def receiver_for(
-    target: RemoteTarget,
+    target: sync.RemoteTarget,
     *,
     admin: str | None,
     admin_key: Path | None,
@@ -635,8 +607,6 @@ def receiver_for(
     remote_keyforge: str = "keyforge",
 ) -> Receiver:
     """The receiving host as the options name it: over ssh as an admin, or a local file."""
-    from keyforge import sync  # noqa: PLC0415
-
     if admin is None:
         if admin_key is not None:
             raise UsageError("--admin-key goes with --admin")

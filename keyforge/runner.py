@@ -106,14 +106,19 @@ def run(
     stdin: int | IO[bytes] | None = subprocess.DEVNULL,
     capture_stdout: bool = True,
     check: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> Result:
-    """Run ``argv`` to completion; with ``check`` a non-zero exit raises CommandError."""
+    """Run ``argv`` to completion; with ``check`` a non-zero exit raises CommandError.
+
+    ``pass_fds`` stay open in the program (a directory it reads as ``/proc/self/fd/N``).
+    """
     with tempfile.TemporaryFile() as err_file:
         proc = spawn(
             argv,
             stdin=stdin,
             stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
             stderr=err_file,
+            pass_fds=tuple(pass_fds),
         )
         out, _ = proc.communicate()
         result = Result(tuple(argv), proc.returncode, out or b"", _read_back(err_file))
@@ -124,6 +129,18 @@ def run(
             + first_error_line(result.stderr, fallback=f"exit status {result.returncode}")
         )
     return result
+
+
+def run_with_input(argv: Sequence[str], data: bytes) -> Result:
+    """Run ``argv`` with ``data`` on its stdin, never raising on its exit status.
+
+    The data goes through an unnamed temporary file rather than a pipe, so a program that
+    never reads its stdin cannot block the write.
+    """
+    with tempfile.TemporaryFile() as feed:
+        feed.write(data)
+        feed.seek(0)
+        return run(argv, stdin=feed, check=False)
 
 
 def run_pipe(

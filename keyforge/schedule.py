@@ -215,34 +215,30 @@ def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
 def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
     """The unit files of the jobs present, by name: a service and a timer each."""
     check_times(schedule, jobs)
-    mounts = " ".join(systemd_quote(m) for m in jobs.mounts)
-    common = {"nice": NICE, "mounts": mounts, "delay": schedule.randomized_delay}
+    common = {
+        "nice": NICE,
+        "mounts": " ".join(systemd_quote(m) for m in jobs.mounts),
+        "delay": schedule.randomized_delay,
+    }
+    snapshot = {
+        **common,
+        "mounts": " ".join(systemd_quote(m) for m in jobs.snapshot_mounts),
+        "user": schedule.user,
+    }
+    per_job = (
+        ("backup", jobs.backup, schedule.backup_at, common),
+        ("sync", jobs.sync, schedule.sync_at, common),
+        ("snapshot", jobs.snapshot, snapshot_time(schedule), snapshot),
+    )
     units: dict[str, str] = {}
-    if jobs.backup is not None:
-        units["keyforge-backup.service"] = render(
-            "keyforge-backup.service.j2", command=systemd_command(jobs.backup), **common
+    for name, argv, at, values in per_job:
+        if argv is None:
+            continue
+        units[f"keyforge-{name}.service"] = render(
+            f"keyforge-{name}.service.j2", command=systemd_command(argv), **values
         )
-        units["keyforge-backup.timer"] = render(
-            "keyforge-backup.timer.j2", at=f"*-*-* {schedule.backup_at}:00", **common
-        )
-    if jobs.sync is not None:
-        units["keyforge-sync.service"] = render(
-            "keyforge-sync.service.j2", command=systemd_command(jobs.sync), **common
-        )
-        units["keyforge-sync.timer"] = render(
-            "keyforge-sync.timer.j2", at=f"*-*-* {schedule.sync_at}:00", **common
-        )
-    if jobs.snapshot is not None:
-        snapshot = {
-            **common,
-            "mounts": " ".join(systemd_quote(m) for m in jobs.snapshot_mounts),
-            "user": schedule.user,
-        }
-        units["keyforge-snapshot.service"] = render(
-            "keyforge-snapshot.service.j2", command=systemd_command(jobs.snapshot), **snapshot
-        )
-        units["keyforge-snapshot.timer"] = render(
-            "keyforge-snapshot.timer.j2", at=f"*-*-* {snapshot_time(schedule)}:00", **snapshot
+        units[f"keyforge-{name}.timer"] = render(
+            f"keyforge-{name}.timer.j2", at=f"*-*-* {at}:00", **values
         )
     return units
 

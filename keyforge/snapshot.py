@@ -25,23 +25,17 @@ import pwd
 import re
 import shutil
 import stat
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from keyforge import fsutil, runner
+from keyforge.backup import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
 from keyforge.config import Config, SnapshotConfig
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
 
 LOCK_NAME = ".keyforge-snapshot.lock"
-PARTIAL_SUFFIX = ".partial"
 DOOMED_SUFFIX = ".deleting"
 WIPED_SUFFIX = ".wiped"
-# what keyforge backup writes: its index and one manifest per run (see keyforge.backup)
-MANIFEST_NAME = "keyforge-manifest.json"
-MANIFEST_SUFFIX = ".manifest.json"
 # rsync's "some files vanished before they could be transferred": the push was still running;
 # the snapshot holds everything else and the next one catches up
 RSYNC_VANISHED = 24
@@ -211,10 +205,6 @@ def rsync_argv(rsync: str, source: str, partial: Path, link_dests: Sequence[Path
     return argv
 
 
-def partial_name(stamp: str) -> str:
-    return f".{stamp}{PARTIAL_SUFFIX}"
-
-
 def doomed_name(stamp: str) -> str:
     return f".{stamp}{DOOMED_SUFFIX}"
 
@@ -381,32 +371,12 @@ def _walk_files(top: Path) -> Iterator[os.DirEntry[str]]:
 # --- changing the store --------------------------------------------------------------------------
 
 
-def _writable_then_retry(func: Callable[..., Any], path: str, exc_info: Any) -> None:
-    """rmtree's error hook: a read-only directory copied from the source blocks a non-root
-    run from emptying it; open it up (it is ours, inside the store) and try again."""
-    if func in (os.open, os.scandir, os.listdir):
-        Path(path).chmod(fsutil.PRIVATE_DIR)
-        shutil.rmtree(path, onerror=_writable_then_retry)
-        return
-    Path(path).parent.chmod(fsutil.PRIVATE_DIR)
-    func(path)
-
-
-def remove_tree(path: Path) -> None:
-    try:
-        shutil.rmtree(path, onerror=_writable_then_retry)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise FileError.from_os_error("remove", path, err) from err
-
-
 def remove_leftovers(store: Path) -> list[Path]:
     """What a killed run left: a half-copied snapshot or a half-removed one (under the lock)."""
     removed = []
     for entry in os.scandir(store):
         if _LEFTOVER_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
-            remove_tree(Path(entry.path))
+            fsutil.remove_tree(Path(entry.path))
             removed.append(Path(entry.path))
     stamps = set(list_stamps(store))
     for marker in store.glob(f".*{WIPED_SUFFIX}"):
@@ -426,7 +396,7 @@ def remove_snapshots(store: Path, stamps: Iterable[str]) -> None:
         except OSError as err:
             raise FileError.from_os_error("remove", store / stamp, err) from err
         fsutil.fsync_dir(store)
-        remove_tree(doomed)
+        fsutil.remove_tree(doomed)
         wiped_marker(store, stamp).unlink(missing_ok=True)
 
 
@@ -441,18 +411,7 @@ def prepare_store(store: Path) -> list[str]:
 
 def run_rsync(argv: Sequence[str], fd: int) -> runner.Result:
     """rsync with the source's descriptor inherited, so ``/proc/self/fd/N`` is the source."""
-    with tempfile.TemporaryFile() as err_file:
-        proc = runner.spawn(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err_file,
-            pass_fds=(fd,),
-        )
-        proc.wait()
-        err_file.seek(0)
-        stderr = err_file.read().decode("utf-8", errors="replace")
-    return runner.Result(tuple(argv), proc.returncode, b"", stderr)
+    return runner.run(argv, capture_stdout=False, check=False, pass_fds=(fd,))
 
 
 def find_rsync() -> str:
@@ -559,11 +518,30 @@ class _Run:
         return wiped, choose_prune(every, self.now, keep.retention_days, keep.min_keep)
 
     def report(
-        self, stamp: str, argv: Sequence[str], count: TreeCount, **rest: Any
+        self,
+        stamp: str,
+        argv: Sequence[str],
+        count: TreeCount,
+        *,
+        earlier: Sequence[str],
+        prune: Sequence[str],
+        wiped: str | None,
+        warnings: tuple[str, ...] = (),
+        dry_run: bool,
     ) -> SnapshotReport:
+        """What a run did (or, planned, would do); ``earlier``: the snapshots taken before."""
         shown = [f"{self.source}/" if a.startswith("/proc/self/fd/") else a for a in argv]
         return SnapshotReport(
-            self.source, self.store, stamp, argv=tuple(shown), count=count, **rest
+            self.source,
+            self.store,
+            stamp,
+            link_dest=newest(earlier),
+            argv=tuple(shown),
+            count=count,
+            pruned=tuple(prune),
+            wiped=wiped,
+            warnings=warnings,
+            dry_run=dry_run,
         )
 
     def plan(self) -> SnapshotReport:
@@ -574,14 +552,7 @@ class _Run:
         links = link_dests(self.store, stamps)
         argv = rsync_argv(self.rsync, str(self.source), self.store / partial_name(stamp), links)
         return self.report(
-            stamp,
-            argv,
-            count,
-            link_dest=newest(stamps),
-            pruned=tuple(prune),
-            wiped=wiped,
-            warnings=(),
-            dry_run=True,
+            stamp, argv, count, earlier=stamps, prune=prune, wiped=wiped, dry_run=True
         )
 
     def take(self, warnings: tuple[str, ...]) -> SnapshotReport:
@@ -609,7 +580,7 @@ class _Run:
             partial.rename(store / stamp)
             fsutil.fsync_dir(store)
         except BaseException:
-            remove_tree(partial)
+            fsutil.remove_tree(partial)
             raise
         if wiped and self.accept:
             warnings += (f"accepted: the copy {wiped}",)
@@ -619,8 +590,8 @@ class _Run:
             stamp,
             argv,
             count,
-            link_dest=newest(stamps),
-            pruned=tuple(prune),
+            earlier=stamps,
+            prune=prune,
             wiped=wiped,
             warnings=warnings,
             dry_run=False,

@@ -209,13 +209,8 @@ def _parent_pids() -> dict[int, int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the command name in parentheses may hold spaces; the fields after it are fixed
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and len(fields) > 1:
             parents[int(entry.name)] = int(fields[1])
     return parents
 
@@ -354,10 +349,7 @@ class _Files:
 
 def _write_host_key(host_key: Path) -> str:
     pair = keys.generate("ed25519", comment="keyforge private sshd")
-    fsutil.atomic_write(host_key, pair.private_pem, mode=fsutil.PRIVATE_FILE)
-    fsutil.atomic_write(
-        keys.public_path_for(host_key), (pair.public_line + "\n").encode(), mode=0o644
-    )
+    keys.write_pair(host_key, pair, force=True)
     return pair.public_line
 
 

@@ -53,22 +53,12 @@ class Status:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        document = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(document, dict) or not isinstance(document.get("archives"), list):
-        return None
-    return document
-
-
 def last_backup(directory: Path, host: str, sources: Sequence[str]) -> Success | None:
     """The newest run that archived every configured source (any run, for another host's)."""
     wanted = {source_slug(s) for s in sources}
     best: Success | None = None
     for path in directory.glob(f"*{MANIFEST_SUFFIX}"):
-        document = _manifest(path)
+        document = sync.read_manifest(path)
         if document is None:
             continue
         archives = [a for a in document["archives"] if isinstance(a, dict)]

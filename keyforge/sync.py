@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from keyforge import fsutil, runner
-from keyforge.backup import LOCK_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX
+from keyforge.backup import LOCK_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, lock_path
 from keyforge.config import Config, SyncConfig, TargetConfig
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
 
@@ -146,6 +146,15 @@ class Report:
 # --- configuration -> targets (pure) ---------------------------------------------------------
 
 
+def is_host(value: str) -> bool:
+    """A host name or an IP address (no leading '-' that ssh would read as an option)."""
+    return bool(_HOSTNAME_RE.match(value) or (":" in value and _IPV6_RE.match(value)))
+
+
+def is_login_name(value: str) -> bool:
+    return bool(_USER_RE.match(value))
+
+
 def _require(cfg: TargetConfig, where: str, *names: str) -> None:
     missing = [n for n in names if not getattr(cfg, n)]
     if missing:
@@ -187,9 +196,9 @@ def target_from_config(cfg: TargetConfig, index: int) -> Target:
         )
     _require(cfg, where, *remote_keys)
     host = cfg.host
-    if not (_HOSTNAME_RE.match(host) or (":" in host and _IPV6_RE.match(host))):
+    if not is_host(host):
         raise ConfigError(f"{where} host must be a host name or an IP address, got {host!r}")
-    if not _USER_RE.match(cfg.user):
+    if not is_login_name(cfg.user):
         raise ConfigError(f"{where} user must be a login name, got {cfg.user!r}")
     if not _REMOTE_PATH_RE.match(cfg.remote_path) or cfg.remote_path.startswith("-"):
         raise ConfigError(
@@ -250,15 +259,17 @@ def pinned_client_options(known_hosts: Path, *, connect_timeout: int) -> list[st
     ]
 
 
-def ssh_argv(ssh: str, target: RemoteTarget, *, connect_timeout: int) -> list[str]:
-    """The ssh half of the command: this key only, this host key only, never a prompt."""
+def ssh_argv(
+    ssh: str, port: int, identity: Path, known_hosts: Path, *, connect_timeout: int
+) -> list[str]:
+    """ssh as every keyforge login runs it: this key only, this host key only, never a prompt."""
     return [
         ssh,
         "-p",
-        str(target.port),
+        str(port),
         "-i",
-        str(target.key),
-        *pinned_client_options(target.known_hosts, connect_timeout=connect_timeout),
+        str(identity),
+        *pinned_client_options(known_hosts, connect_timeout=connect_timeout),
     ]
 
 
@@ -283,10 +294,14 @@ def rsync_argv(tools: Tools, source: Path, target: Target, settings: SyncConfig)
     # filter rules travel inside the protocol, so they leave the forced command unchanged
     argv += [f"--exclude=/{LOCK_NAME}", f"--exclude=.*{PARTIAL_SUFFIX}"]
     if isinstance(target, RemoteTarget):
-        connect_timeout = min(settings.timeout, CONNECT_TIMEOUT)
-        argv.append(
-            f"--rsh={rsh_value(ssh_argv(tools.ssh, target, connect_timeout=connect_timeout))}"
+        ssh = ssh_argv(
+            tools.ssh,
+            target.port,
+            target.key,
+            target.known_hosts,
+            connect_timeout=min(settings.timeout, CONNECT_TIMEOUT),
         )
+        argv.append(f"--rsh={rsh_value(ssh)}")
     # the trailing slash sends the directory's contents: the copy mirrors the backup directory
     argv += [f"{source}/", target.destination]
     return argv
@@ -403,17 +418,21 @@ def summary(report: Report) -> str:
 # --- guards (read the file system, change nothing) -------------------------------------------
 
 
-def is_manifest(path: Path) -> bool:
-    """A file keyforge backup wrote: JSON with its format number and an archive list."""
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """A manifest's JSON document when it is an object with an archive list, else None."""
     try:
         document = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return False
-    return (
-        isinstance(document, dict)
-        and isinstance(document.get("format"), int)
-        and isinstance(document.get("archives"), list)
-    )
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("archives"), list):
+        return None
+    return document
+
+
+def is_manifest(path: Path) -> bool:
+    """A file keyforge backup wrote: JSON with its format number and an archive list."""
+    document = read_manifest(path)
+    return document is not None and isinstance(document.get("format"), int)
 
 
 def check_source(source: Path) -> None:
@@ -638,9 +657,11 @@ def sync(
             record(refused(target, argv, err, effects.now()))
         raise
     # the same lock as keyforge backup: never send a directory while a backup rewrites it
-    with fsutil.locked(the_plan.source / LOCK_NAME, wait=wait):
+    with fsutil.locked(lock_path(the_plan.source), wait=wait):
         for target, argv in the_plan.commands:
             try:
+                # again before each target: the wait for the lock or the last push left time
+                # for the backup disk to be unmounted
                 check_source(the_plan.source)
                 check_target(the_plan.source, target)
             except KeyforgeError as err:

@@ -7,9 +7,16 @@ error, worded for what it was reading.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import struct
 
 _UINT32 = struct.Struct(">I")
+
+
+def fingerprint(blob: bytes) -> str:
+    """``SHA256:<base64 without padding>`` of a key's wire form, as ``ssh-keygen -l`` prints it."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
 
 
 class WireError(ValueError):

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from keyforge.cli import app
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> object:
-    return CliRunner().invoke(app, list(args), env=env)
+def restore_args(config: str, source: str, to: Path, *more: str) -> list[str]:
+    return ["restore", "--config", config, "--source", source, "--to", str(to), *more]
 
 
 def write_config(tmp_path: Path, src: Path) -> Path:
@@ -98,26 +98,12 @@ def test_backup_restore_verify_prune_from_the_command_line(tmp_path: Path) -> No
     assert "1 archives (1 master, 0 incremental)" in made.stdout
     assert len(made.stdout.splitlines()) == 1  # one line when not in a terminal
 
-    dry = runner.invoke(
-        app,
-        [
-            "restore",
-            "--config",
-            config,
-            "--source",
-            str(src),
-            "--to",
-            str(tmp_path / "out"),
-            "--dry-run",
-        ],
-    )
+    dry = runner.invoke(app, restore_args(config, str(src), tmp_path / "out", "--dry-run"))
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.startswith("would apply server1-")
     assert not (tmp_path / "out").exists()
 
-    done = runner.invoke(
-        app, ["restore", "--config", config, "--source", str(src), "--to", str(tmp_path / "out")]
-    )
+    done = runner.invoke(app, restore_args(config, str(src), tmp_path / "out"))
     assert done.exit_code == 0, done.output
     assert (tmp_path / "out/d/f").read_text() == "hello\n"
 
@@ -134,9 +120,7 @@ def test_restore_of_an_unknown_source_names_the_configured_ones(tmp_path: Path) 
     src = tmp_path / "src"
     src.mkdir()
     config = str(write_config(tmp_path, src))
-    result = CliRunner().invoke(
-        app, ["restore", "--config", config, "--source", "/etc", "--to", str(tmp_path / "out")]
-    )
+    result = CliRunner().invoke(app, restore_args(config, "/etc", tmp_path / "out"))
     assert result.exit_code == 2
     assert result.stderr == (
         f"keyforge: error: --source /etc is not a configured source (sources: {src})\n"
@@ -148,18 +132,7 @@ def test_restore_at_a_malformed_date_is_a_usage_error(tmp_path: Path) -> None:
     src.mkdir()
     config = str(write_config(tmp_path, src))
     result = CliRunner().invoke(
-        app,
-        [
-            "restore",
-            "--config",
-            config,
-            "--source",
-            str(src),
-            "--to",
-            str(tmp_path / "o"),
-            "--at",
-            "yesterday",
-        ],
+        app, restore_args(config, str(src), tmp_path / "o", "--at", "yesterday")
     )
     assert result.exit_code == 2
     assert "--at must be a date like 2026-11-28, got 'yesterday'" in result.stderr

@@ -265,6 +265,43 @@ class Lab:
     def keyforge_revoke(self, public_key: str) -> subprocess.CompletedProcess[str]:
         return self.receiver.run(["keyforge", "revoke", "--key", "-"], user="foo", input=public_key)
 
+    def sender_config(
+        self, *, data: str, backups: str, copy: str, key: str, sync: Sequence[str] = ()
+    ) -> str:
+        """A keyforge.toml for foo on the sender: back data up into backups (gzip, no archive
+        test, no nice, so the lab stays quick), sync it to copy on the receiver with key."""
+        return "\n".join(
+            [
+                "[general]",
+                'host = "server1"',
+                "[backup]",
+                f'sources = ["{data}"]',
+                f'directory = "{backups}"',
+                "test_archives = false",
+                'compression = "gzip"',
+                'ionice = "none"',
+                "nice = 0",
+                "[sync]",
+                *sync,
+                "[[targets]]",
+                'name = "pi"',
+                f'host = "{self.RECEIVER_IP}"',
+                'user = "foo"',
+                f'key = "{key}"',
+                f'remote_path = "{copy}/"',
+                f'known_hosts = "{KNOWN_HOSTS}"',
+                "",
+            ]
+        )
+
+    def sync_server_command(self, config: str) -> str:
+        """The 'rsync --server ...' line keyforge sync will send, as the sender prints it
+        (keyforge sync --print-server-command), for the receiver's forced command."""
+        printed = self.sender.run(
+            ["keyforge", "sync", "--print-server-command", "--config", config], user="foo"
+        ).stdout
+        return next(line for line in printed.splitlines() if not line.startswith("#"))
+
     def push_argv(self, key: str, source: str, destination: str = "~/srvbackups/") -> list[str]:
         """The post's nightly push: rsync -az --delete --rsh='ssh -i KEY' SRC foo@host:DEST."""
         return [

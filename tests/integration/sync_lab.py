@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +94,17 @@ def tree(directory: Path) -> dict[str, str]:
         if path.is_file() and path.name != ".keyforge.lock":
             result[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return result
+
+
+def run_keyforge(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m keyforge ARGS`` in its own process, as cron would run it; text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "keyforge", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def locked_key_line(public: str, command: str) -> str:

@@ -47,6 +47,20 @@ def make_config(tmp_path: Path, *sources: Path, **backup_values: object) -> conf
     return config.parse({"general": {"host": "server1"}, "backup": values})
 
 
+def small_source(tmp_path: Path, **backup_values: object) -> tuple[Path, config.Config]:
+    """A source holding one small file, and a config that backs it up."""
+    src = tmp_path / "src"
+    write(src / "a", b"1")
+    return src, make_config(tmp_path, src, **backup_values)
+
+
+def tree_source(tmp_path: Path) -> tuple[Path, config.Config]:
+    """A source holding build_tree's tree, and a config that backs it up."""
+    src = tmp_path / "src"
+    build_tree(src)
+    return src, make_config(tmp_path, src)
+
+
 def write(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] = (0, 0)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -179,9 +193,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_restore_at_run_2_equals_the_tree_as_it_stood_deleted_files_absent(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    cfg = make_config(tmp_path, src)
+    src, cfg = tree_source(tmp_path)
     first = backup.run_backup(cfg, now=DAY1)
     assert [e.kind for e in first.entries] == ["master"]
     copy_state(src, tmp_path / "state1")
@@ -203,9 +215,7 @@ def test_restore_at_run_2_equals_the_tree_as_it_stood_deleted_files_absent(tmp_p
 
 
 def test_a_chain_of_incrementals_restores_each_day(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src)
+    src, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     write(src / "b", b"2")
     backup.run_backup(cfg, now=DAY2)
@@ -221,9 +231,7 @@ def test_a_chain_of_incrementals_restores_each_day(tmp_path: Path) -> None:
 def test_archives_are_private_and_the_manifest_records_size_sha256_and_chain(
     tmp_path: Path,
 ) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    cfg = make_config(tmp_path, src)
+    src, cfg = tree_source(tmp_path)
     report = backup.run_backup(cfg, now=DAY1)
     entry = report.entries[0]
     archive = cfg.backup_dir / entry.name
@@ -249,17 +257,14 @@ def test_the_backup_directory_inside_a_source_never_archives_itself(tmp_path: Pa
 
 
 def test_a_run_warns_when_the_backup_directory_shares_a_sources_filesystem(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
+    _, cfg = small_source(tmp_path)
     reporter = backup.SilentReporter()
-    backup.run_backup(make_config(tmp_path, src), now=DAY1, reporter=reporter)
+    backup.run_backup(cfg, now=DAY1, reporter=reporter)
     assert any("same filesystem" in w for w in reporter.warnings)
 
 
 def test_verify_passes_on_good_backups_and_catches_a_corrupted_archive(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    cfg = make_config(tmp_path, src)
+    src, cfg = tree_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     change_tree(src)
     report = backup.run_backup(cfg, now=DAY2)
@@ -277,9 +282,7 @@ def test_verify_passes_on_good_backups_and_catches_a_corrupted_archive(tmp_path:
 
 
 def test_verify_compares_the_restore_with_what_the_archives_record(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    cfg = make_config(tmp_path, src)
+    _, cfg = tree_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -300,9 +303,7 @@ def test_verify_compares_the_restore_with_what_the_archives_record(tmp_path: Pat
 
 
 def test_prune_with_faked_dates_keeps_the_window_and_the_newest_master(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src, full_every=3, retention_days=4)
+    src, cfg = small_source(tmp_path, full_every=3, retention_days=4)
     start = dt.datetime(2026, 11, 1, 2, 0)
     for day in range(9):  # chains start on days 0, 3, 6
         write(src / "a", str(day).encode())
@@ -347,9 +348,7 @@ def test_a_missing_source_is_a_one_line_error_and_earlier_archives_stay(tmp_path
 
 
 def test_an_unwritable_backup_directory_is_a_one_line_error(tmp_path: Path, tmpfs: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src, directory=str(tmpfs / "backups"))
+    _, cfg = small_source(tmp_path, directory=str(tmpfs / "backups"))
     backup.run_backup(cfg, now=DAY1)
     before = listing(cfg.backup_dir)
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
@@ -384,9 +383,7 @@ def test_a_full_disk_leaves_no_archive_and_the_chain_intact(tmp_path: Path, tmpf
 
 
 def test_a_second_concurrent_run_is_refused_with_exit_75(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src)
+    _, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     before = listing(cfg.backup_dir)
     with fsutil.locked(backup.lock_path(cfg.backup_dir)):
@@ -399,9 +396,7 @@ def test_a_second_concurrent_run_is_refused_with_exit_75(tmp_path: Path) -> None
 
 
 def test_leftovers_of_a_killed_run_never_look_finished_and_are_cleaned(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src)
+    src, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     name = backup.archive_name(
         "server1", backup.source_slug(str(src)), "20261124", "incremental", "zstd"
@@ -437,9 +432,7 @@ def fake_tar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_code: int) ->
 def test_tar_exit_2_discards_the_archive_and_the_new_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src)
+    src, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     before = listing(cfg.backup_dir)
     snapshot = backup.snapshot_path(cfg, backup.source_slug(str(src)))
@@ -456,9 +449,7 @@ def test_tar_exit_2_discards_the_archive_and_the_new_snapshot(
 def test_tar_exit_1_file_changed_is_a_warning_and_the_archive_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src)
+    _, cfg = small_source(tmp_path)
     fake_tar(tmp_path, monkeypatch, 1)
     report = backup.run_backup(cfg, now=DAY1)
     assert len(report.entries) == 1
@@ -467,9 +458,7 @@ def test_tar_exit_1_file_changed_is_a_warning_and_the_archive_kept(
 
 
 def test_restore_refuses_a_non_empty_target(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src)
+    src, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     write(tmp_path / "target/keep", b"mine")
     with pytest.raises(Exception, match="is not empty"):
@@ -529,9 +518,7 @@ def test_a_change_hidden_behind_the_old_size_and_mtime_is_caught_by_ctime(tmp_pa
 def test_an_archive_that_does_not_decompress_is_never_committed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    write(src / "a", b"1")
-    cfg = make_config(tmp_path, src)
+    _, cfg = small_source(tmp_path)
     bindir = tmp_path / "bin"
     bindir.mkdir()
     real = shutil.which("zstd")
@@ -577,9 +564,7 @@ def test_the_follower_hashes_and_feeds_every_byte_of_a_file_written_while_it_rea
 
 
 def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    cfg = make_config(tmp_path, src)
+    src, cfg = tree_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     change_tree(src)
     report = backup.run_backup(cfg, now=DAY2)
@@ -598,9 +583,7 @@ def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(tmp_path: Pat
 
 
 def test_a_restore_into_an_existing_empty_directory_fills_it(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    build_tree(src)
-    cfg = make_config(tmp_path, src)
+    src, cfg = tree_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     (tmp_path / "empty").mkdir()
     restore.run_restore(cfg, str(src), tmp_path / "empty")

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import pytest
+from fake_ssh import write_fake_ssh
 from typer.testing import CliRunner
 
 from keyforge import capture
@@ -22,21 +23,6 @@ from keyforge.errors import UsageError
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 
 KEY = "SHA256:Csfupk9ZSMNx/NIcVmCNs8TBLc6tJfwyCJrLB38TvuM"
-
-FAKE_SSH = """#!/bin/sh
-while [ $# -gt 0 ]; do
-  case $1 in
-    -[pilobcDEFIJLmOQRSWw]) shift 2 ;;
-    -*) shift ;;
-    *) break ;;
-  esac
-done
-shift
-SSH_ORIGINAL_COMMAND="$*"
-SSH_CLIENT="192.0.2.10 40000 22"
-export SSH_ORIGINAL_COMMAND SSH_CLIENT
-exec /bin/sh -c "$KEYFORGE_TEST_FORCED"
-"""
 
 OPTION_SETS = [
     ["-az", "--delete"],
@@ -52,9 +38,7 @@ def receiving(tmp_path):
     recorder = capture.install_recorder(tmp_path / "home")
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    ssh = bindir / "ssh"
-    ssh.write_text(FAKE_SSH)
-    ssh.chmod(0o755)
+    ssh = write_fake_ssh(bindir / "ssh")
     source = tmp_path / "src"
     source.mkdir()
     (source / "file").write_text("data\n")

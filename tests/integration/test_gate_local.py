@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_ssh import write_fake_ssh
 
 from keyforge import gate
 
@@ -28,25 +29,6 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 # where this host's rsync has --confine-root and --drop-D, the pushes go through them too
 CONFINE = gate.rsync_can_confine(gate.rsync_program())
-
-FAKE_SSH = """#!/bin/sh
-while [ $# -gt 0 ]; do
-  case $1 in
-    -[pilobcDEFIJLmOQRSWw]) shift 2 ;;
-    -*) shift ;;
-    *) break ;;
-  esac
-done
-shift
-command="$*"
-if [ -n "$KEYFORGE_TEST_REWRITE" ]; then
-  command=$(printf '%s' "$command" | sed "$KEYFORGE_TEST_REWRITE")
-fi
-SSH_ORIGINAL_COMMAND=$command
-SSH_CLIENT="192.0.2.10 40000 22"
-export SSH_ORIGINAL_COMMAND SSH_CLIENT
-exec /bin/sh -c "$KEYFORGE_TEST_FORCED"
-"""
 
 
 class Receiver:
@@ -60,9 +42,7 @@ class Receiver:
         (self.source / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
         (self.source / "with space;semi").write_text("odd name\n")
         (self.source / "link").symlink_to("/etc/hostname")
-        self.ssh = root / "ssh"
-        self.ssh.write_text(FAKE_SSH)
-        self.ssh.chmod(0o755)
+        self.ssh = write_fake_ssh(root / "ssh")
         program = root / "keyforge"
         program.write_text(
             f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(ROOT))} exec {shlex.quote(sys.executable)}"
@@ -72,14 +52,15 @@ class Receiver:
         self.program = str(program)
 
     def forced(self, expect: str | None = None) -> str:
-        return gate.gate_command(
-            self.program,
+        config = gate.GateConfig(
             str(self.directory),
+            home=str(self.root),
             expect=expect,
             log=str(self.log),
             rsync=gate.rsync_program(),
             confine=CONFINE,
         )
+        return gate.gate_command(self.program, config)
 
     def rsync(self, *args: str, forced: str, rewrite: str = "") -> subprocess.CompletedProcess[str]:
         env = {

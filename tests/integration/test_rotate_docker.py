@@ -22,16 +22,6 @@ COPY = f"{HOME}/rotcopy"
 CONFIG = f"{HOME}/rotate.toml"
 LOOP_LOG = "/tmp/rotate-sync-loop.log"
 LOOP_STOP = "/tmp/rotate-sync-loop.stop"
-VENV_PYTHON = "/opt/keyforge/bin/python"
-
-FORCED_COMMAND = """
-import sys
-from keyforge import capture, config, sync
-cfg = config.load(config.Path(sys.argv[1]))
-[target] = sync.select_targets(cfg.targets, None)
-argv = sync.rsync_argv(sync.find_tools(), sync.source_dir(cfg), target, cfg.sync)
-print(capture.capture_local(argv).command)
-"""
 
 # cron's nightly job, run back to back: each result on its own line, until told to stop
 SYNC_LOOP = f"""
@@ -44,29 +34,12 @@ done
 
 
 def _config(lab) -> str:
-    return "\n".join(
-        [
-            "[general]",
-            'host = "server1"',
-            "[backup]",
-            f'sources = ["{DATA}"]',
-            f'directory = "{BACKUPS}"',
-            "test_archives = false",
-            'compression = "gzip"',
-            'ionice = "none"',
-            "nice = 0",
-            "[sync]",
-            f'log = "{HOME}/rotate-sync.log"',
-            "retry_delay = 1",
-            "[[targets]]",
-            'name = "pi"',
-            f'host = "{lab.RECEIVER_IP}"',
-            'user = "foo"',
-            f'key = "{KEY}"',
-            f'remote_path = "{COPY}/"',
-            f'known_hosts = "{HOME}/.ssh/known_hosts"',
-            "",
-        ]
+    return lab.sender_config(
+        data=DATA,
+        backups=BACKUPS,
+        copy=COPY,
+        key=KEY,
+        sync=[f'log = "{HOME}/rotate-sync.log"', "retry_delay = 1"],
     )
 
 
@@ -95,7 +68,7 @@ def locked_rotating_key(lab, keys):
     lab.sender.write_file(CONFIG, _config(lab))
     lab.sender.run(["keyforge", "pair", KEY, "--comment", "foo@server1 rotating"], user="foo")
     assert _keyforge(lab.sender, "backup", "--config", CONFIG).returncode == 0
-    forced = lab.sender.run([VENV_PYTHON, "-c", FORCED_COMMAND, CONFIG], user="foo").stdout
+    forced = lab.sync_server_command(CONFIG)
     assert forced.startswith("rsync --server "), forced
     lab.receiver.sh(f"rm -rf {COPY}")
     lab.write_authorized_keys(f"{keys.admin_public}\n")

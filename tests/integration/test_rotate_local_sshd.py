@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sync_lab import Lab, locked_receiver, tree
+from sync_lab import Lab, locked_receiver, run_keyforge, tree
 
 from keyforge import authorized_keys as ak
 from keyforge import rotate, sync
@@ -25,16 +24,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield running
 
 
-def _keyforge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keyforge", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
 class SyncLoop:
     """``keyforge sync --wait`` again and again, as cron would, until stopped."""
 
@@ -46,7 +35,7 @@ class SyncLoop:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self.results.append(_keyforge("sync", "--wait", "--config", str(self.config)))
+            self.results.append(run_keyforge("sync", "--wait", "--config", str(self.config)))
 
     def __enter__(self) -> SyncLoop:
         self.thread.start()
@@ -69,11 +58,11 @@ def test_rotation_with_syncs_running_throughout(lab: Lab, tmp_path: Path) -> Non
     old_private.chmod(0o600)
     before = lab.server.authorized_keys.read_text()
     [old_options] = _options_of(before, old_public.split()[1])
-    first = _keyforge("sync", "--config", str(config))
+    first = run_keyforge("sync", "--config", str(config))
     assert first.returncode == 0, first.stderr
 
     with SyncLoop(config) as loop:
-        rotated = _keyforge(
+        rotated = run_keyforge(
             "rotate", "--config", str(config), "--authorized-keys", str(lab.server.authorized_keys)
         )
         while len(loop.results) < 2:  # at least one sync after the rotation, too
@@ -121,7 +110,7 @@ def test_a_failed_test_push_stops_with_both_keys_working_and_a_rerun_finishes(la
     manifest.rename(hidden)  # an unmounted backup disk, say: the push must not run
     args = ["rotate", "--config", str(config), "--authorized-keys", str(lab.server.authorized_keys)]
 
-    stopped = _keyforge(*args)
+    stopped = run_keyforge(*args)
 
     assert stopped.returncode == 1
     [message] = stopped.stderr.splitlines()
@@ -139,7 +128,7 @@ def test_a_failed_test_push_stops_with_both_keys_working_and_a_rerun_finishes(la
     assert _keyforge_public(lab.key).split()[1] == old_blob
 
     hidden.rename(manifest)
-    finished = _keyforge(*args)
+    finished = run_keyforge(*args)
 
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.startswith("continuing an earlier rotation from step 2")

@@ -20,16 +20,6 @@ BACKUPS = f"{HOME}/backups"
 SENDER_CONFIG = f"{HOME}/keyforge.toml"
 COPY = f"{HOME}/srvbackups"
 RECEIVER_CONFIG = f"{HOME}/receiver.toml"
-VENV_PYTHON = "/opt/keyforge/bin/python"
-
-FORCED_COMMAND = """
-import sys
-from keyforge import capture, config, sync
-cfg = config.load(config.Path(sys.argv[1]))
-[target] = sync.select_targets(cfg.targets, None)
-argv = sync.rsync_argv(sync.find_tools(), sync.source_dir(cfg), target, cfg.sync)
-print(capture.capture_local(argv).command)
-"""
 
 
 def _sender_config(lab, *, source: str | None = None, bwlimit: str = "") -> str:
@@ -38,28 +28,8 @@ def _sender_config(lab, *, source: str | None = None, bwlimit: str = "") -> str:
         sync_lines.append(f'source = "{source}"')
     if bwlimit:
         sync_lines.append(f'bwlimit = "{bwlimit}"')
-    return "\n".join(
-        [
-            "[general]",
-            'host = "server1"',
-            "[backup]",
-            f'sources = ["{DATA}"]',
-            f'directory = "{BACKUPS}"',
-            "test_archives = false",
-            'compression = "gzip"',
-            'ionice = "none"',
-            "nice = 0",
-            "[sync]",
-            *sync_lines,
-            "[[targets]]",
-            'name = "pi"',
-            f'host = "{lab.RECEIVER_IP}"',
-            'user = "foo"',
-            f'key = "{lab.BACKUP_KEY}"',
-            f'remote_path = "{COPY}/"',
-            f'known_hosts = "{HOME}/.ssh/known_hosts"',
-            "",
-        ]
+    return lab.sender_config(
+        data=DATA, backups=BACKUPS, copy=COPY, key=lab.BACKUP_KEY, sync=sync_lines
     )
 
 
@@ -78,9 +48,7 @@ def synced(lab, keys):
     )
     lab.sender.write_file(SENDER_CONFIG, _sender_config(lab))
     _keyforge(lab.sender, "backup", "--config", SENDER_CONFIG, check=True)
-    forced = lab.sender.run(
-        [VENV_PYTHON, "-c", FORCED_COMMAND, SENDER_CONFIG], user="foo"
-    ).stdout.strip()
+    forced = lab.sync_server_command(SENDER_CONFIG)
     assert forced.startswith("rsync --server "), forced
     lab.receiver.sh(f"rm -rf {COPY}")
     lab.write_authorized_keys(f"{keys.admin_public}\n")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sync_lab import Lab, locked_receiver, tree
+from sync_lab import Lab, locked_receiver, run_keyforge, tree
 
 from keyforge import fsutil, keys, sshd, sync
 from keyforge.errors import KeyforgeError
@@ -34,16 +34,6 @@ def _fresh_copy(lab: Lab) -> Iterator[None]:
         path.unlink()
 
 
-def _keyforge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keyforge", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_sync_with_the_locked_key_makes_an_exact_copy(lab: Lab) -> None:
     [report] = sync.sync(lab.config(max_delete=5), None)
     assert report.ok, report.message
@@ -62,7 +52,7 @@ def test_the_forced_command_carries_the_receivers_guards(lab: Lab) -> None:
 
 
 def test_sync_through_the_command_line_prints_the_summary(lab: Lab) -> None:
-    result = _keyforge("sync", "--config", str(lab.write_config(max_delete=5)))
+    result = run_keyforge("sync", "--config", str(lab.write_config(max_delete=5)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("sync offsite: ok in ")
     assert tree(lab.copy) == tree(lab.source)
@@ -74,7 +64,7 @@ def test_an_empty_source_is_refused_and_the_copy_stays_intact(lab: Lab, tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     config_path = lab.write_config(max_delete=5, source=str(empty))
-    result = _keyforge("sync", "--config", str(config_path))
+    result = run_keyforge("sync", "--config", str(config_path))
     assert result.returncode == 1
     assert "refusing to sync" in result.stderr
     assert "holds no keyforge manifest" in result.stderr
@@ -88,7 +78,7 @@ def test_a_wrong_host_key_fails_clearly_without_retrying(lab: Lab, tmp_path: Pat
     config_path = lab.write_config(max_delete=5, retries=3)
     text = config_path.read_text().replace(str(lab.server.known_hosts), str(pinned))
     config_path.write_text(text)
-    result = _keyforge("sync", "--config", str(config_path))
+    result = run_keyforge("sync", "--config", str(config_path))
     assert result.returncode == 5
     assert "is not the one pinned in the known_hosts file" in result.stderr
     assert "FAILED after 1 attempt(s)" in result.stderr
@@ -102,7 +92,7 @@ def test_an_unknown_host_is_never_trusted_on_first_use(lab: Lab, tmp_path: Path)
     config_path.write_text(
         config_path.read_text().replace(str(lab.server.known_hosts), str(pinned))
     )
-    result = _keyforge("sync", "--config", str(config_path))
+    result = run_keyforge("sync", "--config", str(config_path))
     assert result.returncode == 5
     assert "is not the one pinned in the known_hosts file" in result.stderr
     assert pinned.read_text().count("\n") == 1
@@ -125,7 +115,7 @@ def test_more_deletions_than_max_delete_stop_with_a_clear_message(lab: Lab, tmp_
 
 def test_print_server_command_prints_the_line_the_locked_key_accepts(lab: Lab) -> None:
     config = lab.write_config(max_delete=5)
-    result = _keyforge("sync", "--print-server-command", "--config", str(config))
+    result = run_keyforge("sync", "--print-server-command", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1] == lab.forced_command
     # the receiver's key is locked to exactly that line, and the real sync gets through
@@ -134,7 +124,7 @@ def test_print_server_command_prints_the_line_the_locked_key_accepts(lab: Lab) -
 
 
 def test_dry_run_connects_nowhere(lab: Lab) -> None:
-    result = _keyforge("sync", "--dry-run", "--config", str(lab.write_config(max_delete=5)))
+    result = run_keyforge("sync", "--dry-run", "--config", str(lab.write_config(max_delete=5)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("/usr/bin/rsync -az --delete")
     assert "connected nowhere" in result.stdout
@@ -163,14 +153,14 @@ def test_a_sync_killed_halfway_then_run_again_completes_exactly(lab: Lab, tmp_pa
     proc.wait()
     assert tree(lab.copy) != tree(big)
 
-    result = _keyforge("sync", "--config", str(lab.write_config(max_delete=5, source=str(big))))
+    result = run_keyforge("sync", "--config", str(lab.write_config(max_delete=5, source=str(big))))
     assert result.returncode == 0, result.stderr
     assert tree(lab.copy) == tree(big)
 
 
 def test_a_held_lock_refuses_a_second_run(lab: Lab) -> None:
     with fsutil.locked(lab.source / ".keyforge.lock"):
-        result = _keyforge("sync", "--config", str(lab.write_config(max_delete=5)))
+        result = run_keyforge("sync", "--config", str(lab.write_config(max_delete=5)))
     assert result.returncode == 75
     assert "another keyforge run holds" in result.stderr
 
@@ -190,13 +180,13 @@ def _check_with_key_options(lab: Lab, options: str) -> subprocess.CompletedProce
     key = old[old.index("ssh-ed25519 ") :]
     lab.server.authorized_keys.write_text(f"{options} {key}".lstrip())
     try:
-        return _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
+        return run_keyforge("check", "--config", str(lab.write_config(max_delete=5)))
     finally:
         lab.server.authorized_keys.write_text(old)
 
 
 def test_check_proves_the_locked_key_refuses_everything_but_rsync(lab: Lab) -> None:
-    result = _keyforge("check", "--config", str(lab.write_config(max_delete=5)))
+    result = run_keyforge("check", "--config", str(lab.write_config(max_delete=5)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok   a command of its own: refused: the forced rsync server answered" in result.stdout
     assert "ok   an interactive shell: refused" in result.stdout

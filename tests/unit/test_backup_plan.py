@@ -226,3 +226,13 @@ def test_long_commands_run_at_idle_io_and_low_cpu_priority() -> None:
     argv = runner.wrap_priority(["tar", "-c"], runner.Priority(nice=10, ionice="idle"))
     assert argv == ["ionice", "-c", "3", "nice", "-n", "10", "tar", "-c"]
     assert runner.wrap_priority(["tar"], runner.Priority()) == ["tar"]
+
+
+def test_manifests_of_a_host_whose_name_extends_ours_are_not_read_as_ours(tmp_path: Path) -> None:
+    for host, stamp in ((HOST, "20261123"), (f"{HOST}.lan", "20261124")):
+        name = backup.archive_name(host, "etc", stamp, MASTER, "zstd")
+        entry = backup.ArchiveEntry(name, "/etc", MASTER, name, 1, "0" * 64)
+        document = backup.manifest_json(host, stamp, dt.datetime(2026, 11, 23), [entry])
+        (tmp_path / backup.manifest_name(host, stamp)).write_bytes(document)
+    assert list(backup.run_manifests(tmp_path, HOST)) == ["20261123"]
+    assert list(backup.read_manifests(tmp_path, HOST)) == ["server1-etc.20261123.master.tar.zst"]

@@ -376,9 +376,8 @@ def test_help_is_asked_for_with_none() -> None:
 
 
 def test_gate_command_quotes_each_argument_for_the_shell() -> None:
-    line = gate.gate_command(
-        "/opt/keyforge/bin/keyforge", "/home/foo/srv", expect="rsync --server . a'b\\ c/"
-    )
+    cfg = gate.GateConfig("/home/foo/srv", home="/home/foo", expect="rsync --server . a'b\\ c/")
+    line = gate.gate_command("/opt/keyforge/bin/keyforge", cfg)
     assert line == (
         "/opt/keyforge/bin/keyforge gate --dir /home/foo/srv --expect "
         "'rsync --server . a'\"'\"'b\\ c/'"

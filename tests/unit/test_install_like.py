@@ -73,7 +73,7 @@ def test_a_gated_command_with_quotes_is_copied_byte_for_byte(old: ak.Entry, new:
 
 
 def test_the_old_key_can_be_named_by_its_sha256_fingerprint(old: ak.Entry, new: ak.Entry) -> None:
-    fingerprint = install.key_fingerprint(old)
+    fingerprint = old.fingerprint()
     assert install.parse_old_key(fingerprint) == fingerprint
 
     plan = install.plan_install_like(locked_line(old) + "\n", new, fingerprint)
@@ -107,7 +107,7 @@ def test_an_old_key_that_is_not_there_is_refused(old: ak.Entry, new: ak.Entry) -
     with pytest.raises(KeyforgeError, match="is not in authorized_keys"):
         install.plan_install_like(other + "\n", new, old)
     with pytest.raises(KeyforgeError, match="is not in"):
-        install.plan_install_like(None, new, install.key_fingerprint(old))
+        install.plan_install_like(None, new, old.fingerprint())
 
 
 def test_an_old_key_on_lines_with_different_options_is_refused(
@@ -156,7 +156,7 @@ def test_a_malformed_fingerprint_is_refused(spec: str) -> None:
 
 
 def test_the_fingerprint_is_the_one_ssh_keygen_prints(old: ak.Entry) -> None:
-    assert install.key_fingerprint(old) == keys.parse_public_line(plain(old)).sha256
+    assert old.fingerprint() == keys.parse_public_line(plain(old)).sha256
 
 
 def test_install_key_like_writes_the_file_and_keeps_a_backup(
