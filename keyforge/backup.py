@@ -64,9 +64,9 @@ TAR_METADATA_OPTIONS = (
 
 _STAMP_RE = r"(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<seq>\d+))?"
 _ARCHIVE_RE = re.compile(
-    rf"^(?P<prefix>.+)\.{_STAMP_RE}\.(?P<kind>master|incremental)\.tar\.(?P<ext>zst|gz)$"
+    rf"^(?P<prefix>.+)\.{_STAMP_RE}\.(?P<kind>master|incremental)\.tar\.(?P<ext>zst|gz)\Z"
 )
-_MANIFEST_RE = re.compile(rf"^(?P<host>.+)\.{_STAMP_RE}\.manifest\.json$")
+_MANIFEST_RE = re.compile(rf"^(?P<host>.+)\.{_STAMP_RE}\.manifest\.json\Z")
 
 
 # --- names -----------------------------------------------------------------------------------

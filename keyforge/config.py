@@ -30,10 +30,10 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 COMPRESSIONS = ("zstd", "gzip", "pigz")
 IONICE_CLASSES = ("idle", "best-effort", "none")
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
-_BWLIMIT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGkmg]?$")
-_TIME_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-_TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}\Z")
+_BWLIMIT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGkmg]?\Z")
+_TIME_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+_TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def default_host() -> str:
@@ -192,13 +192,13 @@ def _check_time_of_day(value: Any) -> str | None:
 
 
 def _check_mailto(value: Any) -> str | None:
-    if value == "" or re.match(r"^[A-Za-z0-9._%+@-]+(,[A-Za-z0-9._%+@-]+)*$", value):
+    if value == "" or re.match(r"^[A-Za-z0-9._%+@-]+(,[A-Za-z0-9._%+@-]+)*\Z", value):
         return None
     return f'must be a user or mail address (or "" for no mail), got {value!r}'
 
 
 def _check_user(value: Any) -> str | None:
-    if re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+    if re.match(r"^[a-z_][a-z0-9_-]{0,31}\Z", value):
         return None
     return f"must be a system user name, got {value!r}"
 

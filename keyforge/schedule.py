@@ -45,7 +45,7 @@ CRON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FILE_MODE = 0o644  # cron skips a cron.d file others can write; units are world-readable
 NICE = 10
 
-_SYSTEMD_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+_SYSTEMD_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+\Z")
 
 
 @dataclasses.dataclass(frozen=True)

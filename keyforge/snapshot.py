@@ -41,10 +41,10 @@ WIPED_SUFFIX = ".wiped"
 RSYNC_VANISHED = 24
 
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_STAMP_RE = re.compile(r"^(?P<base>[0-9]{8}T[0-9]{6}Z)(?:-(?P<seq>[1-9][0-9]{0,5}))?$")
+_STAMP_RE = re.compile(r"^(?P<base>[0-9]{8}T[0-9]{6}Z)(?:-(?P<seq>[1-9][0-9]{0,5}))?\Z")
 _LEFTOVER_RE = re.compile(
     rf"^\.(?P<stamp>[0-9]{{8}}T[0-9]{{6}}Z(?:-[0-9]+)?)({re.escape(PARTIAL_SUFFIX)}"
-    rf"|{re.escape(DOOMED_SUFFIX)})$"
+    rf"|{re.escape(DOOMED_SUFFIX)})\Z"
 )
 
 

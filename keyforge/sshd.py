@@ -51,8 +51,8 @@ CONNECT_TIMEOUT = 10  # seconds; the server is on this machine
 
 # sshd_config splits on whitespace, and AuthorizedKeysFile expands % and ~: paths written into it
 # keep to characters that mean nothing to either
-_CONFIG_SAFE = re.compile(r"^/[A-Za-z0-9._/+@,=:-]*$")
-_USER_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+_CONFIG_SAFE = re.compile(r"^/[A-Za-z0-9._/+@,=:-]*\Z")
+_USER_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _VERSION = re.compile(r"OpenSSH_(\d+)\.(\d+)")
 # OpenSSH 9.8 penalises a source address that connects without logging in; the banner probe
 # does exactly that, and every client here comes from 127.0.0.1

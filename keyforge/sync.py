@@ -69,13 +69,13 @@ _HOST_KEY_SIGNS = (
 _AUTH_SIGNS = ("Permission denied (",)
 _PROTECTED_SIGNS = ("protocol version mismatch",)
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
-_IPV6_RE = re.compile(r"^[0-9A-Fa-f:.]+$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})\Z")
+_IPV6_RE = re.compile(r"^[0-9A-Fa-f:.]+\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 # ssh expands '%' tokens and '~' in these, and splits UserKnownHostsFile on whitespace
-_SSH_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@,=-]*$")
-_REMOTE_PATH_RE = re.compile(r"^[A-Za-z0-9._/~+@,=-]+$")
+_SSH_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@,=-]*\Z")
+_REMOTE_PATH_RE = re.compile(r"^[A-Za-z0-9._/~+@,=-]+\Z")
 _BYTES_SENT_RE = re.compile(r"^Total bytes sent:\s*([0-9][0-9,.']*)", re.MULTILINE)
 CONNECT_TIMEOUT = 30
 

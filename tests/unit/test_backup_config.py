@@ -152,3 +152,19 @@ def test_every_uncommented_backup_line_still_parses() -> None:
     )
     cfg = config.parse(tomllib.loads(uncommented))
     assert cfg.backup.exclude == ("/var/cache", "/var/tmp", "lost+found")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"general": {"host": "server1\n"}},
+        {"schedule": {"backup_at": "01:15\n"}},
+        {"sync": {"bwlimit": "2m\n"}},
+        {"schedule": {"user": "root\n"}},
+        {"schedule": {"mailto": "root\n"}},
+    ],
+)
+def test_a_value_ending_in_a_newline_is_refused(document: dict[str, object]) -> None:
+    # '$' in a regular expression also matches before a final newline; the checks must not
+    with pytest.raises(ConfigError):
+        config.parse(document)

@@ -82,3 +82,11 @@ def test_source_penalties_are_switched_off_only_where_sshd_knows_them() -> None:
     assert sshd.extra_config_lines(None) == []
     assert sshd.extra_config_lines((9, 8)) == ["PerSourcePenalties no"]
     assert "PerSourcePenalties no" in config_text(extra_lines=["PerSourcePenalties no"])
+
+
+def test_a_path_or_user_ending_in_a_newline_is_refused() -> None:
+    # a newline would start another sshd_config directive
+    with pytest.raises(UsageError, match="cannot go into an sshd_config"):
+        config_text(authorized_keys=Path("/tmp/key\n"))
+    with pytest.raises(UsageError, match="user name"):
+        config_text(user="foo\n")

@@ -428,3 +428,15 @@ def test_missing_key_file_is_a_file_error(tmp_path: Path) -> None:
     (tmp_path / "key").unlink()
     with pytest.raises(FileError, match=r"the key .* does not exist"):
         sync.dry_run(config, None, TOOLS)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"host": "pi\n"}, {"user": "foo\n"}, {"remote_path": "srvbackups/\n"}, {"name": "pi\n"}],
+    ids=["host", "user", "remote_path", "name"],
+)
+def test_a_trailing_newline_in_a_target_field_is_refused(changes: dict[str, object]) -> None:
+    # '$' in a regular expression also matches before a final newline; the checks must not
+    cfg = TargetConfig(**{**REMOTE.__dict__, **changes})
+    with pytest.raises(ConfigError):
+        sync.target_from_config(cfg, 0)
