@@ -8,14 +8,16 @@
 # It installs what the tests need and is safe to run again on the same machine:
 #   1. Debian packages (Docker engine, Compose, mmdebstrap, OpenSSH, rsync...) with apt, only
 #      when one is missing;
-#   2. a virtual environment .venv with keyforge installed editable with its test extras,
-#      reinstalled only when pyproject.toml changes;
+#   2. a virtual environment .venv with keyforge installed editable with its test extras, and
+#      .venv/wheelhouse with wheels of keyforge's dependencies, both remade only when
+#      pyproject.toml changes;
 #   3. a Docker engine, started in the background when none answers (log: $KEYFORGE_DOCKERD_LOG);
 #   4. the test images (docker/build.sh: local base image, no registry needed);
 #   5. pytest. Its exit status is this script's; "no tests ran" counts as a failure.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), KEYFORGE_VENV (default .venv),
-# KEYFORGE_DOCKERD_LOG (default /tmp/keyforge-dockerd.log).
+# KEYFORGE_DOCKERD_LOG (default /tmp/keyforge-dockerd.log). The tests get KEYFORGE_WHEELHOUSE:
+# wheels of keyforge's declared dependencies, for the wheel test's own venv.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -85,12 +87,18 @@ install_packages() {
 setup_venv() {
     local stamp=$venv/.keyforge-installed want
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-    if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+    if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" && -d $venv/wheelhouse ]]; then
         return
     fi
     say "venv: $venv with keyforge[test]"
     [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install -q -e '.[test]'
+    # The wheel test installs keyforge into a venv of its own with exactly the declared
+    # dependencies and no index: their wheels, and nothing else, wait here.
+    say "wheelhouse: keyforge's dependencies in $venv/wheelhouse"
+    rm -rf "$venv/wheelhouse"
+    "$venv/bin/python" -m pip wheel -q --wheel-dir "$venv/wheelhouse" "$root"
+    rm -f "$venv/wheelhouse"/keyforge-*.whl
     printf '%s' "$want" >"$stamp"
 }
 
@@ -185,6 +193,7 @@ if wants_docker "$@"; then
     PYTHON="$venv/bin/python" bash docker/build.sh
 fi
 
+export KEYFORGE_WHEELHOUSE=$venv/wheelhouse
 say "pytest $*"
 status=0
 "$venv/bin/python" -m pytest "$@" || status=$?

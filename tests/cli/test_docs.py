@@ -6,13 +6,14 @@ import re
 from pathlib import Path
 
 import pytest
+from readme import opening_commands, readme_text
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from keyforge import __version__
 from keyforge.cli import app
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+README = readme_text()
 
 
 def command_paths() -> list[tuple[str, ...]]:
@@ -54,8 +55,7 @@ def test_every_command_is_in_the_readme(path: tuple[str, ...]) -> None:
 
 
 def test_readme_starts_with_the_demo_and_the_test_command() -> None:
-    first_block = README.split("```", 2)[1].split("\n", 1)[1]  # past the language tag
-    commands = [line for line in first_block.splitlines() if line and not line.startswith("#")]
+    commands = opening_commands()
     assert len(commands) == 2
     assert commands[0].startswith("apt-get ")
     assert commands[0].endswith("keyforge demo")

@@ -1,14 +1,17 @@
 """The built wheel works on its own: templates ship inside it and the installed CLI runs.
 
 The wheel is built from this checkout without network access (build isolation off, no index),
-installed into a fresh virtual environment, and exercised from a directory outside the source
-tree, so nothing can be picked up from the checkout by accident.
+installed with no index into a fresh virtual environment that sees no other site-packages, from a
+wheelhouse holding only keyforge's declared dependencies, and exercised from a directory outside
+the source tree, so nothing can be picked up from the checkout, or from packages some earlier
+install left in the base interpreter, by accident.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -40,6 +43,64 @@ for name in sys.argv[1:]:
     report["templates"][name] = {"file": template.filename, "source": source, "outcome": outcome}
 print(json.dumps(report))
 """
+
+
+# What a wheel may hold: the package's modules, its templates and the wheel's metadata.
+SHIPPED = re.compile(
+    r"keyforge/(?:[A-Za-z_][A-Za-z0-9_]*/)*[A-Za-z_][A-Za-z0-9_]*\.py"
+    r"|keyforge/templates/[A-Za-z0-9_.-]+\.j2"
+    r"|keyforge-[^/]+\.dist-info/(?:METADATA|WHEEL|RECORD|entry_points\.txt|licenses/.+)"
+)
+
+
+def dependency_wheelhouse(tmp_path: Path) -> Path:
+    """Wheels of keyforge's declared dependencies: tests/run.sh's, or made here from the index."""
+    given = os.environ.get("KEYFORGE_WHEELHOUSE")
+    if given:
+        wheelhouse = Path(given)
+        assert any(wheelhouse.glob("*.whl")), f"KEYFORGE_WHEELHOUSE={given} holds no wheel"
+        return wheelhouse
+    wheelhouse = tmp_path / "dependencies"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(wheelhouse),
+            str(REPO),
+        ],
+        cwd=tmp_path,
+    )
+    for own in wheelhouse.glob("keyforge-*.whl"):
+        own.unlink()
+    return wheelhouse
+
+
+def unexpected_entries(names: list[str]) -> list[str]:
+    return [n for n in names if not SHIPPED.fullmatch(n)]
+
+
+def test_wheel_contents_rule_rejects_leftovers() -> None:
+    good = [
+        "keyforge/cli.py",
+        "keyforge/ssh/wire.py",
+        "keyforge/templates/cron.j2",
+        "keyforge-0.1.0.dist-info/METADATA",
+        "keyforge-0.1.0.dist-info/RECORD",
+    ]
+    junk = [
+        "keyforge/cli.py.orig",
+        "keyforge/cli.py.rej",
+        "keyforge/cli.py~",
+        "keyforge/__pycache__/cli.cpython-311.pyc",
+        "keyforge/templates/cron.j2~",
+        "tests/test_x.py",
+    ]
+    assert unexpected_entries(good) == []
+    assert unexpected_entries(junk) == junk
 
 
 def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -82,20 +143,34 @@ def test_installed_wheel_ships_templates_and_runs_outside_the_checkout(tmp_path:
         if n.startswith("keyforge/templates/") and n.endswith(".j2")
     )
     assert shipped == repo_templates
-    assert "keyforge/cli.py" in names
-    assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]
+    assert "keyforge/entry.py" in names
+    assert unexpected_entries(names) == []
 
-    # the system site-packages provide the dependencies and pip, so no network is needed
+    # A venv that sees no other site-packages: keyforge and exactly its declared dependencies
+    # come from the wheelhouse, with no index, so a dependency missing from pyproject.toml fails
+    # here whatever the base interpreter happens to have installed.
     venv = tmp_path / "venv"
-    run(
-        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
-        cwd=tmp_path,
-    )
+    run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
     run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            str(dependency_wheelhouse(tmp_path)),
+            str(wheel),
+        ],
         cwd=tmp_path,
     )
+    no_system = run(
+        [str(python), "-I", "-c", "import sys; print(sys.prefix != sys.base_prefix)"], cwd=tmp_path
+    )
+    assert no_system.stdout.strip() == "True"
+    assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
