@@ -315,3 +315,42 @@ def test_every_capture_command_has_help():
         result = invoke("capture", command, "--help")
         assert result.exit_code == 0
         assert len(result.stdout) > 300
+
+
+# --- a stolen key's records ------------------------------------------------------------------
+
+
+def test_a_captured_address_outside_capture_starts_from_is_refused(home):
+    start(home, "a.pub", "--from", "192.0.2.0/24")
+    push(home, client="203.0.113.5 50000 22")  # a record sshd's from= should have kept out
+
+    result = invoke("install", "--key", str(home.parent / "a.pub"), "-f", str(ak(home)),
+                    "--from-capture", "--from-captured-address")  # fmt: skip
+
+    assert_one_line_error(result, 2, "outside the --from 192.0.2.0/24")
+
+
+def test_capture_show_lists_every_record_since_start_and_says_they_differ(home):
+    start(home)
+    push(home, "before the start")
+    start(home)
+    push(home)
+    push(home, PUSH.replace("~/srvbackups/", "~/.ssh/"), client="198.51.100.7 1 22")
+
+    result = invoke("capture", "show")
+
+    assert result.exit_code == 0, result.output
+    assert "before the start" not in result.stdout
+    assert "2 records since 'capture start'" in result.stdout
+    assert "\t192.0.2.10\t" in result.stdout
+    assert "\t198.51.100.7\t" in result.stdout
+    assert "differ (2 different commands and 2 client addresses" in result.stderr
+    assert "started without --from" in result.stderr
+
+
+def test_install_command_by_hand_warns_about_the_home_itself(home):
+    result = invoke("install", "--key", str(home.parent / "a.pub"), "-f", str(ak(home)),
+                    "--from", "192.0.2.10", "--command", "rsync --server -a . ~/")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert f"~/ is the home directory {home}" in result.stderr

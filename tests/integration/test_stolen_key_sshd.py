@@ -76,17 +76,14 @@ class Receiving:
             check=False,
         )
 
-    def keyforge(self, *args: str):  # noqa: ANN201 - click's Result
-        return runner.invoke(app, [*args[:1], *args[1:], "-f", str(self.authorized_keys)])
-
-    def capture_start(self, *extra: str):  # noqa: ANN201
+    def capture_start(self, *extra: str):
         return runner.invoke(
             app,
             ["capture", "start", "--key", str(self.public), "-f", str(self.authorized_keys),
              *extra],
         )  # fmt: skip
 
-    def install(self, *extra: str):  # noqa: ANN201
+    def install(self, *extra: str):
         return runner.invoke(
             app,
             ["install", "--key", str(self.public), "-f", str(self.authorized_keys), *extra],
