@@ -6,7 +6,9 @@ functions at the end touch the file system.
 Severities, from what a stolen private key (or another local user) gains:
 
 * ``critical`` a key with neither ``command=`` nor ``from=``: whoever holds it has a shell
-  from anywhere;
+  from anywhere. A ``command=`` that runs the client's request (``$SSH_ORIGINAL_COMMAND`` handed
+  to a shell or ``eval``, or run as the command) counts as no ``command=``, and a ``from=`` that
+  admits every address (``*``, ``0.0.0.0/0``, ``::/0``...) as no ``from=``, at every level;
 * ``high`` a shell from the ``from=`` addresses, or any key's command from anywhere when it also
   has no ``command=``; a DSA or sub-2048-bit RSA key; a file sshd ignores under StrictModes
   (owned by another user, writable by group or others, not a regular file): its keys do not
@@ -45,6 +47,10 @@ EXIT_CODES = {"info": 0, "low": 10, "medium": 11, "high": 12, "critical": 13}
 CODES: dict[str, str] = {
     "no-command": "no command=: the key may run any command, including a shell",
     "no-from": "no from=: the key works from any source address",
+    "command-runs-request": "command= runs the client's request ($SSH_ORIGINAL_COMMAND) through "
+    "a shell, eval or as the command: as if there were no command=",
+    "from-admits-all": "from= admits every address (*, 0.0.0.0/0, ::/0...): as if there were no "
+    "from=",
     "from-hostname": "from= names hosts, which never match under sshd's default UseDNS no",
     "port-forwarding": "port forwarding is allowed",
     "agent-forwarding": "agent forwarding is allowed",
@@ -160,26 +166,37 @@ def _key_strength(facts: explain.KeyFacts) -> tuple[Severity, str] | None:
 
 
 def _access_findings(entry: ak.Entry) -> list[tuple[Severity, str, str]]:
-    has_command, has_from = entry.has("command"), entry.has("from")
+    # A command= that runs the client's own request limits nothing, nor does a from= that
+    # admits every address: each is judged exactly as if it were not there.
+    commands, patterns = entry.values("command"), ak.from_patterns(entry)
+    request = explain.runs_the_request(commands[0]) if commands else None
+    everywhere = ak.admits_every_address(patterns) if patterns else None
+    has_command = bool(commands) and request is None
+    has_from = entry.has("from") and everywhere is None
     found: list[tuple[Severity, str, str]] = []
     if not has_command:
         where = "from anywhere" if not has_from else "from the from= addresses"
-        found.append(
-            (
-                "critical" if not has_from else "high",
-                "no-command",
-                f"no command=: the key may run any command, including a shell, {where}",
-            )
-        )
+        severity: Severity = "critical" if not has_from else "high"
+        if request is not None:
+            text = f"command= {request}: the key may run any command, including a shell, {where}"
+            found.append((severity, "command-runs-request", text))
+        else:
+            text = f"no command=: the key may run any command, including a shell, {where}"
+            found.append((severity, "no-command", text))
     if not has_from:
-        found.append(
-            (
-                "high" if not has_command else "medium",
-                "no-from",
-                "no from=: the key works from any source address, so a stolen copy works anywhere",
+        severity = "high" if not has_command else "medium"
+        if everywhere is not None:
+            text = (
+                f'from="{",".join(patterns)}" admits {everywhere}: no limit on the source '
+                "address, so a stolen copy works anywhere"
             )
-        )
-    names = install.hostname_patterns(install.from_patterns(entry))
+            found.append((severity, "from-admits-all", text))
+        else:
+            text = (
+                "no from=: the key works from any source address, so a stolen copy works anywhere"
+            )
+            found.append((severity, "no-from", text))
+    names = install.hostname_patterns(ak.from_patterns(entry))
     if names:
         found.append(
             (

@@ -26,8 +26,9 @@ import datetime as dt
 import functools
 import gc
 import ipaddress
+import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from keyforge import wire
@@ -399,6 +400,108 @@ def _check_from(value: str) -> None:
         if not pattern:
             raise _Invalid(f'from="{value}" has an empty entry')
         _check_from_entry(value, pattern)
+
+
+# --- what from= admits ---------------------------------------------------------------------
+# sshd matches each from= pattern against the client's address as text, twice: as an address
+# list (a CIDR block, else a */? wildcard) and, since 'UseDNS no' names the client by its
+# address, as a host name pattern. A negated match refuses; otherwise one positive match admits.
+
+# One IPv4 address for each shape (octet lengths 1 to 3): a wildcard without digits matches an
+# address exactly when it matches the address's shape, so these decide it for every address.
+_IPV4_SHAPES = tuple(".".join(octets) for octets in itertools.product(("1", "12", "123"), repeat=4))
+# IPv6 text as sshd prints it (compressed, lowercase hex), from the shortest to the longest
+# forms; a wildcard made only of * ? and : is judged on these shapes
+_IPV6_SHAPES = (
+    "1::", "::1", "1::2", "1:2::3", "a::b:c", "2001:db8::7", "fe80::1:2:3:4",
+    "1:2:3:4:5:6:7:8", "1:2:3:4:5:6::", "::2:3:4:5:6:7:8", "1:2:3::6:7:8",
+    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db8:aaaa:bbbb:cccc:dddd:eeee:1",
+)  # fmt: skip
+_FAMILIES = {4: "every IPv4 address", 6: "every IPv6 address"}
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """sshd's match_pattern: * any run of characters, ? one character, the rest literal."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
+def _wildcard_families(pattern: str) -> set[int]:
+    """The address families (4, 6) all of whose addresses the wildcard ``pattern`` matches."""
+    matcher = _wildcard(pattern)
+    families = set()
+    # a literal digit is missing from 0.0.0.0 or from 1.1.1.1, so only digit-free ones can
+    if not any(c.isdigit() for c in pattern) and all(map(matcher.fullmatch, _IPV4_SHAPES)):
+        families.add(4)
+    if set(pattern) <= set("*?:") and all(map(matcher.fullmatch, _IPV6_SHAPES)):
+        families.add(6)
+    return families
+
+
+def _network(pattern: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The CIDR block a from= pattern is, as sshd reads it (inet_aton forms such as 0/0 too)."""
+    address, slash, mask = pattern.partition("/")
+    parsed = _numeric_address(address)
+    if not slash or parsed is None or not (mask.isascii() and mask.isdigit()):
+        return None
+    number, width = parsed
+    try:
+        if width == 32:
+            return ipaddress.IPv4Network((number, int(mask)))
+        return ipaddress.IPv6Network((number, int(mask)))
+    except ValueError:
+        return None  # host bits or a bad mask: sshd refuses the line, which admits nobody
+
+
+def admits_every_address(patterns: Sequence[str]) -> str | None:
+    """What of the address space the positive ``patterns`` of a from= admit in full: "every
+    IPv4 address" (``*``, ``0.0.0.0/0``, ``*.*.*.*``, blocks that add up to it...), "every IPv6
+    address", both, or None when they leave some address out.
+
+    Negated patterns are not counted: a from= that admits every address but a few still lets a
+    stolen key in from almost anywhere, which is what this judges.
+    """
+    covered: set[int] = set()
+    blocks: dict[int, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {4: [], 6: []}
+    for pattern in patterns:
+        if not pattern or pattern.startswith("!"):
+            continue
+        network = _network(pattern)
+        if network is not None:
+            blocks[network.version].append(network)
+        elif "/" not in pattern:
+            covered |= _wildcard_families(pattern)
+    for version, networks in blocks.items():
+        merged = list(ipaddress.collapse_addresses(networks))  # type: ignore[type-var]
+        if len(merged) == 1 and merged[0].prefixlen == 0:
+            covered.add(version)
+    if not covered:
+        return None
+    return " and ".join(_FAMILIES[version] for version in sorted(covered))
+
+
+def admits(patterns: Sequence[str], address: str) -> bool:
+    """Whether a from= of ``patterns`` admits a client at ``address``, as sshd decides it."""
+    admitted = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        bare = pattern.removeprefix("!")
+        network = _network(bare)
+        try:
+            hit = network is not None and ipaddress.ip_address(address) in network
+        except ValueError:
+            hit = False
+        if network is None and "/" not in bare:
+            hit = _wildcard(bare).fullmatch(address) is not None
+        if hit and negated:
+            return False
+        admitted = admitted or hit
+    return admitted
+
+
+def from_patterns(entry: Entry) -> list[str]:
+    """Every pattern of the line's from= options, in file order."""
+    return [p for value in entry.values("from") for p in value.split(",")]
 
 
 _HANDLERS: dict[str, Callable[[str], None]] = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import os
 import pwd
 import re
@@ -34,6 +35,8 @@ from keyforge.errors import FileError, KeyforgeError, ParseError, UsageError
 from keyforge.templating import render
 
 RECORD_TAG = "keyforge-capture-1"
+# 'capture start' writes one of these before any record: what follows it is this capture's
+START_TAG = "keyforge-capture-start-1"
 RECORDER_NAME = "capture-recorder"
 LOG_NAME = "capture.log"
 RECORDER_MODE = 0o700
@@ -221,10 +224,36 @@ def decode_record(line: str, *, lineno: int = 0, source: str | None = None) -> R
 
 
 @dataclass(frozen=True)
+class Start:
+    """A ``capture start``: when, for which key, and the from= it allowed (None: anywhere)."""
+
+    lineno: int
+    time: str
+    key: str
+    from_patterns: tuple[str, ...] | None
+
+
+def encode_start(time: str, key: str, from_patterns: Sequence[str] | None) -> str:
+    patterns = ",".join(from_patterns) if from_patterns is not None else "-"
+    return f"{START_TAG}\t{time}\t{key}\t{patterns}\n"
+
+
+def decode_start(line: str, *, lineno: int = 0, source: str | None = None) -> Start:
+    fields = line.removesuffix("\n").split("\t")
+    if not line.endswith("\n") or len(fields) != 4 or fields[0] != START_TAG:
+        raise ParseError("not a keyforge capture start", lineno=lineno or None, source=source)
+    _, when, key, patterns = fields
+    if _TIME.fullmatch(when) is None or _KEY_ID.fullmatch(key) is None:
+        raise ParseError("bad capture start", lineno=lineno or None, source=source)
+    return Start(lineno, when, key, None if patterns == "-" else tuple(patterns.split(",")))
+
+
+@dataclass(frozen=True)
 class CaptureLog:
     path: Path
     records: tuple[Record, ...]
     bad_lines: tuple[str, ...] = ()
+    starts: tuple[Start, ...] = ()
 
 
 def read_log(path: Path) -> CaptureLog:
@@ -240,13 +269,61 @@ def read_log(path: Path) -> CaptureLog:
         raise FileError.from_os_error("read the capture log", path, err) from err
     text = data.decode("utf-8", errors="surrogateescape")
     records: list[Record] = []
+    starts: list[Start] = []
     bad: list[str] = []
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
         try:
-            records.append(decode_record(line, lineno=lineno, source=str(path)))
+            if line.startswith(START_TAG + "\t"):
+                starts.append(decode_start(line, lineno=lineno, source=str(path)))
+            else:
+                records.append(decode_record(line, lineno=lineno, source=str(path)))
         except ParseError as err:
             bad.append(str(err))
-    return CaptureLog(path, tuple(records), tuple(bad))
+    return CaptureLog(path, tuple(records), tuple(bad), tuple(starts))
+
+
+@dataclass(frozen=True)
+class Session:
+    """The records since the last ``capture start`` (for one key, when one is asked about)."""
+
+    start: Start | None  # None: the log holds no start (one written before keyforge kept them)
+    records: tuple[Record, ...]
+
+    @property
+    def commands(self) -> set[str | None]:
+        return {record.command for record in self.records}
+
+    @property
+    def clients(self) -> set[str]:
+        return {record.client for record in self.records}
+
+    @property
+    def differ(self) -> bool:
+        return len(self.commands) > 1 or len(self.clients) > 1
+
+    def differences(self) -> str:
+        """'2 different commands and 2 client addresses', for a message."""
+        parts = []
+        if len(self.commands) > 1:
+            parts.append(f"{len(self.commands)} different commands")
+        if len(self.clients) > 1:
+            parts.append(
+                f"{len(self.clients)} client addresses ({', '.join(sorted(self.clients))})"
+            )
+        return " and ".join(parts)
+
+
+def since_start(log: CaptureLog, key: str | None = None) -> Session:
+    """The last ``capture start`` (for ``key``, else any) and the records after it."""
+    starts = [start for start in log.starts if key is None or start.key == key]
+    start = starts[-1] if starts else None
+    after = start.lineno if start is not None else 0
+    records = tuple(
+        record
+        for record in log.records
+        if record.lineno > after and (key is None or record.key == key)
+    )
+    return Session(start, records)
 
 
 def latest_record(log: CaptureLog, key: str | None = None) -> Record:
@@ -593,6 +670,89 @@ def rewrite_tilde(server: ServerCommand, home: Path) -> Rewrite:
     return Rewrite(" ".join(words), tuple(changes))
 
 
+# --- destinations a backup key must never reach ---------------------------------------------
+# A push that can write into the home (or above it), ~/.ssh, a dotfile of the home or the
+# authorized_keys file writes what sshd or the login shell reads at the next login (an
+# authorized_keys line without options, ~/.ssh/rc, ~/.profile...): the key becomes a shell.
+# A pull from there reads the private keys kept beside them.
+
+
+def _relation(path: Path, home: Path, authorized_keys: Path) -> str | None:
+    """Why ``path`` (absolute, normalised) is out of bounds, or None."""
+    if path == home or path in home.parents:
+        return f"is the home directory {home}" + ("" if path == home else " or above it")
+    if home in path.parents:
+        first = path.relative_to(home).parts[0]
+        if first == ".ssh":
+            return f"is in {home / '.ssh'}, whose authorized_keys and rc sshd reads"
+        if first.startswith("."):
+            return (
+                f"is {home / first}, a dotfile or dot-directory of the home, which sshd or the "
+                "login shell may read at login (~/.profile, ~/.bashrc, ~/.ssh...)"
+            )
+    keys_dir = authorized_keys.parent
+    if path == keys_dir or path in keys_dir.parents or keys_dir in path.parents:
+        return f"holds {authorized_keys}, which sshd reads for this user"
+    return None
+
+
+def _absolute(word: str, home: Path, base: Path) -> Path:
+    """A path word of the command (rsync's backslash escapes, a leading ~) as an absolute path."""
+    text = re.sub(r"\\(.)", r"\1", word, flags=re.DOTALL)
+    if text.startswith("~"):
+        try:
+            found = _tilde_home(text, home)
+        except UsageError:
+            found = None
+        if found is not None:
+            text = found[1] + text[len(found[0]) :]
+    return Path(os.path.normpath(base / text))
+
+
+def _path_words(command: str) -> tuple[list[str], list[str]]:
+    """(file names of the command, directory options relative to its destination)."""
+    try:
+        server = parse_server_command(command)
+    except NotRsyncServerError:
+        words = split_words(command)
+        return [w for w in words[1:] if w.startswith(("/", "~"))], []
+    options = []
+    for option in server.options:
+        name, has_value, value = option.partition("=")
+        if has_value and name in _SPLIT_VALUE_OPTIONS and name != "--files-from":
+            options.append(value)
+    values = [server.words[i] for i in server.path_indexes if i < len(server.words)]
+    split = [v for v in values if v not in server.paths]
+    return list(server.paths), [*options, *split]
+
+
+def forbidden_destinations(command: str, *, home: Path, authorized_keys: Path) -> list[str]:
+    """Each path ``command`` names that the key must never reach, with the reason, one line
+    each (empty when there is none). Relative paths count from the home, where sshd starts
+    the command; each path is judged as written and with its symbolic links resolved."""
+    home = Path(os.path.normpath(home.absolute()))
+    keys_file = Path(os.path.normpath(authorized_keys.absolute()))
+    paths, options = _path_words(command)
+    named = [(word, _absolute(word, home, home)) for word in paths]
+    destination = named[-1][1] if named else home
+    named += [(word, _absolute(word, home, destination)) for word in options]
+    found = []
+    for word, path in named:
+        for candidate in dict.fromkeys((path, Path(os.path.realpath(path)))):
+            reason = _relation(candidate, home, keys_file) or _relation(
+                candidate, Path(os.path.realpath(home)), Path(os.path.realpath(keys_file))
+            )
+            if reason is not None:
+                via = "" if candidate == path else f" (through a symbolic link, {candidate})"
+                found.append(f"{word} {reason}{via}")
+                break
+    return found
+
+
+class ForbiddenDestinationError(UsageError):
+    """A captured command that reaches where sshd or the login shell reads: never installed."""
+
+
 # --- from a capture to a forced command ------------------------------------------------------
 
 
@@ -605,15 +765,40 @@ class CapturedCommand:
     notes: tuple[str, ...]
 
 
+def _refuse_forbidden(command: str, *, home: Path, authorized_keys: Path) -> None:
+    reasons = forbidden_destinations(command, home=home, authorized_keys=authorized_keys)
+    if reasons:
+        raise ForbiddenDestinationError(
+            f"refusing the captured command: {'; '.join(reasons)}. Whoever holds the key could "
+            "then log in with a shell or read the keys kept there, and no option lifts this "
+            "(not --allow-any-command either): push into a directory of its own, such as "
+            "~/srvbackups/, and capture again"
+        )
+
+
 def command_from_record(
-    record: Record, *, home: Path, allow_any_command: bool = False, keep_tilde: bool = False
+    record: Record,
+    *,
+    home: Path,
+    authorized_keys: Path | None = None,
+    allow_any_command: bool = False,
+    keep_tilde: bool = False,
 ) -> CapturedCommand:
-    """Check the captured command, rewrite its ``~``, and explain it."""
+    """Check the captured command, rewrite its ``~``, and explain it.
+
+    A command that reaches the home itself, ~/.ssh, a dotfile of the home or the
+    authorized_keys file is refused whatever the flags; ``allow_any_command`` only lets
+    through a command that is not a plain push (another program, a pull, -s).
+    """
     if record.command is None:
         raise CaptureError(
             f"the latest capture (line {record.lineno}, {record.time}) is a login without a "
             "command, not an rsync push; push once with rsync and try again"
         )
+    keys_file = (
+        authorized_keys if authorized_keys is not None else home / ".ssh" / "authorized_keys"
+    )
+    _refuse_forbidden(record.command, home=home, authorized_keys=keys_file)
     try:
         server = parse_server_command(record.command)
     except NotRsyncServerError as err:
@@ -625,6 +810,11 @@ def command_from_record(
             record.command,
             None,
             ("not an rsync server command; installed as captured because of --allow-any-command",),
+        )
+    if server.sender and not allow_any_command:
+        raise NotRsyncServerError(
+            "it is a pull (--sender): the client would read files from this host, not push "
+            "backups to it; capture the push again, or pass --allow-any-command"
         )
     if server.secluded and not allow_any_command:
         raise NotRsyncServerError(
@@ -638,6 +828,7 @@ def command_from_record(
         rewrite = rewrite_tilde(server, home)
         command = rewrite.command
         parse_server_command(command)  # the home spliced in must leave one plain command
+        _refuse_forbidden(command, home=home, authorized_keys=keys_file)
         for old, new in rewrite.changes:
             notes.append(
                 f"rewrote {old} to {new}: sshd runs the forced command through the user's login "
@@ -927,6 +1118,20 @@ class Started:
     recorder: Recorder
     entry: ak.Entry
     result: install.Result
+    warnings: tuple[str, ...] = ()
+
+
+def _append_start(log: Path, home: Path, marker: str) -> None:
+    """Append the start marker to the log (0600), as the recorder appends its records."""
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fsutil.PRIVATE_FILE)
+        try:
+            os.write(fd, marker.encode("ascii"))
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise FileError.from_os_error("append to the capture log", log, err) from err
+    _hand_to_home_owner(home, [log])
 
 
 def start(
@@ -944,7 +1149,19 @@ def start(
     recorder = install_recorder(home, dry_run=dry_run)
     command = recorder_command(recorder.script, key_id(key.blob))
     entry = install.locked_entry(key, from_patterns=from_patterns, command=command, restrict=True)
-    return Started(recorder, entry, install.install_key(authorized_keys, entry, dry_run=dry_run))
+    result = install.install_key(authorized_keys, entry, dry_run=dry_run)
+    if not dry_run:
+        # records before this line belong to an earlier capture, and install ignores them
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _append_start(recorder.log, home, encode_start(when, key_id(key.blob), from_patterns))
+    warnings = []
+    if from_patterns is None or ak.admits_every_address(from_patterns) is not None:
+        warnings.append(
+            "no --from: any address can reach the recorder with this key and write records, "
+            "so whoever else holds the key can offer its own command; give --from with the "
+            "sending server's address"
+        )
+    return Started(recorder, entry, result, tuple(warnings))
 
 
 def require_installed_key(authorized_keys: Path, key: ak.Entry) -> None:
@@ -962,6 +1179,64 @@ def require_installed_key(authorized_keys: Path, key: ak.Entry) -> None:
 class FromCapture:
     record: Record
     captured: CapturedCommand
+    session: Session | None = None
+
+
+def choose_record(
+    session: Session, log: CaptureLog, key: str, record_number: int | None = None
+) -> Record:
+    """The record to install: the one asked for, else the only command and address there is.
+
+    Records that differ mean the key reached the recorder from somewhere else, or asked for
+    something else: keyforge will not pick one of them for the admin.
+    """
+    since = f"since 'capture start' (line {session.start.lineno})" if session.start else ""
+    if not session.records:
+        if since:
+            raise CaptureError(
+                f"the capture log {log.path} holds no record for this key {since}: push once "
+                "from the sending server (the push fails; that is expected), then try again"
+            )
+        return latest_record(log, key)  # raises, saying why: an empty log, or another key's
+    lines = ", ".join(str(record.lineno) for record in session.records)
+    if record_number is not None:
+        for record in session.records:
+            if record.lineno == record_number:
+                return record
+        raise CaptureError(
+            f"line {record_number} of {log.path} is not a record for this key {since or 'in it'}"
+            f"; the records are on lines {lines} ('keyforge capture show' lists them)"
+        )
+    if session.differ:
+        raise CaptureError(
+            f"the records {since or 'in ' + str(log.path)} hold {session.differences()} "
+            f"(lines {lines}): someone else may have used the key; read them with 'keyforge "
+            "capture show' and choose the sending server's with --record LINE"
+        )
+    return session.records[-1]
+
+
+def captured_address(plan: FromCapture) -> list[str]:
+    """``--from-captured-address``: the record's client, when 'capture start' vouches for it.
+
+    Only a capture started with ``--from`` proves where a record came from; a record outside
+    that ``--from`` was not written through this key's recorder line as it was started.
+    """
+    record, start = plan.record, plan.session.start if plan.session is not None else None
+    if record.client == "unknown":
+        raise UsageError("the capture holds no client address; give --from instead")
+    if start is None or start.from_patterns is None:
+        raise UsageError(
+            f"the capture was started without --from, so any address could have written the "
+            f"record from {record.client}; give --from with the sending server's address, or "
+            "start the capture again with --from"
+        )
+    if not ak.admits(start.from_patterns, record.client):
+        raise UsageError(
+            f"the record comes from {record.client}, outside the --from "
+            f"{','.join(start.from_patterns)} that 'capture start' was given; give --from instead"
+        )
+    return [record.client]
 
 
 def install_plan_from_capture(
@@ -971,12 +1246,23 @@ def install_plan_from_capture(
     log: Path | None = None,
     allow_any_command: bool = False,
     keep_tilde: bool = False,
+    record_number: int | None = None,
 ) -> FromCapture:
-    """The captured command for ``key``, checked, rewritten and explained, ready to install."""
+    """The captured command for ``key``, checked, rewritten and explained, ready to install.
+
+    Only the records since the key's last ``capture start`` count; when they differ,
+    ``record_number`` (the record's line in the log) must say which one.
+    """
     require_installed_key(authorized_keys, key)
     home = home_for(authorized_keys)
-    record = latest_record(read_log(log or default_log_path(home)), key_id(key.blob))
+    captured_log = read_log(log or default_log_path(home))
+    session = since_start(captured_log, key_id(key.blob))
+    record = choose_record(session, captured_log, key_id(key.blob), record_number)
     captured = command_from_record(
-        record, home=home, allow_any_command=allow_any_command, keep_tilde=keep_tilde
+        record,
+        home=home,
+        authorized_keys=authorized_keys.absolute(),
+        allow_any_command=allow_any_command,
+        keep_tilde=keep_tilde,
     )
-    return FromCapture(record, captured)
+    return FromCapture(record, captured, session)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     # typer vendors click from 0.20 on; only the type checker needs its Context class
     from typer._click.core import Context as _ClickContext
 
+    from keyforge import capture as capture_types
     from keyforge.authorized_keys import Entry
     from keyforge.capture import Record
     from keyforge.config import Config
@@ -252,16 +253,10 @@ def _forced_command(command: str | None) -> str:
 
 
 def _source_patterns(from_: list[str] | None, any_source: bool) -> list[str] | None:
-    if any_source and from_:
-        raise UsageError("--from and --any-source contradict each other; give one")
-    if any_source:
-        return None
-    if not from_:
-        raise UsageError(
-            "--from is required: the address(es) the sending server connects from; "
-            "pass --any-source to allow the key from anywhere"
-        )
-    return [pattern for value in from_ for pattern in value.split(",")]
+    from keyforge import install
+
+    patterns = [pattern for value in from_ for pattern in value.split(",")] if from_ else None
+    return install.source_patterns(patterns, any_source=any_source)
 
 
 _DONE = {
@@ -417,6 +412,17 @@ def install_command(
             readable=False,
         ),
     ] = None,
+    record: Annotated[
+        int | None,
+        typer.Option(
+            "--record",
+            metavar="LINE",
+            show_default=False,
+            help="With --from-capture: install the record on this line of the capture log (as "
+            "'keyforge capture show' lists them). Needed when the records since 'capture "
+            "start' hold more than one command or client address.",
+        ),
+    ] = None,
     like: Annotated[
         str | None,
         typer.Option(
@@ -503,6 +509,7 @@ def install_command(
                 "--allow-any-command": allow_any_command,
                 "--keep-tilde": keep_tilde,
                 "--capture-log": capture_log is not None,
+                "--record": record is not None,
                 "--gate": gate is not None,
                 "--exact": exact,
                 "--gate-log": gate_log is not None,
@@ -521,6 +528,7 @@ def install_command(
             "--allow-any-command": allow_any_command,
             "--keep-tilde": keep_tilde,
             "--capture-log": capture_log is not None,
+            "--record": record is not None,
         },
     )
     _check_gate_options(gate, exact=exact, log=gate_log, program=gate_program)
@@ -536,8 +544,11 @@ def install_command(
             log=capture_log,
             allow_any_command=allow_any_command,
             keep_tilde=keep_tilde,
+            record_number=record,
             raw=gate is not None,
         )
+    elif gate is None and forced is not None:
+        _warn_forbidden_destinations(forced, path)
     if gate is not None:
         expect = forced if from_capture else command
         forced = _gate_line(
@@ -553,6 +564,19 @@ def install_command(
         environment=environment or (),
     )
     _report(install.install_key(path, entry, dry_run=dry_run), entry, dry_run=dry_run)
+
+
+def _warn_forbidden_destinations(command: str, path: Path) -> None:
+    """'install --command': the same destinations --from-capture refuses, said out loud."""
+    from keyforge import capture
+
+    home = capture.home_for(path)
+    for reason in capture.forbidden_destinations(command, home=home, authorized_keys=path):
+        warn(
+            f"the command's path {reason}: whoever holds the key could write what sshd or the "
+            "login shell reads there (or read the keys kept there) and get a shell; lock it to "
+            "a directory of its own"
+        )
 
 
 def _refuse_beside_like(given: dict[str, bool]) -> None:
@@ -1010,7 +1034,7 @@ def capture_start_command(
     _report(started.result, started.entry, dry_run=dry_run)
     verb = "would write" if dry_run else "wrote"
     say(f"{verb} the recorder {started.recorder.script}; records go to {started.recorder.log}")
-    for message in started.recorder.warnings:
+    for message in (*started.recorder.warnings, *started.warnings):
         warn(message)
     if not dry_run:
         say(
@@ -1063,7 +1087,8 @@ def capture_show_command(
     for problem in captured.bad_lines:
         warn(f"{problem}; skipped")
     wanted = capture.key_id(_read_key_option(key).blob) if key is not None else None
-    latest = capture.latest_record(captured, wanted)
+    session = capture.since_start(captured, wanted)
+    latest = session.records[-1] if session.records else capture.latest_record(captured, wanted)
     if show_all:
         records = [r for r in captured.records if wanted is None or r.key == wanted]
         if as_json:
@@ -1076,6 +1101,29 @@ def capture_show_command(
         say(json.dumps(latest.as_json(), indent=2))
     else:
         _show_record(latest, verbose=True)
+        _show_session(session)
+    if session.differ:
+        warn(
+            f"the records since 'capture start' differ ({session.differences()}): someone "
+            "else may have used the key; check each, and install the sending server's with "
+            "'keyforge install --from-capture --record LINE'"
+        )
+    if session.start is not None and session.start.from_patterns is None:
+        warn("the capture was started without --from: any address could write these records")
+
+
+def _show_session(session: capture_types.Session) -> None:
+    """Every record since 'capture start': line, time, client address, command."""
+    start = session.start
+    count = f"{len(session.records)} record{'s' if len(session.records) != 1 else ''}"
+    if start is None:
+        say(f"{count} in the log (it marks no 'capture start')")
+    else:
+        allowed = ",".join(start.from_patterns) if start.from_patterns else "any address"
+        say(f"{count} since 'capture start' at {start.time} (line {start.lineno}, from {allowed})")
+    if len(session.records) > 1:
+        for record in session.records:
+            _show_record(record, verbose=False)
 
 
 @capture_app.command("local")
@@ -1138,6 +1186,7 @@ def _capture_for_install(
     log: Path | None,
     allow_any_command: bool,
     keep_tilde: bool,
+    record_number: int | None = None,
     raw: bool = False,
 ) -> tuple[str, list[str] | None]:
     """For 'install --from-capture': the forced command, and the from= patterns to use.
@@ -1148,7 +1197,12 @@ def _capture_for_install(
     from keyforge import capture
 
     plan = capture.install_plan_from_capture(
-        path, key, log=log, allow_any_command=allow_any_command, keep_tilde=keep_tilde
+        path,
+        key,
+        log=log,
+        allow_any_command=allow_any_command,
+        keep_tilde=keep_tilde,
+        record_number=record_number,
     )
     record = plan.record
     say(f"captured at {record.time} from {record.client}: {_printable(record.command or '')}")
@@ -1156,9 +1210,7 @@ def _capture_for_install(
         if not (raw and line.startswith("rewrote ")):
             say(line)
     if from_captured_address:
-        if record.client == "unknown":
-            raise UsageError("the capture holds no client address; give --from instead")
-        patterns = [record.client]
+        patterns = capture.captured_address(plan)
     if raw and record.command is not None:
         return record.command, patterns
     return plan.captured.command, patterns

@@ -10,8 +10,9 @@ The same reading of the flags (:func:`effective_permissions`) is what ``keyforge
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from keyforge import authorized_keys as ak
@@ -89,6 +90,12 @@ def describe_command(command: str | None) -> str:
             "any command, including a shell: no command= forces one, so the key logs in like "
             "its user"
         )
+    request = runs_the_request(command)
+    if request is not None:
+        return (
+            f"any command, including a shell: {command!r} {request}, so the key runs whatever "
+            "the client asks for, as if there were no command="
+        )
     directory = gate_directory(command)
     if directory is not None:
         exact = (
@@ -116,6 +123,364 @@ def describe_command(command: str | None) -> str:
     )
 
 
+# --- does the forced command run what the client asks for? ----------------------------------
+# sshd runs command= with the user's shell (``$SHELL -c COMMAND``) and puts the client's request
+# in SSH_ORIGINAL_COMMAND. A command that runs that request (directly, through eval, or through
+# another shell) lets the key run anything, exactly like a key without command=. The reader
+# below follows the shell far enough to see that whatever the variables are called and however
+# the words are quoted: quote removal, $NAME and ${NAME...}, $(...) and `...`, assignments
+# (also through export, read and set --), pipes and here-strings into a shell, sh -c and eval
+# of literal text (read again, recursively), and the wrappers (exec, env, nice...) before it.
+
+REQUEST_VARIABLE = "SSH_ORIGINAL_COMMAND"
+_SHELLS = frozenset(
+    [
+        "sh",
+        "bash",
+        "dash",
+        "ash",
+        "ksh",
+        "ksh93",
+        "mksh",
+        "pdksh",
+        "oksh",
+        "zsh",
+        "yash",
+        "posh",
+        "rbash",
+        "busybox",
+        "csh",
+        "tcsh",
+        "fish",
+        "su",
+    ]
+)
+_WRAPPERS = frozenset(
+    [
+        "exec",
+        "command",
+        "builtin",
+        "env",
+        "nohup",
+        "nice",
+        "setsid",
+        "sudo",
+        "doas",
+        "stdbuf",
+        "ionice",
+        "timeout",
+        "time",
+        "chronic",
+        "unbuffer",
+    ]
+)
+_KEYWORDS = frozenset(["if", "then", "else", "elif", "do", "while", "until", "!", "{", "(", "time"])
+_NOT_RUN = frozenset(
+    ["case", "for", "select", "function", "[[", "[", "test", "}", "fi", "done", "esac"]
+)
+_DECLARATIONS = frozenset(["export", "local", "readonly", "declare", "typeset"])
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[[^]]*\])?\+?=")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-]")
+_NAMES_IN = re.compile(r"\$\{?[#!]?([A-Za-z_][A-Za-z0-9_]*|[0-9@*])")
+_MAX_DEPTH = 8  # sh -c 'eval "sh -c ..."' nests; deeper than this is judged as running it
+
+
+@dataclass
+class _Word:
+    raw: str = ""
+    text: str = ""  # after quote removal; an expansion stands as NUL
+    names: set[str] = field(default_factory=set)
+    subs: list[str] = field(default_factory=list)
+    quoted_start: bool = False
+
+    @property
+    def literal(self) -> bool:
+        return not self.names and not self.subs
+
+
+def _closing(text: str, start: int, opening: str, closing: str) -> int:
+    """Index just past the ``closing`` that balances the ``opening`` before ``start``."""
+    depth, i, quote = 1, start, ""
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\" and quote == '"':
+                i += 1
+            elif char == quote:
+                quote = ""
+        elif char == "\\":
+            i += 1
+        elif char in "'\"":
+            quote = char
+        elif char == opening:
+            depth += 1
+        elif char == closing:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return len(text)
+
+
+def _expansion(text: str, i: int, word: _Word) -> int:
+    """Read the expansion at ``text[i] == '$'`` into ``word``; return the index after it."""
+    rest = text[i + 1 : i + 2]
+    if text.startswith("$((", i):
+        end = _closing(text, i + 3, "(", ")")
+        word.names.update(_NAMES_IN.findall(text[i:end]))
+        word.names.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text[i + 3 : end]))
+    elif rest == "(":
+        end = _closing(text, i + 2, "(", ")")
+        word.subs.append(text[i + 2 : end - 1])
+    elif rest == "{":
+        end = _closing(text, i + 2, "{", "}")
+        inner = text[i + 2 : end - 1].lstrip("#!")
+        match = _NAME.match(inner)
+        if match is not None:
+            word.names.add(match.group())
+        word.names.update(_NAMES_IN.findall(inner))
+    else:
+        match = _NAME.match(text, i + 1)
+        if match is None:
+            word.text += "$"
+            return i + 1
+        word.names.add(match.group())
+        end = match.end()
+    word.text += "\0"
+    return end
+
+
+def _lex(script: str) -> list[_Word | str]:  # noqa: PLR0912, PLR0915 - one pass, one state
+    """Words and operators (``;`` ``|`` ``<<<`` ``<`` ``>``...) of a shell script."""
+    tokens: list[_Word | str] = []
+    word: _Word | None = None
+    i, n = 0, len(script)
+
+    def finish() -> None:
+        nonlocal word
+        if word is not None:
+            tokens.append(word)
+            word = None
+
+    while i < n:
+        char = script[i]
+        if char in " \t":
+            finish()
+            i += 1
+            continue
+        if char == "#" and word is None:
+            while i < n and script[i] != "\n":
+                i += 1
+            continue
+        if char in "\n;&|()":
+            finish()
+            operator = "|" if char == "|" and script[i + 1 : i + 2] not in ("|",) else ";"
+            tokens.append(operator)
+            i += 2 if script[i : i + 2] in ("&&", "||", ";;", "|&") else 1
+            continue
+        if char in "<>":
+            if word is not None and word.raw.isdigit():
+                word = None  # a file descriptor number: 2>/dev/null
+            finish()
+            match = re.match(r"<<<|<<-?|<>|>>|>&|<&|>\||<|>", script[i:])
+            assert match is not None
+            tokens.append("<<<" if match.group() == "<<<" else "redirect")
+            i += match.end()
+            continue
+        if word is None:
+            word = _Word(quoted_start=char in "'\"\\")
+        start = i
+        if char == "\\":
+            word.text += script[i + 1 : i + 2].replace("\n", "")
+            i += 2
+        elif char == "'":
+            end = script.find("'", i + 1)
+            end = n if end < 0 else end
+            word.text += script[i + 1 : end]
+            i = end + 1
+        elif char == '"':
+            i += 1
+            while i < n and script[i] != '"':
+                if script[i] == "\\" and script[i + 1 : i + 2] in ('"', "\\", "$", "`", "\n"):
+                    word.text += script[i + 1].replace("\n", "")
+                    i += 2
+                elif script[i] == "$":
+                    i = _expansion(script, i, word)
+                elif script[i] == "`":
+                    end = script.find("`", i + 1)
+                    end = n if end < 0 else end
+                    word.subs.append(script[i + 1 : end])
+                    word.text += "\0"
+                    i = end + 1
+                else:
+                    word.text += script[i]
+                    i += 1
+            i += 1
+        elif char == "$":
+            i = _expansion(script, i, word)
+        elif char == "`":
+            end = script.find("`", i + 1)
+            end = n if end < 0 else end
+            word.subs.append(script[i + 1 : end])
+            word.text += "\0"
+            i = end + 1
+        else:
+            word.text += char
+            i += 1
+        word.raw += script[start:i]
+    finish()
+    return tokens
+
+
+@dataclass
+class _Simple:
+    words: list[_Word] = field(default_factory=list)
+    here_strings: list[_Word] = field(default_factory=list)
+
+
+def _pipelines(tokens: list[_Word | str]) -> list[list[_Simple]]:
+    pipelines: list[list[_Simple]] = [[_Simple()]]
+    pending = ""
+    for item in tokens:
+        if isinstance(item, str):
+            if item == ";":
+                pipelines.append([_Simple()])
+            elif item == "|":
+                pipelines[-1].append(_Simple())
+            pending = item if item in ("<<<", "redirect") else ""
+            continue
+        current = pipelines[-1][-1]
+        if pending == "<<<":
+            current.here_strings.append(item)
+        elif pending != "redirect":
+            current.words.append(item)
+        pending = ""
+    return [[s for s in pipeline if s.words or s.here_strings] for pipeline in pipelines]
+
+
+@dataclass
+class _Reader:
+    """What the script has seen so far: which variables hold the client's request."""
+
+    tainted: set[str]
+    depth: int = 0
+
+    def carries(self, word: _Word) -> bool:
+        if word.names & self.tainted:
+            return True
+        return any(self.nested(sub)[1] for sub in word.subs)
+
+    def nested(self, script: str) -> tuple[str | None, bool]:
+        if self.depth >= _MAX_DEPTH:
+            return f"nests shells deeper than {_MAX_DEPTH} levels around ${REQUEST_VARIABLE}", True
+        return _Reader(set(self.tainted), self.depth + 1).script(script)
+
+    def script(self, script: str) -> tuple[str | None, bool]:
+        """(how the script runs the request, or None; whether its output carries the request)"""
+        output = False
+        for pipeline in _pipelines(_lex(script)):
+            fed = False
+            for simple in pipeline:
+                verdict, fed = self.simple(simple, fed)
+                if verdict is not None:
+                    return verdict, True
+            output = fed
+        return None, output
+
+    def _assign(self, word: _Word) -> bool:
+        match = _ASSIGNMENT.match(word.raw)
+        if match is None or word.quoted_start:
+            return False
+        if self.carries(word):
+            self.tainted.add(match.group(1))
+        else:
+            self.tainted.discard(match.group(1))
+        return True
+
+    def simple(  # noqa: PLR0911, PLR0912 - one branch for each builtin that moves the request
+        self, simple: _Simple, fed: bool
+    ) -> tuple[str | None, bool]:
+        for word in (*simple.words, *simple.here_strings):
+            for sub in word.subs:
+                verdict, _ = self.nested(sub)
+                if verdict is not None:
+                    return verdict, True
+        fed = fed or any(self.carries(word) for word in simple.here_strings)
+        words = list(simple.words)
+        while words and self._assign(words[0]):
+            words.pop(0)
+        while words and words[0].literal and words[0].text in _KEYWORDS | _WRAPPERS:
+            wrapper = words.pop(0).text in _WRAPPERS
+            while (
+                wrapper
+                and words
+                and (
+                    words[0].text.startswith("-")
+                    or words[0].text.isdigit()
+                    or (words[0].literal and _ASSIGNMENT.match(words[0].raw) is not None)
+                )
+            ):
+                words.pop(0)
+        carried = fed or any(self.carries(word) for word in words)
+        if not words:
+            return None, carried
+        first, args = words[0], words[1:]
+        if self.carries(first):
+            return f"runs ${REQUEST_VARIABLE} as the command", True
+        name = first.text.rsplit("/", 1)[-1] if first.literal else ""
+        if name in _NOT_RUN:
+            return None, False
+        if name in _DECLARATIONS:
+            for word in args:
+                self._assign(word)
+            return None, False
+        if name == "read":
+            if fed:
+                self.tainted.update(w.text for w in args if not w.text.startswith("-"))
+            return None, False
+        if name == "set":
+            if any(self.carries(word) for word in args):
+                self.tainted.update("@*123456789")
+            return None, False
+        if name == "printenv":
+            return None, fed or not args or any(w.text == REQUEST_VARIABLE for w in args)
+        if name == "eval":
+            if any(self.carries(word) for word in args):
+                return f"hands ${REQUEST_VARIABLE} to eval", True
+            return self.nested(" ".join(word.text for word in args))[0], carried
+        if name in _SHELLS or not first.literal:
+            return self._shell(name or first.raw, args, fed), carried
+        return None, carried
+
+    def _shell(self, name: str, args: list[_Word], fed: bool) -> str | None:
+        if name == "busybox" and args:
+            name, args = args[0].text, args[1:]
+        options = [w for w in args if w.literal and w.text.startswith("-") and len(w.text) > 1]
+        operands = [w for w in args if w not in options]
+        has_c = any(not o.text.startswith("--") and "c" in o.text.lstrip("-+") for o in options)
+        if has_c and operands:
+            script = operands[0]
+            if self.carries(script):
+                return f"hands ${REQUEST_VARIABLE} to a shell ({name} -c)"
+            return self.nested(script.text)[0]
+        if operands and self.carries(operands[0]):
+            return f"hands ${REQUEST_VARIABLE} to a shell ({name}) as its script"
+        if fed and (not operands or any(o.text == "-s" for o in options)):
+            return f"feeds ${REQUEST_VARIABLE} to a shell ({name}) on its standard input"
+        return None
+
+
+def runs_the_request(command: str) -> str | None:
+    """How the forced ``command`` runs the client's own request (``$SSH_ORIGINAL_COMMAND``),
+    or None when it does not: "hands $SSH_ORIGINAL_COMMAND to a shell (sh -c)", for one.
+
+    Such a command lets the key run anything the client asks for, a shell included.
+    """
+    if "$" not in command and "printenv" not in command:
+        return None  # no expansion, no way to reach the variable: the common case, quickly
+    return _Reader({REQUEST_VARIABLE}).script(command)[0]
+
+
 # --- from= and expiry-time --------------------------------------------------------------------
 
 
@@ -127,6 +492,14 @@ def describe_from(values: list[str]) -> str:
     refused = [p.removeprefix("!") for p in patterns if p.startswith("!")]
     if not allowed:
         return "nowhere: from= holds only negated patterns, which can refuse but never admit"
+    everywhere = ak.admits_every_address(patterns)
+    if everywhere is not None:
+        text = (
+            f"anywhere: from= admits {everywhere} ({', '.join(allowed)}), as if it were not there"
+        )
+        if refused:
+            text += f"; it refuses only {', '.join(refused)}"
+        return text
     text = f"only {', '.join(allowed)}"
     if refused:
         text += f", except {', '.join(refused)} (a negated match refuses even if another admits)"
@@ -289,7 +662,10 @@ def _summary(entry: ak.Entry, now: dt.datetime) -> list[tuple[str, str]]:
     allowed = [what for flag, what in PERMISSION_FLAGS.items() if permissions.allows(flag)]
     refused = [what for flag, what in PERMISSION_FLAGS.items() if not permissions.allows(flag)]
     limits = _forwarding_limits(entry, permissions)
-    summary.append(("allowed", ", ".join(allowed) if allowed else "nothing beyond the command"))
+    beyond = "nothing beyond the command"
+    if commands and runs_the_request(commands[0]) is not None:
+        beyond = "any command the client asks for: the forced command runs it"
+    summary.append(("allowed", ", ".join(allowed) if allowed else beyond))
     summary.append(("refused", ", ".join(refused) if refused else "nothing"))
     if limits:
         summary.append(("limits", "; ".join(limits)))

@@ -216,8 +216,8 @@ LONG_FLAGS = frozenset(
     ignore-times inplace links mkpath msgs2stderr munge-links new-compress no-W
     no-implied-dirs no-i-r no-inc-recursive no-msgs2stderr no-r no-relative no-specials
     numeric-ids old-compress omit-dir-times omit-link-times one-file-system open-noatime owner
-    partial perms preallocate prune-empty-dirs recursive relative safe-links size-only sparse
-    specials stats super times update use-qsort whole-file
+    partial perms preallocate prune-empty-dirs recursive relative remove-source-files
+    safe-links size-only sparse specials stats super times update use-qsort whole-file
     """)
 )
 # Long options with a value that only tunes the transfer.
@@ -245,7 +245,6 @@ LONG_REFUSED = {
     "read-batch": "--read-batch reads a file the client names",
     "write-devices": "--write-devices writes into device files",
     "copy-devices": "--copy-devices reads device files",
-    "remove-source-files": "--remove-source-files: a backup push never moves files away",
     "remove-sent-files": "--remove-sent-files: a backup push never moves files away",
     "list-only": "--list-only lists files, which only a pull does",
     "secluded-args": "--secluded-args sends the destination inside the protocol, where it "

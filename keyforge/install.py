@@ -123,6 +123,31 @@ def check_from_patterns(patterns: Sequence[str]) -> ak.Option:
         raise UsageError(f"{err}{_host_bits_hint(patterns)}") from None
 
 
+def source_patterns(patterns: Sequence[str] | None, *, any_source: bool) -> list[str] | None:
+    """The from= patterns to write (None: no from=), from --from and --any-source.
+
+    Leaving from= out must be asked for, and so must a from= that admits every address, which
+    limits no more than none (``*``, ``0.0.0.0/0``, ``::/0``...).
+    """
+    everywhere = ak.admits_every_address(patterns) if patterns else None
+    if any_source and patterns and everywhere is None:
+        raise UsageError("--from and --any-source contradict each other; give one")
+    if any_source:
+        return list(patterns) if patterns else None
+    if not patterns:
+        raise UsageError(
+            "--from is required: the address(es) the sending server connects from; "
+            "pass --any-source to allow the key from anywhere"
+        )
+    if everywhere is not None:
+        raise UsageError(
+            f"--from {','.join(patterns)} admits {everywhere}, which limits the source address "
+            "no more than leaving from= out; give the sending server's address, or add "
+            "--any-source to allow the key from anywhere"
+        )
+    return list(patterns)
+
+
 def hostname_patterns(patterns: Sequence[str]) -> list[str]:
     """The patterns that name hosts rather than addresses."""
     return [p for p in patterns if not _is_ip_like(p.removeprefix("!"))]
@@ -192,7 +217,7 @@ def locked_entry(
 def entry_warnings(entry: ak.Entry, *, now: dt.datetime | None = None) -> list[str]:
     """What an admin should know about a line keyforge is about to write."""
     warnings: list[str] = []
-    names = hostname_patterns(from_patterns(entry))
+    names = hostname_patterns(ak.from_patterns(entry))
     if names:
         warnings.append(
             f"from= names hosts ({', '.join(names)}): with sshd's default 'UseDNS no' the "
@@ -229,13 +254,8 @@ def render_line(entry: ak.Entry) -> str:
 # --- widening ---------------------------------------------------------------------------------
 
 
-def from_patterns(entry: ak.Entry) -> list[str]:
-    """Every pattern of the line's from= options, in file order."""
-    return [p for value in entry.values("from") for p in value.split(",")]
-
-
 def _from_widening(old: ak.Entry, new: ak.Entry) -> list[str]:
-    old_patterns, new_patterns = from_patterns(old), from_patterns(new)
+    old_patterns, new_patterns = ak.from_patterns(old), ak.from_patterns(new)
     if not old_patterns:
         return []
     if not new_patterns:

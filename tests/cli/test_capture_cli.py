@@ -143,7 +143,7 @@ def test_capture_show_escapes_control_characters_on_a_terminal(home):
 
 
 def test_install_from_capture_installs_the_locked_line(home):
-    start(home)
+    start(home, "a.pub", "--from", "192.0.2.0/24")
     push(home)
 
     result = invoke("install", "--key", str(home.parent / "a.pub"), "-f", str(ak(home)),
@@ -261,7 +261,7 @@ def test_error_capture_for_another_key(home):
 
     other = capture.key_id(KEY_B.split()[1])
     assert_one_line_error(shown, 4, f"is for key {other}")
-    assert_one_line_error(installed, 4, f"is for key {other}")
+    assert_one_line_error(installed, 4, "holds no record for this key since 'capture start'")
 
 
 def test_bad_records_are_skipped_with_a_warning(home):
@@ -274,7 +274,7 @@ def test_bad_records_are_skipped_with_a_warning(home):
 
     assert result.exit_code == 0
     assert result.stdout.splitlines()[0] == PUSH
-    assert "line 2" not in result.stdout
+    assert "garbage" not in result.stdout
     assert "not a keyforge capture record; skipped" in result.stderr
 
 
@@ -315,3 +315,42 @@ def test_every_capture_command_has_help():
         result = invoke("capture", command, "--help")
         assert result.exit_code == 0
         assert len(result.stdout) > 300
+
+
+# --- a stolen key's records ------------------------------------------------------------------
+
+
+def test_a_captured_address_outside_capture_starts_from_is_refused(home):
+    start(home, "a.pub", "--from", "192.0.2.0/24")
+    push(home, client="203.0.113.5 50000 22")  # a record sshd's from= should have kept out
+
+    result = invoke("install", "--key", str(home.parent / "a.pub"), "-f", str(ak(home)),
+                    "--from-capture", "--from-captured-address")  # fmt: skip
+
+    assert_one_line_error(result, 2, "outside the --from 192.0.2.0/24")
+
+
+def test_capture_show_lists_every_record_since_start_and_says_they_differ(home):
+    start(home)
+    push(home, "before the start")
+    start(home)
+    push(home)
+    push(home, PUSH.replace("~/srvbackups/", "~/.ssh/"), client="198.51.100.7 1 22")
+
+    result = invoke("capture", "show")
+
+    assert result.exit_code == 0, result.output
+    assert "before the start" not in result.stdout
+    assert "2 records since 'capture start'" in result.stdout
+    assert "\t192.0.2.10\t" in result.stdout
+    assert "\t198.51.100.7\t" in result.stdout
+    assert "differ (2 different commands and 2 client addresses" in result.stderr
+    assert "started without --from" in result.stderr
+
+
+def test_install_command_by_hand_warns_about_the_home_itself(home):
+    result = invoke("install", "--key", str(home.parent / "a.pub"), "-f", str(ak(home)),
+                    "--from", "192.0.2.10", "--command", "rsync --server -a . ~/")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert f"~/ is the home directory {home}" in result.stderr

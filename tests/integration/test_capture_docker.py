@@ -71,9 +71,15 @@ def test_capture_then_install_from_capture_makes_the_push_work_and_nothing_else(
     assert predicted["command"] == shown
     assert predicted["host"] == lab.RECEIVER_IP
 
-    # 5. lock the key to the captured command, from the captured address
+    # 5. the probe and the push differ, so the push's record must be chosen; then lock the key
+    # to the captured command, from the captured address
+    unchosen = keyforge(lab, "install", "--key", "-", "--from-capture", "--from-captured-address",
+                        public_key=keys.backup_public, check=False)  # fmt: skip
+    assert unchosen.returncode == 4
+    assert "2 different commands" in unchosen.stderr
     installed = keyforge(lab, "install", "--key", "-", "--from-capture",
-                         "--from-captured-address", public_key=keys.backup_public)  # fmt: skip
+                         "--from-captured-address", "--record", str(record["line"]),
+                         public_key=keys.backup_public)  # fmt: skip
     assert "rewrote ~/srvbackups/ to /home/foo/srvbackups/" in installed.stdout
     line = next(x for x in lab.authorized_keys().splitlines() if backup_key in x)
     expected_command = shown.replace(" ~/srvbackups/", f" {lab.FOO_HOME}/srvbackups/")

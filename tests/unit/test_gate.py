@@ -120,6 +120,8 @@ REAL_CLIENTS = [
     "rsync --server -logDtprze.iLsfxC --delete . 'srvbackups/my dir'",
     # an rsync-path with a directory
     "/usr/bin/rsync --server -logDtprze.iLsfxCIvu --delete . srvbackups",
+    # rsync -a --remove-source-files: the sending side removes what it sent, as rrsync allows
+    "rsync --server -logDtpre.iLsfxCIvu --remove-source-files . srvbackups/",
 ]
 
 
@@ -200,7 +202,6 @@ REFUSALS = {
     "files-from": ("rsync --server -r --files-from=/etc/shadow . srvbackups/", "--files-from"),
     "log-file": ("rsync --server -r --log-file=/home/x . srvbackups/", "--log-file"),
     "write-devices": ("rsync --server -r --write-devices . srvbackups/", "--write-devices"),
-    "remove-source": ("rsync --server -r --remove-source-files . srvbackups/", "never moves"),
     "no-munge": ("rsync --server -r --no-munge-links . srvbackups/", "--no-munge-links"),
     "unknown long": ("rsync --server -r --frobnicate . srvbackups/", "--frobnicate"),
     "unknown short": ("rsync --server -rF . srvbackups/", "-F"),
