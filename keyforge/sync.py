@@ -25,7 +25,7 @@ import shlex
 import shutil
 import syslog
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -523,43 +523,51 @@ def sent_state_path(config: Config, target: Target) -> Path:
     return state_dir(config) / f"sync-{target.name}.json"
 
 
-def archives_in(source: Path) -> list[str]:
-    """The names of the archives in ``source`` (any host's), as a push would send them."""
+# an archive as the guard knows it: its size and its mtime, both kept by every push (-a)
+Stamp = tuple[int, int]
+
+
+def archives_in(source: Path) -> dict[str, Stamp]:
+    """The archives in ``source`` (any host's), as a push would send them, with their size
+    and mtime: keyforge never rewrites an archive, so another size or mtime is another file."""
     try:
         names = [path.name for path in source.iterdir()]
+        found = {}
+        for record in archive_records(names):
+            st = (source / record.name).stat()
+            found[record.name] = (st.st_size, int(st.st_mtime))
     except OSError as err:
         raise FileError.from_os_error("read", source, err) from err
-    return [record.name for record in archive_records(names)]
+    return found
 
 
-def read_sent(path: Path) -> list[str]:
+def read_sent(path: Path) -> dict[str, Stamp]:
     """The archives recorded in ``path``; none when no push succeeded yet."""
     text = fsutil.read_text_if_exists(path)
     if text is None:
-        return []
+        return {}
     try:
-        document = json.loads(text)
-        names = document["archives"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise TypeError("archives is not a list of names")
-    except (ValueError, KeyError, TypeError) as err:
+        archives = json.loads(text)["archives"]
+        return {str(name): (int(size), int(mtime)) for name, (size, mtime) in archives.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise FileError(
             f"cannot read {path}: {err}; it records what the last push sent (removing it "
             "leaves the next push unguarded)"
         ) from err
-    return names
 
 
 def unexpired_losses(
-    sent: Sequence[str], present: Sequence[str], today: date, retention_days: int
+    sent: Mapping[str, Stamp], present: Mapping[str, Stamp], today: date, retention_days: int
 ) -> list[str]:
-    """The archives a push would delete from the copy that retention has not expired.
+    """The archives a push would delete or overwrite on the copy that retention keeps.
 
     ``sent`` is what the last successful push sent, ``present`` what the source holds now. An
-    archive may be gone only when retention, judged over both, removes its whole chain today.
+    archive may be gone only when retention, judged over both, removes its whole chain today;
+    one under the same name with another size or mtime (a fresh history made the same day)
+    would overwrite it, which is a loss too.
     """
-    missing = set(sent) - set(present)
-    if not missing:
+    changed = {name for name, stamp in sent.items() if present.get(name) != stamp}
+    if not changed:
         return []
     records = archive_records(set(sent) | set(present))
     expired = {
@@ -567,11 +575,12 @@ def unexpired_losses(
         for chain in chains_to_remove(records, today, retention_days)
         for record in chain.archives
     }
-    return sorted(missing - expired)
+    return sorted(changed - expired)
 
 
-def check_losses(config: Config, source: Path, target: Target, today: date) -> list[str]:
-    """Refuse a push that would delete archives the last push sent and retention keeps.
+def check_losses(config: Config, source: Path, target: Target, today: date) -> dict[str, Stamp]:
+    """Refuse a push that would delete or overwrite archives the last push sent and
+    retention keeps.
 
     Returns the archives the source holds now, which a successful push then records.
     ``max_delete`` cannot stand in for this: a whole copy is often fewer files than the limit.
@@ -581,15 +590,17 @@ def check_losses(config: Config, source: Path, target: Target, today: date) -> l
     lost = unexpired_losses(read_sent(path), present, today, config.backup.retention_days)
     if lost:
         raise KeyforgeError(
-            f"refusing to sync to {target.name}: the push would delete {len(lost)} archive(s) "
-            f"that the last successful push sent ({path}) and that retention "
-            f"({config.backup.retention_days} days) keeps, e.g. {lost[0]}; is the backup disk "
-            "mounted, and is it the right one? Pass --accept-loss to push anyway"
+            f"refusing to sync to {target.name}: the push would delete or overwrite "
+            f"{len(lost)} archive(s) that the last successful push sent ({path}) and that "
+            f"retention ({config.backup.retention_days} days) keeps, e.g. {lost[0]}; is the "
+            "backup disk mounted, and is it the right one? Pass --accept-loss to push anyway"
         )
     return present
 
 
-def record_sent(config: Config, target: Target, archives: Sequence[str], when: datetime) -> None:
+def record_sent(
+    config: Config, target: Target, archives: Mapping[str, Stamp], when: datetime
+) -> None:
     """Remember what a successful push sent, outside the backup directory."""
     path = sent_state_path(config, target)
     if not path.parent.is_dir():
@@ -599,7 +610,7 @@ def record_sent(config: Config, target: Target, archives: Sequence[str], when: d
         "target": target.name,
         "destination": target.destination,
         "pushed": when.isoformat(timespec="seconds"),
-        "archives": sorted(archives),
+        "archives": {name: list(archives[name]) for name in sorted(archives)},
     }
     fsutil.atomic_write(path, (json.dumps(document, indent=2) + "\n").encode())
 

@@ -472,8 +472,8 @@ def test_a_trailing_newline_in_a_target_field_is_refused(changes: dict[str, obje
 DAY = dt.date(2026, 12, 11)
 
 
-def _names(host: str, stamps_kinds: Sequence[tuple[str, str]]) -> list[str]:
-    return [f"{host}-etc.{stamp}.{kind}.tar.zst" for stamp, kind in stamps_kinds]
+def _names(host: str, stamps_kinds: Sequence[tuple[str, str]]) -> dict[str, sync.Stamp]:
+    return {f"{host}-etc.{stamp}.{kind}.tar.zst": (1, int(stamp)) for stamp, kind in stamps_kinds}
 
 
 def test_a_fresh_history_in_place_of_the_old_one_is_a_loss() -> None:
@@ -485,14 +485,22 @@ def test_a_fresh_history_in_place_of_the_old_one_is_a_loss() -> None:
 def test_a_chain_that_retention_expired_may_go() -> None:
     old = _names("server1", [("20261101", "master"), ("20261102", "incremental")])
     kept = _names("server1", [("20261207", "master")])
-    assert sync.unexpired_losses([*old, *kept], kept, DAY, 14) == []
+    assert sync.unexpired_losses({**old, **kept}, kept, DAY, 14) == []
     # inside the window the same chain is a loss
-    assert sync.unexpired_losses([*old, *kept], kept, dt.date(2026, 11, 10), 14) == sorted(old)
+    assert sync.unexpired_losses({**old, **kept}, kept, dt.date(2026, 11, 10), 14) == sorted(old)
 
 
 def test_the_newest_master_chain_is_never_expired() -> None:
     only = _names("server1", [("20260101", "master")])
-    assert sync.unexpired_losses(only, [], DAY, 14) == only
+    assert sync.unexpired_losses(only, {}, DAY, 14) == list(only)
+
+
+def test_an_archive_replaced_under_its_own_name_is_a_loss() -> None:
+    # a fresh history made the same day as the old one gets the same names
+    sent = _names("server1", [("20261211", "master")])
+    present = {name: (size + 1, mtime) for name, (size, mtime) in sent.items()}
+    assert sync.unexpired_losses(sent, present, DAY, 14) == list(sent)
+    assert sync.unexpired_losses(sent, dict(sent), DAY, 14) == []
 
 
 def test_a_push_that_would_lose_archives_is_refused_and_rsync_never_runs(tmp_path: Path) -> None:
@@ -507,7 +515,7 @@ def test_a_push_that_would_lose_archives_is_refused_and_rsync_never_runs(tmp_pat
     assert first.ok
     [target] = sync.select_targets(config.targets, None)
     recorded = json.loads(sync.sent_state_path(config, target).read_text())
-    assert recorded["archives"] == [old]
+    assert list(recorded["archives"]) == [old]
     # the disk is not mounted: a fresh history takes the old one's place
     (source / old).unlink()
     today = dt.datetime.now().strftime("%Y%m%d")
@@ -515,11 +523,11 @@ def test_a_push_that_would_lose_archives_is_refused_and_rsync_never_runs(tmp_pat
     [second] = sync.sync(config, None, tools=TOOLS, effects=fake.effects())
     assert not second.ok
     assert second.message.startswith(
-        "refusing to sync to offsite: the push would delete 1 archive(s)"
+        "refusing to sync to offsite: the push would delete or overwrite 1 archive(s)"
     )
     assert "--accept-loss" in second.message
     assert len(fake.calls) == 1
-    with pytest.raises(KeyforgeError, match="would delete 1 archive"):
+    with pytest.raises(KeyforgeError, match="would delete or overwrite 1 archive"):
         sync.dry_run(config, None, TOOLS)
     [third] = sync.sync(config, None, accept_loss=True, tools=TOOLS, effects=fake.effects())
     assert third.ok
