@@ -85,7 +85,6 @@ def _config_text(
     lines = [
         "[general]",
         'host = "server1"',
-        f"state_dir = {json.dumps(str(tmp_path / 'state'))}",
         "[backup]",
         f"sources = {json.dumps([str(s) for s in sources])}",
         f"directory = {json.dumps(str(directory))}",
@@ -309,8 +308,15 @@ def _big_backup_dir(directory: Path) -> str:
     return name
 
 
+def _rsync_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "rsync"]
+
+
 def _interrupt(path: Path, copy: Path) -> subprocess.CompletedProcess[str]:
-    """Start 'keyforge sync', and once a file is arriving in the copy, press Ctrl-C."""
+    """Start 'keyforge sync', and once a file is arriving in the copy, kill the sending rsync
+    (a crash, the OOM killer, a reboot of the sender): the receiving rsync sees the stream end
+    mid-file and decides what becomes of the partial file."""
     process = subprocess.Popen(
         [sys.executable, "-m", "keyforge", "sync", "--config", str(path)],
         stdout=subprocess.PIPE,
@@ -326,7 +332,8 @@ def _interrupt(path: Path, copy: Path) -> subprocess.CompletedProcess[str]:
                 break
             time.sleep(0.05)
         assert process.poll() is None, "the push ended before it could be interrupted"
-        os.killpg(process.pid, signal.SIGINT)
+        [rsync] = _rsync_children(process.pid)
+        os.kill(rsync, signal.SIGKILL)
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
