@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -169,6 +170,21 @@ def parse_archive_name(name: str, host: str, slugs: Iterable[str]) -> ArchiveRec
             stamp = name[len(prefix) + 1 :].split(".", 1)[0]
             return ArchiveRecord(stamp_key(stamp), slug, match["kind"], name, stamp)
     return None
+
+
+def archive_records(names: Iterable[str]) -> list[ArchiveRecord]:
+    """The records of every archive name among ``names``, of any host and source, each source
+    told apart by its whole ``host-slug`` prefix (a receiving host's copy holds another host's
+    archives, whose sources it does not know)."""
+    records = []
+    for name in names:
+        match = _ARCHIVE_RE.match(name)
+        if match is not None:
+            stamp = name[len(match["prefix"]) + 1 :].split(".", 1)[0]
+            records.append(
+                ArchiveRecord(stamp_key(stamp), match["prefix"], match["kind"], name, stamp)
+            )
+    return sorted(records)
 
 
 # --- chains and retention (pure) -------------------------------------------------------------
@@ -356,10 +372,16 @@ class ArchiveEntry:
     size: int
     sha256: str
     warnings: tuple[str, ...] = ()
+    # what the source held when it was read: the next master is compared with it
+    source_files: int | None = None
+    source_bytes: int | None = None
+    # a source that looked empty or shrank: 'keyforge status' shows these
+    alerts: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["warnings"] = list(self.warnings)
+        data["alerts"] = list(self.alerts)
         return data
 
 
@@ -464,6 +486,21 @@ class BackupReport:
     pruned: tuple[Chain, ...]
     warnings: tuple[str, ...]
     seconds: float
+    # one line per source that failed ("/var: No space left on device")
+    failures: tuple[str, ...] = ()
+
+
+class SourcesFailedError(KeyforgeError):
+    """Some sources could not be backed up; the others were. ``report`` says what was made."""
+
+    def __init__(self, report: BackupReport, first: KeyforgeError) -> None:
+        total = len(report.plan.archives)
+        super().__init__(
+            f"backup failed for {len(report.failures)} of {total} source(s): "
+            + "; ".join(report.failures)
+        )
+        self.report = report
+        self.exit_code = first.exit_code
 
 
 def scan_archives(config: Config) -> list[ArchiveRecord]:
@@ -540,6 +577,84 @@ def check_sources_exist(sources: Iterable[str]) -> None:
             raise FileError.from_os_error("read source", source, err) from err
         if not stat.S_ISDIR(st.st_mode):
             raise FileError(f"source {source} is not a directory")
+
+
+def check_backup_disk(backup: BackupConfig) -> None:
+    """With require_mountpoint, refuse a backup directory that is not on a mounted disk.
+
+    Without this guard an unmounted disk is a plain directory on the root filesystem: the run
+    would make fresh masters there, a new history the next sync would push over the old one.
+    """
+    if not backup.require_mountpoint:
+        return
+    directory = Path(backup.directory)
+    if fsutil.mount_point_of(directory) != Path("/"):
+        return
+    state = "does not exist" if not directory.exists() else "is not on a mounted filesystem"
+    raise KeyforgeError(
+        f"refusing to back up: {directory} {state}, it would lie on the root filesystem "
+        "(require_mountpoint = true); mount the backup disk"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSize:
+    """What a source holds, as its archive would: entries below it and their bytes."""
+
+    files: int
+    bytes: int
+
+
+def measure_source(source: str, backup: BackupConfig) -> SourceSize:
+    """Count the entries and bytes tar would read from ``source``: the backup directory, the
+    absolute excludes and the glob excludes left out, other filesystems too with
+    one_file_system. Unreadable directories are skipped: tar reports them itself."""
+    skipped = {str(Path(p)) for p in (backup.directory, *backup.exclude) if p.startswith("/")}
+    globs = [p for p in backup.exclude if not p.startswith("/")]
+    files = size = 0
+    device = os.lstat(source).st_dev
+    pending = [source]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.path in skipped or any(fnmatch.fnmatch(entry.name, g) for g in globs):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    files += 1
+                    if stat.S_ISDIR(st.st_mode):
+                        if not backup.one_file_system or st.st_dev == device:
+                            pending.append(entry.path)
+                    elif stat.S_ISREG(st.st_mode):
+                        size += st.st_size
+        except OSError:
+            continue
+    return SourceSize(files, size)
+
+
+def content_alerts(
+    source: str, now: SourceSize, last_master: dict[str, Any] | None, backup: BackupConfig
+) -> tuple[str, ...]:
+    """Warnings for a source that is empty, or holds shrink_warn_percent fewer bytes than at
+    its last master: an unmounted /home or a wiped /var would otherwise be archived as if all
+    were well, and retention would later age out the last good chain."""
+    if source in backup.allow_empty:
+        return ()
+    if now.files == 0:
+        return (f"{source} is empty; if it is meant to be, add it to [backup] allow_empty",)
+    before = last_master.get("source_bytes") if last_master else None
+    percent = backup.shrink_warn_percent
+    if percent and isinstance(before, int) and before > 0:
+        lost = 100 * (before - now.bytes) / before
+        if lost > percent:
+            name = last_master.get("name", "?") if last_master else "?"
+            return (
+                f"{source} holds {human_size(now.bytes)}, {lost:.0f}% less than "
+                f"{human_size(before)} at its last master {name} "
+                f"(shrink_warn_percent = {percent}); is it mounted, was it wiped?",
+            )
+    return ()
 
 
 def same_filesystem_warnings(backup_dir: Path, sources: Iterable[str]) -> list[str]:
@@ -901,51 +1016,149 @@ def run_backup(
     *,
     force_full: bool = False,
     dry_run: bool = False,
+    allow_empty: bool = False,
     now: dt.datetime | None = None,
     reporter: Reporter | None = None,
 ) -> BackupReport:
-    """One backup run: every source archived, the manifest written, retention applied."""
+    """One backup run: every source archived, the manifest written, retention applied.
+
+    A source that fails (it vanished, tar failed, the disk filled up) leaves nothing behind
+    and does not stop the others; once every source was tried, SourcesFailedError names each
+    failure and nothing is pruned. ``allow_empty`` silences the empty and shrink warnings.
+    """
     reporter = reporter or SilentReporter()
     now = now or dt.datetime.now()
     check_sources(config.backup)
-    check_sources_exist(config.backup.sources)
+    check_backup_disk(config.backup)
     backup_dir = config.backup_dir
     started = time.monotonic()
     if dry_run:
+        check_sources_exist(config.backup.sources)
         return BackupReport(_plan_from_disk(config, now, force_full=force_full), (), (), (), 0.0)
 
     warnings = prepare_backup_dir(backup_dir)
-    warnings += same_filesystem_warnings(backup_dir, config.backup.sources)
+    present = [s for s in config.backup.sources if Path(s).is_dir()]
+    warnings += same_filesystem_warnings(backup_dir, present)
     for warning in warnings:
         reporter.warn(warning)
     with backup_lock(backup_dir):
         remove_leftovers(backup_dir)
         plan = _plan_from_disk(config, now, force_full=force_full)
-        entries: list[ArchiveEntry] = []
-        manifest = backup_dir / manifest_name(config.host, plan.stamp)
+        run = _SourceRun(config, plan, now, reporter, allow_empty=allow_empty)
         for item in plan.archives:
-            entry = make_archive(config, item, reporter)
-            entries.append(entry)
-            try:
-                fsutil.atomic_write(
-                    manifest,
-                    manifest_json(config.host, plan.stamp, now, entries),
-                    mode=fsutil.PRIVATE_FILE,
-                )
+            run.archive(item)
+        warnings += run.warnings
+        pruned: list[Chain] = []
+        if run.first_error is None:
+            # retention from what is on disk now, and only after a run where every source
+            # succeeded: a failed source must never cost a chain
+            pruned = expired_chains(config, now)
+            remove_chains(config, pruned)
+            if pruned:
                 write_index(config, now)
-            except BaseException:
-                # an archive no manifest lists would look complete yet be unverifiable
-                _discard(backup_dir / entry.name, item.work_snapshot)
-                raise
-            commit_snapshot(item)
-            warnings += entry.warnings
-        # retention from what is on disk now, so a failed run above never prunes
-        pruned = expired_chains(config, now)
-        remove_chains(config, pruned)
-        if pruned:
-            write_index(config, now)
-    return BackupReport(
-        plan, tuple(entries), tuple(pruned), tuple(warnings), time.monotonic() - started
+    report = BackupReport(
+        plan,
+        tuple(run.entries),
+        tuple(pruned),
+        tuple(warnings),
+        time.monotonic() - started,
+        tuple(run.failures),
+    )
+    if run.first_error is not None and len(plan.archives) == 1 and not run.entries:
+        raise run.first_error  # the one source: its own error says it all
+    if run.first_error is not None:
+        raise SourcesFailedError(report, run.first_error)
+    return report
+
+
+class _SourceRun:
+    """The sources of one run, each archived and committed on its own: a failing source
+    leaves nothing behind and is remembered, and the next one is tried."""
+
+    def __init__(
+        self,
+        config: Config,
+        plan: BackupPlan,
+        now: dt.datetime,
+        reporter: Reporter,
+        *,
+        allow_empty: bool,
+    ) -> None:
+        self.config = config
+        self.plan = plan
+        self.now = now
+        self.reporter = reporter
+        self.allow_empty = allow_empty
+        self.masters = _last_masters(config)
+        self.manifest = config.backup_dir / manifest_name(config.host, plan.stamp)
+        self.entries: list[ArchiveEntry] = []
+        self.warnings: list[str] = []
+        self.failures: list[str] = []
+        self.first_error: KeyforgeError | None = None
+
+    def _failed(self, what: str, err: KeyforgeError) -> None:
+        self.first_error = self.first_error or err
+        self.failures.append(str(err) if what in str(err) else f"{what}: {err}")
+
+    def archive(self, item: PlannedArchive) -> None:
+        config = self.config
+        try:
+            entry = _archive_source(
+                config, item, self.masters, self.reporter, allow_empty=self.allow_empty
+            )
+            fsutil.atomic_write(
+                self.manifest,
+                manifest_json(config.host, self.plan.stamp, self.now, [*self.entries, entry]),
+                mode=fsutil.PRIVATE_FILE,
+            )
+        except KeyforgeError as err:
+            # an archive no manifest lists would look complete yet be unverifiable
+            _discard(config.backup_dir / item.name, item.work_snapshot)
+            self._failed(item.source, err)
+            self.reporter.warn(f"{item.source} not backed up: {err}")
+            return
+        except BaseException:
+            _discard(config.backup_dir / item.name, item.work_snapshot)
+            raise
+        self.entries.append(entry)
+        commit_snapshot(item)
+        self.warnings += [*entry.warnings, *entry.alerts]
+        try:
+            write_index(config, self.now)
+        except KeyforgeError as err:
+            # the archive is complete and its run manifest lists it; only the index lags
+            self._failed(MANIFEST_NAME, err)
+
+
+def _last_masters(config: Config) -> dict[str, dict[str, Any]]:
+    """The manifest entry of each source's newest master, by slug (read before the run)."""
+    recorded = read_manifests(config.backup_dir, config.host)
+    found: dict[str, dict[str, Any]] = {}
+    for slug, chains in chains_of(scan_archives(config)).items():
+        masters = [c.master for c in chains if c.master is not None]
+        if masters and masters[-1].name in recorded:
+            found[slug] = recorded[masters[-1].name]
+    return found
+
+
+def _archive_source(
+    config: Config,
+    item: PlannedArchive,
+    masters: dict[str, dict[str, Any]],
+    reporter: Reporter,
+    *,
+    allow_empty: bool,
+) -> ArchiveEntry:
+    """Measure one source, archive it, and judge what it held against its last master."""
+    check_sources_exist([item.source])
+    size = measure_source(item.source, config.backup)
+    last_master = masters.get(item.slug)
+    alerts = () if allow_empty else content_alerts(item.source, size, last_master, config.backup)
+    entry = make_archive(config, item, reporter)
+    for alert in alerts:
+        reporter.warn(alert)
+    return dataclasses.replace(
+        entry, source_files=size.files, source_bytes=size.bytes, alerts=alerts
     )
 
 

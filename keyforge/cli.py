@@ -678,20 +678,36 @@ def backup_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the archives and commands; write nothing.")
     ] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="No warning for a source that is empty or shrank since its last master.",
+        ),
+    ] = False,
 ) -> None:
     """Archive every source with GNU tar --listed-incremental, then apply retention.
 
     One archive per source per run: a master on the configured day (full_every) or when a source
     has none, an incremental relative to the previous run otherwise. Archives appear only once
-    complete; a manifest records each one's size, sha256 and chain. Shows progress in a terminal
-    and logs one line otherwise.
+    complete; a manifest records each one's size, sha256 and chain. A source that fails leaves
+    nothing behind and the others are still backed up; the run then fails naming each one and
+    prunes nothing. A source that is empty or shrank by more than shrink_warn_percent since its
+    last master is warned about. Shows progress in a terminal and logs one line otherwise.
     """
     from keyforge import backup, progress
 
     cfg = _load_backup_config(config_path)
     interactive = sys.stderr.isatty()
     reporter = progress.TerminalReporter() if interactive else progress.LogReporter()
-    report = backup.run_backup(cfg, force_full=full, dry_run=dry_run, reporter=reporter)
+    try:
+        report = backup.run_backup(
+            cfg, force_full=full, dry_run=dry_run, allow_empty=allow_empty, reporter=reporter
+        )
+    except backup.SourcesFailedError as err:
+        if err.report.entries:
+            say(progress.summary_line(cfg.host, err.report))
+        raise
     if dry_run:
         for line in backup.describe_plan(report.plan):
             say(line)
@@ -836,6 +852,14 @@ def sync_command(
             "--wait", help="Wait for a running backup to finish instead of refusing at once."
         ),
     ] = False,
+    accept_loss: Annotated[
+        bool,
+        typer.Option(
+            "--accept-loss",
+            help="Push even when the copy would lose archives that the last successful push "
+            "sent and that retention keeps (a new backup disk, archives removed by hand).",
+        ),
+    ] = False,
     print_server_command: Annotated[
         bool,
         typer.Option(
@@ -847,11 +871,14 @@ def sync_command(
 ) -> None:
     """Push the backup directory to each target with rsync over the locked-down key.
 
-    Runs rsync -az --delete --partial with --timeout and --max-delete (and --bwlimit when set)
-    over ssh with the backup key only, the pinned known_hosts file only and no prompts. It
-    refuses a source that holds no keyforge manifest (an empty or unmounted backup disk must
-    never wipe the copy), takes the backup directory's lock, retries network failures with
-    backoff, and appends one JSON line per target to the sync log and a line to syslog.
+    Runs rsync -az --delete --partial-dir=.rsync-partial --delay-updates with --timeout and
+    --max-delete (and --bwlimit when set) over ssh with the backup key only, the pinned
+    known_hosts file only and no prompts: a file reaches its name on the copy only once the
+    whole push is in. It refuses a source that holds no keyforge manifest (an empty or unmounted
+    backup disk must never wipe the copy) and a push that would delete archives the last
+    successful push sent and retention keeps (unless --accept-loss), takes the backup
+    directory's lock, retries network failures with backoff, and appends one JSON line per
+    target to the sync log and a line to syslog.
 
     --dry-run never connects: the receiving side runs its forced command, which ignores
     rsync's -n and would really delete. --print-server-command shows the line that forced
@@ -873,11 +900,18 @@ def sync_command(
             )
         return
     if dry_run:
-        for line in sync.dry_run(cfg, target, tools):
+        for line in sync.dry_run(cfg, target, tools, accept_loss=accept_loss):
             say(line)
         say("dry run: checked the source and the targets; connected nowhere")
         return
-    reports = sync.sync(cfg, target, wait=wait, tools=tools, effects=sync.Effects(notify=warn))
+    reports = sync.sync(
+        cfg,
+        target,
+        wait=wait,
+        accept_loss=accept_loss,
+        tools=tools,
+        effects=sync.Effects(notify=warn),
+    )
     failed = [report for report in reports if not report.ok]
     for report in reports:
         if report.ok:

@@ -20,10 +20,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
+from keyforge import fsutil
 from keyforge.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/keyforge/keyforge.toml")
 CONFIG_ENV = "KEYFORGE_CONFIG"
+# What keyforge remembers between runs, kept outside the backup directory on purpose: a disk
+# that is swapped, wiped or not mounted must not take the memory of what it held with it.
+DEFAULT_STATE_DIR = Path("/var/lib/keyforge")
+STATE_ENV = "KEYFORGE_STATE_DIR"
 
 DEFAULT_SOURCES = ("/etc", "/home", "/var", "/boot", "/root")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -130,6 +135,8 @@ class GeneralConfig:
     """[general]: what names this server in archive names and on the receiving host."""
 
     host: str = _field("", _check_host)  # "" means the short host name, filled in by load()
+    # "" means $KEYFORGE_STATE_DIR, else /var/lib/keyforge (root) or ~/.local/state/keyforge
+    state_dir: str = _field("", _unless_empty(_check_absolute_path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +154,13 @@ class BackupConfig:
     one_file_system: bool = _field(False)
     nice: int = _field(10, _in_range(0, 19))
     ionice: str = _field("idle", _one_of(*IONICE_CLASSES))
+    # refuse to run unless the directory lies on a mounted filesystem other than "/": an
+    # unmounted disk must not become a fresh, empty history on the root filesystem
+    require_mountpoint: bool = _field(False)
+    # warn when a source holds this many percent fewer bytes than at its last master (0: never)
+    shrink_warn_percent: int = _field(50, _in_range(0, 100))
+    # sources meant to be empty: no warning when they are
+    allow_empty: tuple[str, ...] = _field((), _check_absolute_paths)
 
 
 def _check_bwlimit(value: Any) -> str | None:
@@ -354,6 +368,18 @@ def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
     )
 
 
+def state_dir(config: Config) -> Path:
+    """Where keyforge keeps what it remembers between runs (never in the backup directory)."""
+    if config.general.state_dir:
+        return Path(config.general.state_dir)
+    from_env = os.environ.get(STATE_ENV)
+    if from_env:
+        return Path(from_env)
+    if os.geteuid() == 0:
+        return DEFAULT_STATE_DIR
+    return Path.home() / ".local" / "state" / "keyforge"
+
+
 def resolve_path(explicit: Path | None) -> Path:
     """--config wins, then $KEYFORGE_CONFIG, then /etc/keyforge/keyforge.toml."""
     if explicit is not None:
@@ -382,19 +408,24 @@ def load(path: Path) -> Config:
     return dataclasses.replace(config, path=path)
 
 
-def render_default(host: str | None = None) -> str:
-    """The commented default config that 'keyforge init' writes."""
+def render_default(host: str | None = None, directory: str | None = None) -> str:
+    """The commented default config that 'keyforge init' writes; ``directory`` is the backup
+    directory (default /mnt/backups/<host>), whose filesystem decides require_mountpoint."""
     from keyforge.templating import render  # noqa: PLC0415 - jinja2 only when rendering
 
     name = host or default_host()
     if not _HOST_RE.match(name):
         name = "localhost"
     defaults, sync, snapshot = BackupConfig(), SyncConfig(), SnapshotConfig()
+    directory = directory or f"/mnt/backups/{name}"
     return render(
         "keyforge.toml.j2",
         host=toml_string(name),
         sources=", ".join(toml_string(s) for s in defaults.sources),
-        directory=toml_string(f"/mnt/backups/{name}"),
+        directory=toml_string(directory),
+        # a disk mounted there now is what the guard later insists on
+        require_mountpoint=fsutil.mount_point_of(Path(directory)) != Path("/"),
+        shrink_warn_percent=defaults.shrink_warn_percent,
         full_every=toml_string(str(defaults.full_every)),
         retention_days=defaults.retention_days,
         compression=toml_string(defaults.compression),

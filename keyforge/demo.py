@@ -273,6 +273,7 @@ def step_config(run: _Run, server: PrivateSshd) -> None:
         directory=config.toml_string(str(layout.backups)),
         compression=config.toml_string("zstd" if has_zstd else "gzip"),
         sync_log=config.toml_string(str(layout.sync_log)),
+        state_dir=config.toml_string(str(layout.config.parent / "state")),
         port=server.port,
         user=config.toml_string(server.user),
         key=config.toml_string(str(layout.key)),

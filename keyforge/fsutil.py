@@ -32,6 +32,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def mount_point_of(path: Path) -> Path:
+    """The mount point of the filesystem ``path`` (or, while it is missing, its nearest
+    existing parent) lies on."""
+    current = path.resolve()  # a symbolic link leads to the filesystem it points into
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    while not os.path.ismount(current) and current != current.parent:
+        current = current.parent
+    return current
+
+
 def ensure_private_dir(path: Path) -> bool:
     """Create ``path`` with mode 0700 when missing; return True when it was created.
 

@@ -26,6 +26,8 @@ class Success:
     when: datetime
     size: int | None
     detail: str
+    # what the run warned about its sources (empty, shrank): a backup that ran is not enough
+    alerts: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +73,11 @@ def last_backup(directory: Path, host: str, sources: Sequence[str]) -> Success |
         except OSError:
             continue
         size = sum(int(a.get("size", 0)) for a in archives)
+        alerts = tuple(
+            str(x) for a in archives if isinstance(a.get("alerts"), list) for x in a["alerts"]
+        )
         if best is None or when > best.when:
-            best = Success(when, size, f"{len(archives)} archive(s), {path.name}")
+            best = Success(when, size, f"{len(archives)} archive(s), {path.name}", alerts)
     return best
 
 
@@ -146,7 +151,10 @@ def sync_items(
 def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
     source = sync.source_dir(config)
     backup = last_backup(source, config.host, config.backup.sources) if source.is_dir() else None
-    items = [judge("backup", backup, None, now, max_age_hours)]
+    item = judge("backup", backup, None, now, max_age_hours)
+    if backup is not None and backup.alerts and item.ok:
+        item = dataclasses.replace(item, ok=False, problem="; ".join(backup.alerts))
+    items = [item]
     names = [t.name for t in sync.select_targets(config.targets, None)] if config.targets else []
     records = read_sync_log(Path(config.sync.log))
     items += sync_items(records, names, now, max_age_hours)

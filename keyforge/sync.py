@@ -1,15 +1,18 @@
 """keyforge sync: push the backup directory to each target with the post's rsync command.
 
 The command is the post's ``rsync -az --delete --rsh='ssh ...' SRC USER@HOST:DEST`` with
-absolute paths, a pinned known_hosts file and no trust on first use, plus ``--partial``,
-``--timeout`` and ``--max-delete``. Everything that decides something is pure and tested on
-its own: the argv, the reading of an exit status, the retry delays, the ``--stats`` parsing
-and the log line. ``sync`` runs them under the backup directory's lock.
+absolute paths, a pinned known_hosts file and no trust on first use, plus ``--partial-dir``
+with ``--delay-updates``, ``--timeout`` and ``--max-delete``. Everything that decides something
+is pure and tested on its own: the argv, the reading of an exit status, the retry delays, the
+``--stats`` parsing and the log line. ``sync`` runs them under the backup directory's lock.
 
-Two guards matter more than the rest. A source without a keyforge manifest is never sent: an
-empty or unmounted backup disk would otherwise ``--delete`` the offsite copy. And a dry run
-never connects: the receiving side runs its forced command, which ignores the client's ``-n``
-and would really delete.
+Three guards matter more than the rest. A source without a keyforge manifest is never sent: an
+empty or unmounted backup disk would otherwise ``--delete`` the offsite copy. A push that would
+delete archives the last successful push to that target sent, and that retention has not yet
+expired, is refused (the list lives in the state directory, outside the backup directory): a
+fresh history made on an unmounted disk's mount point has manifests too. And a dry run never
+connects: the receiving side runs its forced command, which ignores the client's ``-n`` and
+would really delete.
 """
 
 from __future__ import annotations
@@ -22,14 +25,21 @@ import shlex
 import shutil
 import syslog
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from keyforge import fsutil, runner
-from keyforge.backup import LOCK_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, lock_path
-from keyforge.config import Config, SyncConfig, TargetConfig
+from keyforge.backup import (
+    LOCK_NAME,
+    MANIFEST_SUFFIX,
+    PARTIAL_SUFFIX,
+    archive_records,
+    chains_to_remove,
+    lock_path,
+)
+from keyforge.config import Config, SyncConfig, TargetConfig, state_dir
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
 
 # rsync and ssh exit statuses worth another try: the network, not the request, failed
@@ -41,6 +51,12 @@ NETWORK_EXITS: dict[int, str] = {
     255: "ssh could not connect",
 }
 MAX_DELETE_EXIT = 25
+# rsync's exits for files that could not be read or written, the connection and key fine
+FILE_ERROR_EXITS = (23, 24)
+# Where the receiver keeps what is still arriving (--partial-dir, relative to the copy): with
+# --delay-updates every file reaches its final name only once the whole push is in, and an
+# interrupted file stays here, never under the name a manifest lists.
+PARTIAL_DIR = ".rsync-partial"
 RSYNC_EXITS: dict[int, str] = {
     1: "syntax or usage error",
     2: "protocol incompatibility",
@@ -66,7 +82,10 @@ _HOST_KEY_SIGNS = (
     "REMOTE HOST IDENTIFICATION HAS CHANGED",
     "host key is known for",
 )
-_AUTH_SIGNS = ("Permission denied (",)
+# ssh's refusal names the methods it tried ("Permission denied (publickey)."); a file error
+# on the receiver names an errno ("Permission denied (13)") and is no refusal
+_AUTH_RE = re.compile(r"Permission denied \([a-z-]+(?:,[a-z-]+)*\)")
+SSH_EXIT = 255
 _PROTECTED_SIGNS = ("protocol version mismatch",)
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})\Z")
@@ -281,12 +300,14 @@ def rsh_value(argv: Sequence[str]) -> str:
 def rsync_argv(tools: Tools, source: Path, target: Target, settings: SyncConfig) -> list[str]:
     """The whole rsync command for one target, absolute paths throughout.
 
-    The options the receiving side acts on (--delete, --partial, --timeout, --max-delete) reach
+    The options the receiving side acts on (--delete, --partial-dir, --delay-updates,
+    --timeout, --max-delete) reach
     it inside the ``rsync --server`` line, which a forced command replaces: the locked key's
     command must be captured from exactly this argv.
     """
     remote = isinstance(target, RemoteTarget)
-    argv = [tools.rsync, "-az" if remote else "-a", "--delete", "--partial"]
+    argv = [tools.rsync, "-az" if remote else "-a", "--delete"]
+    argv += [f"--partial-dir={PARTIAL_DIR}", "--delay-updates"]
     argv += [f"--timeout={settings.timeout}", f"--max-delete={settings.max_delete}"]
     if settings.bwlimit:
         argv.append(f"--bwlimit={settings.bwlimit}")
@@ -327,7 +348,7 @@ def judge(exit_code: int, stderr: str, settings: SyncConfig) -> Verdict:
             "(ssh: Host key verification failed); if the host was really re-installed, verify "
             "its new key out of band and pin it again",
         )
-    if any(sign in stderr for sign in _AUTH_SIGNS):
+    if exit_code == SSH_EXIT and _AUTH_RE.search(stderr):
         return Verdict(
             ok=False,
             retry=False,
@@ -356,7 +377,15 @@ def judge(exit_code: int, stderr: str, settings: SyncConfig) -> Verdict:
         )
     meaning = RSYNC_EXITS.get(exit_code, "unknown exit status")
     detail = _last_error_line(stderr)
-    message = f"rsync exit {exit_code} ({meaning})" + (f": {detail}" if detail else "")
+    message = f"rsync exit {exit_code} ({meaning})"
+    if exit_code in FILE_ERROR_EXITS:
+        # the key was accepted and rsync ran: say on which side files failed
+        side = "this host" if "[sender]" in detail.lower() else "the receiving host"
+        message += (
+            f": some files could not be read or written on {side} "
+            "(the key and the connection worked)"
+        )
+    message += f": {detail}" if detail else ""
     protocol_trouble = any(sign in stderr for sign in _PROTECTED_SIGNS)
     return Verdict(
         ok=False, retry=exit_code in NETWORK_EXITS and not protocol_trouble, message=message
@@ -486,6 +515,106 @@ def _check_readable_file(path: Path, what: str, target: RemoteTarget) -> None:
         raise FileError(f"target {target.name}: {what} {path} is empty")
 
 
+# --- the loss guard: what the last successful push to a target sent -------------------------
+
+
+def sent_state_path(config: Config, target: Target) -> Path:
+    """The list of archives the last successful push to ``target`` sent."""
+    return state_dir(config) / f"sync-{target.name}.json"
+
+
+# an archive as the guard knows it: its size and its mtime, both kept by every push (-a)
+Stamp = tuple[int, int]
+
+
+def archives_in(source: Path) -> dict[str, Stamp]:
+    """The archives in ``source`` (any host's), as a push would send them, with their size
+    and mtime: keyforge never rewrites an archive, so another size or mtime is another file."""
+    try:
+        names = [path.name for path in source.iterdir()]
+        found = {}
+        for record in archive_records(names):
+            st = (source / record.name).stat()
+            found[record.name] = (st.st_size, int(st.st_mtime))
+    except OSError as err:
+        raise FileError.from_os_error("read", source, err) from err
+    return found
+
+
+def read_sent(path: Path) -> dict[str, Stamp]:
+    """The archives recorded in ``path``; none when no push succeeded yet."""
+    text = fsutil.read_text_if_exists(path)
+    if text is None:
+        return {}
+    try:
+        archives = json.loads(text)["archives"]
+        return {str(name): (int(size), int(mtime)) for name, (size, mtime) in archives.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise FileError(
+            f"cannot read {path}: {err}; it records what the last push sent (removing it "
+            "leaves the next push unguarded)"
+        ) from err
+
+
+def unexpired_losses(
+    sent: Mapping[str, Stamp], present: Mapping[str, Stamp], today: date, retention_days: int
+) -> list[str]:
+    """The archives a push would delete or overwrite on the copy that retention keeps.
+
+    ``sent`` is what the last successful push sent, ``present`` what the source holds now. An
+    archive may be gone only when retention, judged over both, removes its whole chain today;
+    one under the same name with another size or mtime (a fresh history made the same day)
+    would overwrite it, which is a loss too.
+    """
+    changed = {name for name, stamp in sent.items() if present.get(name) != stamp}
+    if not changed:
+        return []
+    records = archive_records(set(sent) | set(present))
+    expired = {
+        record.name
+        for chain in chains_to_remove(records, today, retention_days)
+        for record in chain.archives
+    }
+    return sorted(changed - expired)
+
+
+def check_losses(config: Config, source: Path, target: Target, today: date) -> dict[str, Stamp]:
+    """Refuse a push that would delete or overwrite archives the last push sent and
+    retention keeps.
+
+    Returns the archives the source holds now, which a successful push then records.
+    ``max_delete`` cannot stand in for this: a whole copy is often fewer files than the limit.
+    """
+    present = archives_in(source)
+    path = sent_state_path(config, target)
+    lost = unexpired_losses(read_sent(path), present, today, config.backup.retention_days)
+    if lost:
+        raise KeyforgeError(
+            f"refusing to sync to {target.name}: the push would delete or overwrite "
+            f"{len(lost)} archive(s) that the last successful push sent ({path}) and that "
+            f"retention ({config.backup.retention_days} days) keeps, e.g. {lost[0]}; is the "
+            "backup disk mounted, and is it the right one? Pass --accept-loss to push anyway"
+        )
+    return present
+
+
+def record_sent(
+    config: Config, target: Target, archives: Mapping[str, Stamp], when: datetime
+) -> None:
+    """Remember what a successful push sent, outside the backup directory."""
+    path = sent_state_path(config, target)
+    if not path.parent.is_dir():
+        fsutil.ensure_private_dir(path.parent)
+    document = {
+        "format": 1,
+        "target": target.name,
+        "destination": target.destination,
+        "pushed": when.isoformat(timespec="seconds"),
+        "archives": {name: list(archives[name]) for name in sorted(archives)},
+    }
+    fsutil.atomic_write(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
 # --- side effects ----------------------------------------------------------------------------
 
 
@@ -600,12 +729,16 @@ def plan(config: Config, target_name: str | None, tools: Tools) -> Plan:
     return Plan(source, commands)
 
 
-def dry_run(config: Config, target_name: str | None, tools: Tools) -> list[str]:
+def dry_run(
+    config: Config, target_name: str | None, tools: Tools, *, accept_loss: bool = False
+) -> list[str]:
     """The commands, checked but not run; nothing connects anywhere."""
     the_plan = plan(config, target_name, tools)
     check_source(the_plan.source)
     for target, _ in the_plan.commands:
         check_target(the_plan.source, target)
+        if not accept_loss:
+            check_losses(config, the_plan.source, target, datetime.now().date())
     return [display(argv) for _, argv in the_plan.commands]
 
 
@@ -632,13 +765,15 @@ def sync(
     target_name: str | None,
     *,
     wait: bool = False,
+    accept_loss: bool = False,
     tools: Tools | None = None,
     effects: Effects | None = None,
 ) -> list[Report]:
     """Push the source to each target under the backup lock; log and syslog every run.
 
     A refused or failed target does not stop the next one; the caller turns the reports into
-    an exit status. ``wait`` waits for a running backup instead of refusing at once.
+    an exit status. ``wait`` waits for a running backup instead of refusing at once;
+    ``accept_loss`` pushes even when the copy would lose archives retention keeps.
     """
     effects = effects or Effects()
     the_plan = plan(config, target_name, tools or find_tools())
@@ -664,8 +799,19 @@ def sync(
                 # for the backup disk to be unmounted
                 check_source(the_plan.source)
                 check_target(the_plan.source, target)
+                today = effects.now().astimezone().date()
+                if accept_loss:
+                    sending = archives_in(the_plan.source)
+                else:
+                    sending = check_losses(config, the_plan.source, target, today)
             except KeyforgeError as err:
                 record(refused(target, argv, err, effects.now()))
                 continue
-            record(push(argv, target, config.sync, effects))
+            report = push(argv, target, config.sync, effects)
+            record(report)
+            if report.ok:
+                try:
+                    record_sent(config, target, sending, report.end)
+                except KeyforgeError as err:
+                    effects.notify(f"sync {target.name}: pushed, but {err}")
     return reports

@@ -77,8 +77,9 @@ def test_print_server_command_shows_the_rsync_server_line_before_any_backup(
     assert command.startswith("rsync --server -")
     assert command.endswith(" . srvbackups/")
     # the receiving side's guards travel in the line the key is locked to
-    for option in ("--delete", "--partial", "--timeout=300", "--max-delete=1000"):
+    for option in ("--delete", "--delay-updates", "--timeout=300", "--max-delete=1000"):
         assert option in command.split()
+    assert " --partial-dir .rsync-partial " in command
     assert hint.startswith("# lock the key to it there: keyforge install --key key.pub --from ")
     assert not (tmp_path / "sync.log").exists()
 

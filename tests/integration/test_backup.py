@@ -328,12 +328,14 @@ def test_prune_with_faked_dates_keeps_the_window_and_the_newest_master(tmp_path:
 # --- errors --------------------------------------------------------------------------------
 
 
-def test_a_missing_source_is_a_one_line_error_and_earlier_archives_stay(tmp_path: Path) -> None:
+def test_a_missing_source_fails_alone_in_one_line_and_the_others_are_backed_up(
+    tmp_path: Path,
+) -> None:
     src = tmp_path / "src"
     write(src / "a", b"1")
     cfg_path = tmp_path / "keyforge.toml"
     cfg_path.write_text(
-        f'[general]\nhost = "server1"\n[backup]\nsources = ["{src}", "{tmp_path}/gone"]\n'
+        f'[general]\nhost = "server1"\n[backup]\nsources = ["{tmp_path}/gone", "{src}"]\n'
         f'directory = "{tmp_path}/backups"\nnice = 0\nionice = "none"\n'
     )
     (tmp_path / "gone").mkdir()
@@ -343,8 +345,17 @@ def test_a_missing_source_is_a_one_line_error_and_earlier_archives_stay(tmp_path
     (tmp_path / "gone").rmdir()
     result = CliRunner().invoke(app, ["backup", "--config", str(cfg_path)])
     assert result.exit_code == FileError.exit_code
-    assert result.stderr == f"keyforge: error: source {tmp_path}/gone does not exist\n"
-    assert listing(tmp_path / "backups") == before
+    assert result.stderr.endswith(
+        f"keyforge: error: backup failed for 1 of 2 source(s): source {tmp_path}/gone does "
+        "not exist\n"
+    )
+    assert result.stdout.startswith("backup server1 ")
+    after = listing(tmp_path / "backups")
+    assert set(before) < set(after)
+    made = [n for n in set(after) - set(before) if n.endswith(".tar.zst")]
+    assert len(made) == 1
+    assert made[0].startswith(f"server1-{backup.source_slug(str(src))}.")
+    assert not [n for n in after if n.endswith(backup.PARTIAL_SUFFIX)]
 
 
 def test_an_unwritable_backup_directory_is_a_one_line_error(tmp_path: Path, tmpfs: Path) -> None:

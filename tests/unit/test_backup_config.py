@@ -122,11 +122,13 @@ def test_uncommenting_every_shown_default_changes_nothing_but_the_examples() -> 
     text = _uncomment_every_setting(config.render_default("server1"))
     cfg = config.parse(tomllib.loads(text))
     defaults = config.parse({"general": {"host": "server1"}})
-    # the only values shown that are not defaults are the examples: exclude, sync source,
-    # the two [[targets]] tables, snapshot_at (its default's value for the default sync_at) and
-    # the snapshot source
+    # the only values shown that are not defaults are the examples: exclude, allow_empty, sync
+    # source, the two [[targets]] tables, snapshot_at (its default's value for the default
+    # sync_at) and the snapshot source
     assert cfg.backup == dataclasses.replace(
-        defaults.backup, exclude=("/var/cache", "/var/tmp", "lost+found")
+        defaults.backup,
+        exclude=("/var/cache", "/var/tmp", "lost+found"),
+        allow_empty=("/srv/spool",),
     )
     assert cfg.sync == dataclasses.replace(defaults.sync, source="/home/foo/srvbackups")
     assert cfg.schedule == dataclasses.replace(defaults.schedule, snapshot_at="05:30")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shlex
 from collections.abc import Sequence
@@ -39,7 +40,9 @@ def remote(**changes: object) -> sync.RemoteTarget:
 def test_remote_argv_is_the_posts_command_with_absolute_paths_and_a_pinned_host_key() -> None:
     argv = sync.rsync_argv(TOOLS, Path("/mnt/backups/server1"), remote(), SyncConfig())
     assert argv[:3] == ["/usr/bin/rsync", "-az", "--delete"]
-    assert "--partial" in argv
+    # a file reaches its final name on the copy only when it (and the whole push) is complete
+    assert argv[3:5] == ["--partial-dir=.rsync-partial", "--delay-updates"]
+    assert "--partial" not in argv
     assert f"--timeout={SyncConfig().timeout}" in argv
     assert f"--max-delete={SyncConfig().max_delete}" in argv
     assert not any(a.startswith("--bwlimit") for a in argv)
@@ -204,7 +207,29 @@ def test_max_delete_exit_explains_the_limit() -> None:
 def test_other_failures_show_the_first_telling_line() -> None:
     stderr = 'rsync: [Receiver] mkdir "/x" failed: Permission denied\nrsync error: some files\n'
     verdict = sync.judge(23, stderr, SyncConfig())
-    assert verdict.message.startswith("rsync exit 23 (partial transfer due to error): rsync: [Rec")
+    assert verdict.message.startswith("rsync exit 23 (partial transfer due to error): ")
+    assert verdict.message.endswith(': rsync: [Receiver] mkdir "/x" failed: Permission denied')
+
+
+def test_a_file_error_on_the_receiver_is_not_blamed_on_the_key() -> None:
+    # what rsync says when a root-owned directory in the copy stops the receiver
+    stderr = (
+        'rsync: [receiver] mkstemp "/home/foo/srvbackups/.snapshots/.server1-etc.snar.x3Fq"'
+        " failed: Permission denied (13)\n"
+        "rsync error: some files/attrs were not transferred (see previous errors) (code 23)\n"
+    )
+    verdict = sync.judge(23, stderr, SyncConfig())
+    assert "refused the key" not in verdict.message
+    assert "on the receiving host (the key and the connection worked)" in verdict.message
+    assert "Permission denied (13)" in verdict.message
+    assert not verdict.retry
+
+
+def test_vanished_files_on_the_sender_are_said_to_be_here() -> None:
+    stderr = 'file has vanished: "/b/x"\nrsync: [sender] read errors mapping "/b/y": No data (61)\n'
+    verdict = sync.judge(24, stderr, SyncConfig())
+    assert "refused the key" not in verdict.message
+    assert "rsync exit 24 (partial transfer due to vanished source files)" in verdict.message
 
 
 def test_retry_delays_double_and_stop_at_the_cap() -> None:
@@ -440,3 +465,81 @@ def test_a_trailing_newline_in_a_target_field_is_refused(changes: dict[str, obje
     cfg = TargetConfig(**{**REMOTE.__dict__, **changes})
     with pytest.raises(ConfigError):
         sync.target_from_config(cfg, 0)
+
+
+# --- the loss guard --------------------------------------------------------------------------
+
+DAY = dt.date(2026, 12, 11)
+
+
+def _names(host: str, stamps_kinds: Sequence[tuple[str, str]]) -> dict[str, sync.Stamp]:
+    return {f"{host}-etc.{stamp}.{kind}.tar.zst": (1, int(stamp)) for stamp, kind in stamps_kinds}
+
+
+def test_a_fresh_history_in_place_of_the_old_one_is_a_loss() -> None:
+    sent = _names("server1", [("20261207", "master"), ("20261208", "incremental")])
+    present = _names("server1", [("20261211", "master")])
+    assert sync.unexpired_losses(sent, present, DAY, 14) == sorted(sent)
+
+
+def test_a_chain_that_retention_expired_may_go() -> None:
+    old = _names("server1", [("20261101", "master"), ("20261102", "incremental")])
+    kept = _names("server1", [("20261207", "master")])
+    assert sync.unexpired_losses({**old, **kept}, kept, DAY, 14) == []
+    # inside the window the same chain is a loss
+    assert sync.unexpired_losses({**old, **kept}, kept, dt.date(2026, 11, 10), 14) == sorted(old)
+
+
+def test_the_newest_master_chain_is_never_expired() -> None:
+    only = _names("server1", [("20260101", "master")])
+    assert sync.unexpired_losses(only, {}, DAY, 14) == list(only)
+
+
+def test_an_archive_replaced_under_its_own_name_is_a_loss() -> None:
+    # a fresh history made the same day as the old one gets the same names
+    sent = _names("server1", [("20261211", "master")])
+    present = {name: (size + 1, mtime) for name, (size, mtime) in sent.items()}
+    assert sync.unexpired_losses(sent, present, DAY, 14) == list(sent)
+    assert sync.unexpired_losses(sent, dict(sent), DAY, 14) == []
+
+
+def test_a_push_that_would_lose_archives_is_refused_and_rsync_never_runs(tmp_path: Path) -> None:
+    source = _backup_dir(tmp_path)
+    # last week's chain, well inside retention_days = 14
+    week_ago = (dt.datetime.now() - dt.timedelta(days=7)).strftime("%Y%m%d")
+    old = f"server1-etc.{week_ago}.master.tar.zst"
+    (source / "server1-etc.20260101.master.tar.zst").rename(source / old)
+    config = _config(tmp_path, source, retries=0)
+    fake = FakeRsync([0, 0])
+    [first] = sync.sync(config, None, tools=TOOLS, effects=fake.effects())
+    assert first.ok
+    [target] = sync.select_targets(config.targets, None)
+    recorded = json.loads(sync.sent_state_path(config, target).read_text())
+    assert list(recorded["archives"]) == [old]
+    # the disk is not mounted: a fresh history takes the old one's place
+    (source / old).unlink()
+    today = dt.datetime.now().strftime("%Y%m%d")
+    (source / f"server1-etc.{today}.master.tar.zst").write_bytes(b"y")
+    [second] = sync.sync(config, None, tools=TOOLS, effects=fake.effects())
+    assert not second.ok
+    assert second.message.startswith(
+        "refusing to sync to offsite: the push would delete or overwrite 1 archive(s)"
+    )
+    assert "--accept-loss" in second.message
+    assert len(fake.calls) == 1
+    with pytest.raises(KeyforgeError, match="would delete or overwrite 1 archive"):
+        sync.dry_run(config, None, TOOLS)
+    [third] = sync.sync(config, None, accept_loss=True, tools=TOOLS, effects=fake.effects())
+    assert third.ok
+    assert len(fake.calls) == 2
+
+
+def test_max_delete_does_not_stand_in_for_the_loss_guard(tmp_path: Path) -> None:
+    source = _backup_dir(tmp_path)
+    config = _config(tmp_path, source, retries=0, max_delete=100000)
+    fake = FakeRsync([0, 0])
+    sync.sync(config, None, tools=TOOLS, effects=fake.effects())
+    (source / "server1-etc.20260101.master.tar.zst").unlink()
+    [report] = sync.sync(config, None, tools=TOOLS, effects=fake.effects())
+    assert not report.ok
+    assert len(fake.calls) == 1
