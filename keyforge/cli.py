@@ -1353,8 +1353,9 @@ def snapshot_command(
         bool,
         typer.Option(
             "--accept",
-            help="The copy lost files on purpose: take it as it is, apply retention, and judge "
-            "later copies against this snapshot (instead of failing as a wiped copy).",
+            help="The copy lost files or sources on purpose: take it as it is, apply "
+            "retention, and judge later copies against this snapshot (instead of failing as a "
+            "wiped copy). Archives that do not match their manifests are never accepted.",
         ),
     ] = False,
 ) -> None:
@@ -1367,9 +1368,13 @@ def snapshot_command(
     retention_days, always keeping the newest min_keep.
 
     Refuses to run when the store lies inside the synced copy, when it or a directory above it
-    is writable by the copy's owner or by others, or when run as the copy's owner. When the copy
-    looks wiped (empty, its keyforge manifests gone, or most of its files gone) the snapshot is
-    still taken but nothing is pruned, and the run fails saying so.
+    is writable by the copy's owner or by others, or when run as the copy's owner. Each snapshot
+    is judged by content: every archive its manifests list must be there with its recorded size,
+    and what is new since the last good snapshot must match its recorded sha256. When it is not
+    a good copy (an archive cut short, missing or forged, or the copy looks wiped: empty, its
+    manifests or a source's full backups gone, most of its files gone) the snapshot is still
+    taken as evidence but nothing is pruned, and the run fails saying so. Retention counts only
+    good snapshots and never removes the newest good one.
     """
     from keyforge import backup, snapshot
 
@@ -1379,7 +1384,7 @@ def snapshot_command(
             raise UsageError("--list and --dry-run contradict each other; give one")
         infos = snapshot.list_snapshots(cfg)
         for info in infos:
-            flag = "  (copy looked wiped)" if info.wiped else ""
+            flag = f"  (not a good copy: {info.problem})" if info.problem else ""
             say(
                 f"{info.stamp}  {snapshot.human_time(info.when)}  {info.files:>8} files  "
                 f"{backup.human_size(info.size):>9}  {backup.human_size(info.new_size):>9} new"
@@ -1398,8 +1403,8 @@ def snapshot_command(
         say(f"  {' '.join(report.argv)}")
     for stamp in report.pruned:
         say(f"{'would prune' if dry_run else 'pruned'} snapshot {stamp}")
-    if report.wiped:
-        raise KeyforgeError(snapshot.wipe_message(report))
+    if report.problem:
+        raise KeyforgeError(snapshot.problem_message(report))
 
 
 # --- rotate: a new backup key, with backups working throughout --------------------------------
