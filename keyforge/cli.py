@@ -736,12 +736,18 @@ def restore_command(
     """Rebuild a source as it was at a date: its master, then each incremental in order.
 
     GNU tar's incremental extraction also deletes files that were deleted between runs, so the
-    result is the tree as it stood, not a union of every version.
+    result is the tree as it stood, not a union of every version. Run as root to give files
+    their recorded owners back; anyone else gets them as their own (tar --no-same-owner), and
+    is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
+    lock is there) does restore take that lock.
     """
     from keyforge import restore
 
     cfg = _load_backup_config(config_path)
     day = restore.parse_at(at) if at else None
+    notice = restore.owner_notice()
+    if notice:
+        warn(notice)
     archives = restore.run_restore(cfg, source, to, at=day, force=force, dry_run=dry_run)
     verb = "would apply" if dry_run else "applied"
     for record in archives:
@@ -759,17 +765,25 @@ def verify_command(
             "--scratch",
             metavar="DIR",
             show_default=False,
-            help="Where to restore for the check (removed afterwards). "
-            "Default: .verify-scratch in the backup directory.",
+            help="Restore for the check into a new directory inside DIR (removed afterwards; "
+            "nothing else in DIR is touched). Default: .verify-scratch in the backup directory "
+            "where keyforge backup writes, the system's temporary directory for a synced copy.",
         ),
     ] = None,
 ) -> None:
     """Prove the backups restore: check every archive's sha256 against the manifests, then
     restore the latest chain of each source and compare content, modes, owners, mtimes,
-    symlinks, hard links and xattrs with what the archives record."""
+    symlinks, hard links and xattrs with what the archives record.
+
+    Owners are compared only when run as root (no one else can restore them). On a synced
+    copy nothing is written into it: no lock, and the trial restores go to --scratch or the
+    system's temporary directory."""
     from keyforge import restore
 
     cfg = _load_backup_config(config_path)
+    notice = restore.owner_notice(verify=True)
+    if notice:
+        warn(notice)
     report = restore.run_verify(cfg, scratch=scratch)
     for verdict in report.sources:
         state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
