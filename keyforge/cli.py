@@ -1250,9 +1250,12 @@ def status_command(
 ) -> None:
     """When the last backup and the last sync of each target succeeded: age and size.
 
-    Exits 1 when any of them is older than --max-age or never succeeded, so a monitoring system
-    (Nagios, a cron MAILTO, a systemd OnFailure) can call it as is. Reads the newest complete
-    manifest in the backup directory and the sync log; connects nowhere.
+    Exits 1 when any of them is older than --max-age or never succeeded, or when a target's
+    last sync failed, so a monitoring system (Nagios, a cron MAILTO, a systemd OnFailure) can
+    call it as is. Reads the newest complete manifest in the backup directory and the sync log;
+    connects nowhere. On a receiving host the manifests are the sending server's, and the line
+    says so ("pushed copy of server1"): the age of the newest backup that arrived. A config
+    with [snapshot] and no [backup] reads the synced copy ([snapshot] source).
     """
     from datetime import UTC, datetime
 
