@@ -8,6 +8,11 @@ store only that user can write: ``rsync -a --link-dest=<newest snapshot>`` into
 previous snapshot are hard links to it, so a day costs what changed; no snapshot file is ever a
 hard link to the synced copy, which the key's user can write.
 
+Each snapshot is then judged by content, on the copy just made (which nobody else can change):
+the manifests read with keyforge backup's reader, every archive they list present with its
+recorded size, what is new since the last good snapshot hashed, nothing lost since then. One
+that fails is kept as evidence but marked as not a good copy; retention counts only good ones.
+
 The top half is pure (stamps, retention, the wipe guard, the refusal checks on stat values);
 the bottom half reads the file system and runs rsync through ``runner``. The source is opened
 once, without following symlinks, and rsync reads it through that descriptor, so the key's user
@@ -471,7 +476,7 @@ def count_tree(top: str, *, dir_fd: int | None = None) -> TreeCount:
         # fwalk lists a symlink to a directory with the directories, and never enters it
         links = [n for n in dirnames if stat.S_ISLNK(os.lstat(n, dir_fd=dirfd).st_mode)]
         files += len(filenames) + len(links)
-        manifests += sum(1 for n in filenames if n == MANIFEST_NAME or n.endswith(MANIFEST_SUFFIX))
+        manifests += sum(1 for n in filenames if is_manifest_name(n))
     return TreeCount(files, manifests)
 
 
