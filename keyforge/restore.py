@@ -54,10 +54,17 @@ def owner_notice(*, verify: bool = False) -> str | None:
 
 
 def is_backup_own(backup_dir: Path) -> bool:
-    """Whether keyforge backup writes in ``backup_dir`` (its lock is there), as on the sending
-    server; a synced copy never holds the lock (sync does not send it) and belongs to the
-    pushes, so restore and verify write nothing into it."""
-    return backup.lock_path(backup_dir).exists()
+    """Whether keyforge backup writes in ``backup_dir``, as on the sending server: its lock is
+    there, made by the directory's owner. A synced copy never holds that lock (sync does not
+    send it) and belongs to the pushes, so restore and verify write nothing into it; a lock of
+    another user in it is what an older keyforge run as root left, not a backup's."""
+    try:
+        lock, directory = backup.lock_path(backup_dir).lstat(), backup_dir.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise FileError.from_os_error("read", backup_dir, err) from err
+    return stat.S_ISREG(lock.st_mode) and lock.st_uid == directory.st_uid
 
 
 def reading_lock(backup_dir: Path) -> contextlib.AbstractContextManager[None]:

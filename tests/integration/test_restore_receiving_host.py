@@ -191,3 +191,30 @@ def test_verify_with_a_scratch_directory_touches_nothing_else_in_it(
     assert report.ok, report
     assert [p.name for p in scratch.iterdir()] == ["keep"]
     assert (scratch / "keep").read_text() == "someone else's\n"
+
+
+def test_a_root_lock_an_older_run_left_in_the_copy_neither_blocks_nor_draws_the_scratch(
+    receiver: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = receiver["copy"]
+    stale = backup.lock_path(copy)
+    stale.write_bytes(b"")
+    stale.chmod(0o600)  # root's, as keyforge restore as root used to make it
+    before = _listing(copy)
+    real = restore.apply_chain
+
+    def watched(config: object, archives: object, target: Path) -> None:
+        assert not target.is_relative_to(copy), f"restoring into the synced copy: {target}"
+        real(config, archives, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(restore, "apply_chain", watched)
+    verified = CliRunner().invoke(app, ["verify", "--config", str(receiver["cfg"])])
+    assert verified.exit_code == 0, verified.output
+    assert _listing(copy) == before
+    home = receiver["world"] / "nobody"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    argv = ["restore", "--config", str(receiver["cfg"]), "--source", str(receiver["src"])]
+    result = _as_nobody(*argv, "--to", f"{home}/etc")
+    assert result.returncode == 0, result.stderr
+    assert _contents(home / "etc") == _contents(receiver["src"])
