@@ -337,7 +337,9 @@ def test_stdin_argv(compression: str) -> list[str]:
     return ["gzip", "-t", "-q", "-"]
 
 
-def tar_extract_argv(destination: Path) -> list[str]:
+def tar_extract_argv(destination: Path, *, same_owner: bool = True) -> list[str]:
+    """``same_owner=False`` for a user who cannot chown: the files become that user's (tar's
+    --no-same-owner) instead of tar stopping at the first owner it cannot give back."""
     # /dev/null as snapshot: incremental extraction, which deletes what the dumps say is gone
     return [
         "tar",
@@ -348,7 +350,7 @@ def tar_extract_argv(destination: Path) -> list[str]:
         "--xattrs-include=*",
         "--acls",
         "--numeric-owner",
-        "--same-owner",
+        "--same-owner" if same_owner else "--no-same-owner",
         "--same-permissions",
         f"--directory={destination}",
     ]
@@ -418,14 +420,113 @@ def read_manifests(backup_dir: Path, host: str) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {}
     runs = run_manifests(backup_dir, host)
     for stamp in sorted(runs, key=stamp_key):
-        path = runs[stamp]
-        try:
-            document = json.loads(path.read_text())
-            for entry in document["archives"]:
-                entries[entry["name"]] = entry
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise FileError(f"cannot read manifest {path}: {err}") from err
+        for entry in load_manifest(runs[stamp]).archives:
+            entries[entry.name] = entry.to_json()
     return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A run manifest or the index (MANIFEST_NAME), as read back."""
+
+    host: str
+    archives: tuple[ArchiveEntry, ...]
+
+
+def is_archive_name(name: str) -> bool:
+    """Whether ``name`` is named like an archive keyforge backup writes (any host, any source)."""
+    return _ARCHIVE_RE.match(name) is not None
+
+
+def load_manifest(path: Path) -> Manifest:
+    """The one reader of what ``manifest_json`` and ``write_index`` write.
+
+    Raises FileError naming ``path`` for anything else: unreadable, not JSON, no format number,
+    or an archive without a plain file name, a size or a sha256. Whoever reads a manifest
+    (backup, verify, status, snapshot) reads it here, so they all agree on what one is.
+    """
+    try:
+        document = json.loads(path.read_bytes())
+    except OSError as err:
+        raise FileError.from_os_error("read manifest", path, err) from err
+    except ValueError as err:
+        raise FileError(f"cannot read manifest {path}: not JSON ({err})") from None
+    problem = _manifest_problem(document)
+    if problem is not None:
+        raise FileError(f"cannot read manifest {path}: {problem}")
+    return Manifest(
+        document["host"],
+        tuple(
+            ArchiveEntry(
+                name=a["name"],
+                source=a["source"],
+                kind=a["kind"],
+                chain=a["chain"],
+                size=a["size"],
+                sha256=a["sha256"],
+                warnings=tuple(a.get("warnings", ())),
+                source_files=a.get("source_files"),
+                source_bytes=a.get("source_bytes"),
+                alerts=tuple(a.get("alerts", ())),
+            )
+            for a in document["archives"]
+        ),
+    )
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+
+
+def _manifest_problem(document: object) -> str | None:
+    if not isinstance(document, dict):
+        return "not a JSON object"
+    archives = document.get("archives")
+    header = [
+        (_is_count(document.get("format")), "no format number"),
+        (isinstance(document.get("host"), str), "no host"),
+        (isinstance(archives, list), "no archive list"),
+    ]
+    problems = (problem for ok, problem in header if not ok)
+    if not isinstance(archives, list):
+        return next(problems)
+    entries = (_archive_problem(index, archive) for index, archive in enumerate(archives))
+    return next(problems, None) or next((p for p in entries if p is not None), None)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# what backup measured of a source when it read it (optional: older manifests lack them)
+SOURCE_MEASURES = ("source_files", "source_bytes")
+
+
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _archive_problem(index: int, archive: object) -> str | None:
+    if not isinstance(archive, dict):
+        return f"archive {index} is not an object"
+    name = archive.get("name")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
+        return f"archive {index} has no plain file name"
+    sha256 = archive.get("sha256")
+    checks = [
+        (_is_count(archive.get("size")), "has no size"),
+        (isinstance(sha256, str) and _SHA256_RE.match(sha256) is not None, "has no sha256"),
+        (
+            all(isinstance(archive.get(key), str) for key in ("source", "kind", "chain")),
+            "lacks its source, kind or chain",
+        ),
+        (_is_text_list(archive.get("warnings", [])), "has malformed warnings"),
+        (_is_text_list(archive.get("alerts", [])), "has malformed alerts"),
+        (
+            all(archive.get(key) is None or _is_count(archive[key]) for key in SOURCE_MEASURES),
+            "has a malformed source size",
+        ),
+    ]
+    return next((f"{name} {problem}" for ok, problem in checks if not ok), None)
 
 
 # --- the edge: scanning, locking, running ------------------------------------------------------

@@ -776,12 +776,18 @@ def restore_command(
     """Rebuild a source as it was at a date: its master, then each incremental in order.
 
     GNU tar's incremental extraction also deletes files that were deleted between runs, so the
-    result is the tree as it stood, not a union of every version.
+    result is the tree as it stood, not a union of every version. Run as root to give files
+    their recorded owners back; anyone else gets them as their own (tar --no-same-owner), and
+    is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
+    lock is there) does restore take that lock.
     """
     from keyforge import restore
 
     cfg = _load_backup_config(config_path)
     day = restore.parse_at(at) if at else None
+    notice = restore.owner_notice()
+    if notice:
+        warn(notice)
     archives = restore.run_restore(cfg, source, to, at=day, force=force, dry_run=dry_run)
     verb = "would apply" if dry_run else "applied"
     for record in archives:
@@ -799,17 +805,25 @@ def verify_command(
             "--scratch",
             metavar="DIR",
             show_default=False,
-            help="Where to restore for the check (removed afterwards). "
-            "Default: .verify-scratch in the backup directory.",
+            help="Restore for the check into a new directory inside DIR (removed afterwards; "
+            "nothing else in DIR is touched). Default: .verify-scratch in the backup directory "
+            "where keyforge backup writes, the system's temporary directory for a synced copy.",
         ),
     ] = None,
 ) -> None:
     """Prove the backups restore: check every archive's sha256 against the manifests, then
     restore the latest chain of each source and compare content, modes, owners, mtimes,
-    symlinks, hard links and xattrs with what the archives record."""
+    symlinks, hard links and xattrs with what the archives record.
+
+    Owners are compared only when run as root (no one else can restore them). On a synced
+    copy nothing is written into it: no lock, and the trial restores go to --scratch or the
+    system's temporary directory."""
     from keyforge import restore
 
     cfg = _load_backup_config(config_path)
+    notice = restore.owner_notice(verify=True)
+    if notice:
+        warn(notice)
     report = restore.run_verify(cfg, scratch=scratch)
     for verdict in report.sources:
         state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
@@ -1322,9 +1336,12 @@ def status_command(
 ) -> None:
     """When the last backup and the last sync of each target succeeded: age and size.
 
-    Exits 1 when any of them is older than --max-age or never succeeded, so a monitoring system
-    (Nagios, a cron MAILTO, a systemd OnFailure) can call it as is. Reads the newest complete
-    manifest in the backup directory and the sync log; connects nowhere.
+    Exits 1 when any of them is older than --max-age or never succeeded, or when a target's
+    last sync failed, so a monitoring system (Nagios, a cron MAILTO, a systemd OnFailure) can
+    call it as is. Reads the newest complete manifest in the backup directory and the sync log;
+    connects nowhere. On a receiving host the manifests are the sending server's, and the line
+    says so ("pushed copy of server1"): the age of the newest backup that arrived. A config
+    with [snapshot] and no [backup] reads the synced copy ([snapshot] source).
     """
     from datetime import UTC, datetime
 
@@ -1439,8 +1456,9 @@ def snapshot_command(
         bool,
         typer.Option(
             "--accept",
-            help="The copy lost files on purpose: take it as it is, apply retention, and judge "
-            "later copies against this snapshot (instead of failing as a wiped copy).",
+            help="The copy lost files or sources on purpose: take it as it is, apply "
+            "retention, and judge later copies against this snapshot (instead of failing as a "
+            "wiped copy). Archives that do not match their manifests are never accepted.",
         ),
     ] = False,
 ) -> None:
@@ -1453,9 +1471,13 @@ def snapshot_command(
     retention_days, always keeping the newest min_keep.
 
     Refuses to run when the store lies inside the synced copy, when it or a directory above it
-    is writable by the copy's owner or by others, or when run as the copy's owner. When the copy
-    looks wiped (empty, its keyforge manifests gone, or most of its files gone) the snapshot is
-    still taken but nothing is pruned, and the run fails saying so.
+    is writable by the copy's owner or by others, or when run as the copy's owner. Each snapshot
+    is judged by content: every archive its manifests list must be there with its recorded size,
+    and what is new since the last good snapshot must match its recorded sha256. When it is not
+    a good copy (an archive cut short, missing or forged, or the copy looks wiped: empty, its
+    manifests or a source's full backups gone, most of its files gone) the snapshot is still
+    taken as evidence but nothing is pruned, and the run fails saying so. Retention counts only
+    good snapshots and never removes the newest good one.
     """
     from keyforge import backup, snapshot
 
@@ -1465,7 +1487,7 @@ def snapshot_command(
             raise UsageError("--list and --dry-run contradict each other; give one")
         infos = snapshot.list_snapshots(cfg)
         for info in infos:
-            flag = "  (copy looked wiped)" if info.wiped else ""
+            flag = f"  (not a good copy: {info.problem})" if info.problem else ""
             say(
                 f"{info.stamp}  {snapshot.human_time(info.when)}  {info.files:>8} files  "
                 f"{backup.human_size(info.size):>9}  {backup.human_size(info.new_size):>9} new"
@@ -1484,8 +1506,8 @@ def snapshot_command(
         say(f"  {' '.join(report.argv)}")
     for stamp in report.pruned:
         say(f"{'would prune' if dry_run else 'pruned'} snapshot {stamp}")
-    if report.wiped:
-        raise KeyforgeError(snapshot.wipe_message(report))
+    if report.problem:
+        raise KeyforgeError(snapshot.problem_message(report))
 
 
 # --- rotate: a new backup key, with backups working throughout --------------------------------

@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +31,83 @@ from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 
 SCRATCH_NAME = ".verify-scratch"
 MAX_PROBLEMS_SHOWN = 5
+
+
+# --- where restore and verify may write ------------------------------------------------------
+
+
+def restores_owners() -> bool:
+    """Only root can give files back their recorded owners; anyone else gets them as their own
+    (tar --no-same-owner) instead of tar stopping at the first chown."""
+    return os.geteuid() == 0
+
+
+def owner_notice(*, verify: bool = False) -> str | None:
+    """What a run that cannot restore owners tells the user, or None for root."""
+    if restores_owners():
+        return None
+    what = "owners are not compared" if verify else "the files are yours"
+    return (
+        f"not running as root: owners are not restored ({what}; tar --no-same-owner); "
+        "run as root to get the recorded owners back"
+    )
+
+
+def is_backup_own(backup_dir: Path) -> bool:
+    """Whether keyforge backup writes in ``backup_dir``, as on the sending server: its lock is
+    there, made by the directory's owner. A synced copy never holds that lock (sync does not
+    send it) and belongs to the pushes, so restore and verify write nothing into it; a lock of
+    another user in it is what an older keyforge run as root left, not a backup's."""
+    try:
+        lock, directory = backup.lock_path(backup_dir).lstat(), backup_dir.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise FileError.from_os_error("read", backup_dir, err) from err
+    return stat.S_ISREG(lock.st_mode) and lock.st_uid == directory.st_uid
+
+
+def reading_lock(backup_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """The backup's lock, so no backup or prune runs meanwhile, where keyforge backup takes
+    it; elsewhere no lock at all: creating one would write into the synced copy, and no
+    keyforge run writes there."""
+    if is_backup_own(backup_dir):
+        return backup.backup_lock(backup_dir)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def scratch_dir(backup_dir: Path, given: Path | None) -> Iterator[Path]:
+    """A private directory for verify's trial restores, removed afterwards.
+
+    A fresh one inside ``given`` (created 0700 when missing; nothing else in it is touched);
+    without it, ``.verify-scratch`` in the backup directory where keyforge backup writes (its
+    lock keeps sync from sending it), or a fresh one in the system's temporary directory for
+    a synced copy, which must not change under the pushes.
+    """
+    if given is None and is_backup_own(backup_dir):
+        work = backup_dir / SCRATCH_NAME
+        _remove_tree(work)  # what a killed verify left
+        _make_private(work)
+    else:
+        if given is not None:
+            fsutil.ensure_private_dir(given)
+        try:
+            work = Path(tempfile.mkdtemp(prefix="keyforge-verify-", dir=given))
+        except OSError as err:
+            where = given or tempfile.gettempdir()
+            raise FileError.from_os_error("create a directory in", where, err) from err
+    try:
+        yield work
+    finally:
+        _remove_tree(work)
+
+
+def _make_private(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700)
+    except OSError as err:
+        raise FileError.from_os_error("create", path, err) from err
 
 
 def parse_at(text: str) -> dt.date:
@@ -107,7 +185,8 @@ def _restore_whole(config: Config, archives: Iterable[ArchiveRecord], target: Pa
 
 def extract_archive(archive: Path, target: Path) -> None:
     """Apply one archive of a chain onto ``target`` (GNU tar incremental extraction)."""
-    result = runner.run_pipe(backup.decompress_argv(archive), backup.tar_extract_argv(target))
+    extract = backup.tar_extract_argv(target, same_owner=restores_owners())
+    result = runner.run_pipe(backup.decompress_argv(archive), extract)
     decompress, tar = result.first, result.second
     if decompress.returncode != 0:
         raise CommandError(
@@ -141,7 +220,7 @@ def run_restore(
         return archives
     target = target.absolute()
     fresh = _target_is_fresh(target, force=force)
-    with backup.backup_lock(config.backup_dir):
+    with reading_lock(config.backup_dir):
         if fresh:
             _restore_whole(config, archives, target)
         else:
@@ -336,8 +415,9 @@ def _shown(path: bytes) -> str:
     return os.fsdecode(path) or "."
 
 
-def compare_tree(expected: dict[bytes, Expected], root: Path) -> list[str]:
-    """Every difference between the restored tree at ``root`` and what the archives record."""
+def compare_tree(expected: dict[bytes, Expected], root: Path, *, owners: bool = True) -> list[str]:
+    """Every difference between the restored tree at ``root`` and what the archives record;
+    without ``owners`` (a restore that could not give them back), owners are not compared."""
     actual = _actual_entries(root)
     problems: list[str] = []
     for path in sorted(set(expected) - set(actual)):
@@ -348,7 +428,8 @@ def compare_tree(expected: dict[bytes, Expected], root: Path) -> list[str]:
     for path in sorted(set(expected) & set(actual)):
         want, st = expected[path], actual[path]
         full = base + b"/" + path if path else base
-        problems += [f"{_shown(path)}: {p}" for p in _differences(want, st, full, base, actual)]
+        found = _differences(want, st, full, base, actual, owners=owners)
+        problems += [f"{_shown(path)}: {p}" for p in found]
     return problems
 
 
@@ -358,6 +439,8 @@ def _differences(
     full: bytes,
     base: bytes,
     actual: dict[bytes, os.stat_result],
+    *,
+    owners: bool,
 ) -> list[str]:
     if want.kind == "hardlink":
         other = actual.get(want.target)
@@ -369,7 +452,7 @@ def _differences(
     if check is not None and not check(st.st_mode):
         return [f"is not a {want.kind}"]
     problems: list[str] = []
-    if (st.st_uid, st.st_gid) != (want.uid, want.gid):
+    if owners and (st.st_uid, st.st_gid) != (want.uid, want.gid):
         problems.append(f"owner {st.st_uid}:{st.st_gid}, recorded {want.uid}:{want.gid}")
     if want.kind == "symlink":
         target = os.readlink(full)  # noqa: PTH115 - bytes in, bytes out
@@ -430,15 +513,16 @@ def run_verify(config: Config, *, scratch: Path | None = None) -> VerifyReport:
     backup_dir = config.backup_dir
     if not backup_dir.is_dir():
         raise FileError(f"backup directory {backup_dir} does not exist")
-    work = scratch or backup_dir / SCRATCH_NAME
-    with backup.backup_lock(backup_dir):
+    with reading_lock(backup_dir):
         records = backup.scan_archives(config)
         if not records:
             raise FileError(f"no archives of {config.host} in {backup_dir}")
         count, problems = check_checksums(config, records)
-        verdicts = [
-            _verify_source(config, source, records, work) for source in config.backup.sources
-        ]
+        with scratch_dir(backup_dir, scratch) as work:
+            verdicts = [
+                _verify_source(config, source, records, work / str(index))
+                for index, source in enumerate(config.backup.sources)
+            ]
     return VerifyReport(count, tuple(verdicts), tuple(problems))
 
 
@@ -450,11 +534,7 @@ def _verify_source(
     names = tuple(a.name for a in archives)
     if not archives:
         return SourceVerdict(source, names, 0, ("no full backup to restore",))
-    _remove_tree(work)
-    try:
-        work.mkdir(mode=0o700, parents=True)
-    except OSError as err:
-        raise FileError.from_os_error("create", work, err) from err
+    _make_private(work)
     try:
         paths = [config.backup_dir / n for n in names]
         try:
@@ -462,7 +542,7 @@ def _verify_source(
         except KeyforgeError as err:
             return SourceVerdict(source, names, 0, (str(err),))
         expected = expected_state(paths)
-        problems = compare_tree(expected, work)
+        problems = compare_tree(expected, work, owners=restores_owners())
         return SourceVerdict(source, names, len(expected), tuple(problems))
     finally:
         _remove_tree(work)

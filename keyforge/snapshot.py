@@ -8,6 +8,11 @@ store only that user can write: ``rsync -a --link-dest=<newest snapshot>`` into
 previous snapshot are hard links to it, so a day costs what changed; no snapshot file is ever a
 hard link to the synced copy, which the key's user can write.
 
+Each snapshot is then judged by content, on the copy just made (which nobody else can change):
+the manifests read with keyforge backup's reader, every archive they list present with its
+recorded size, what is new since the last good snapshot hashed, nothing lost since then. One
+that fails is kept as evidence but marked as not a good copy; retention counts only good ones.
+
 The top half is pure (stamps, retention, the wipe guard, the refusal checks on stat values);
 the bottom half reads the file system and runs rsync through ``runner``. The source is opened
 once, without following symlinks, and rsync reads it through that descriptor, so the key's user
@@ -25,17 +30,20 @@ import pwd
 import re
 import shutil
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from keyforge import fsutil, runner
+from keyforge import backup, fsutil, runner
 from keyforge.backup import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
 from keyforge.config import Config, SnapshotConfig
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
 
 LOCK_NAME = ".keyforge-snapshot.lock"
 DOOMED_SUFFIX = ".deleting"
+# beside a snapshot that is not a good copy, holding why (the name is from when the only reason
+# was a wiped-looking copy); such a snapshot is evidence, never the baseline
 WIPED_SUFFIX = ".wiped"
+MAX_PROBLEMS_SHOWN = 3
 # rsync's "some files vanished before they could be transferred": the push was still running;
 # the snapshot holds everything else and the next one catches up
 RSYNC_VANISHED = 24
@@ -91,12 +99,20 @@ def new_stamp(now: dt.datetime, taken: Iterable[str]) -> str:
 
 
 def choose_prune(
-    stamps: Iterable[str], now: dt.datetime, retention_days: int, min_keep: int
+    stamps: Iterable[str],
+    now: dt.datetime,
+    retention_days: int,
+    min_keep: int,
+    *,
+    bad: Collection[str] = (),
 ) -> list[str]:
     """The snapshots retention removes, oldest first: older than ``retention_days`` and not
-    among the newest ``min_keep``, so a receiving host whose pushes stopped keeps its history."""
+    among the newest ``min_keep`` good ones, so a receiving host whose pushes stopped keeps its
+    history. Only good snapshots count (``bad``: those that are not a good copy), and the
+    newest good one always stays: days of junk pushes never age out the real history."""
     ordered = sorted(stamps, key=stamp_key)
-    kept = set(ordered[-min_keep:]) if min_keep > 0 else set()
+    good = [s for s in ordered if s not in bad]
+    kept = set(good[-max(min_keep, 1) :])
     cutoff = now - dt.timedelta(days=retention_days)
     return [s for s in ordered if s not in kept and stamp_time(s) < cutoff]
 
@@ -126,6 +142,159 @@ def wipe_reason(current: TreeCount, previous: TreeCount | None, loss_percent: in
             f"(more than {loss_percent}% gone)"
         )
     return None
+
+
+# --- content: the archives against their manifests ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """What the manifests of a copy say about one archive in it."""
+
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """Every archive a copy's manifests list, by path relative to the copy.
+
+    ``required``: those an index (MANIFEST_NAME) lists, which must be there; a run manifest may
+    name archives retention has since removed. ``masters``: (directory, host, source) of each
+    full backup required. ``problems``: manifests that are not manifests, or that disagree.
+    """
+
+    claims: dict[str, Claim]
+    required: frozenset[str]
+    masters: frozenset[tuple[str, str, str]]
+    problems: tuple[str, ...]
+
+
+def is_manifest_name(name: str) -> bool:
+    return name == MANIFEST_NAME or name.endswith(MANIFEST_SUFFIX)
+
+
+def read_listing(top: Path) -> Listing:
+    """The manifests of the copy at ``top``, each read with keyforge backup's own reader."""
+    claims: dict[str, Claim] = {}
+    required: set[str] = set()
+    masters: set[tuple[str, str, str]] = set()
+    problems: list[str] = []
+    for directory, names in _files_by_directory(top):
+        indexes = [n for n in names if n == MANIFEST_NAME]
+        runs = [n for n in names if is_manifest_name(n) and n != MANIFEST_NAME]
+        for name in indexes + runs:
+            shown = _joined(directory, name)
+            try:
+                manifest = backup.load_manifest(top / shown)
+            except FileError as err:
+                reason = _reason(err, top / shown)
+                problems.append(f"{shown} is not a keyforge manifest ({reason})")
+                continue
+            # the index lists what is present; without one, every run manifest does
+            must = name == MANIFEST_NAME or not indexes
+            for entry in manifest.archives:
+                path = _joined(directory, entry.name)
+                claim = Claim(entry.size, entry.sha256)
+                if claims.setdefault(path, claim) != claim:
+                    problems.append(f"{path}: the manifests disagree on its size or sha256")
+                if must:
+                    required.add(path)
+                    if entry.kind == backup.MASTER:
+                        masters.add((directory, manifest.host, entry.source))
+        for name in names:
+            path = _joined(directory, name)
+            if backup.is_archive_name(name) and path not in claims:
+                problems.append(f"{path}: an archive no manifest lists")
+    return Listing(claims, frozenset(required), frozenset(masters), tuple(problems))
+
+
+def _files_by_directory(top: Path) -> Iterator[tuple[str, list[str]]]:
+    """(directory relative to ``top``, "" for itself; its non-directory names), never
+    following a symlink."""
+    for dirpath, _, filenames in os.walk(top):
+        relative = os.path.relpath(dirpath, top)
+        yield ("" if relative == "." else relative), sorted(filenames)
+
+
+def _joined(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
+def _reason(err: FileError, path: Path) -> str:
+    """The loader's reason without its path, which names the snapshot's temporary directory."""
+    return str(err).removeprefix(f"cannot read manifest {path}: ")
+
+
+def content_problems(top: Path, listing: Listing, *, hash_new: Collection[str] = ()) -> list[str]:
+    """Why the copy at ``top`` does not hold what its manifests list: a listed archive missing,
+    not a regular file or of another size; each of ``hash_new`` is also hashed."""
+    problems = list(listing.problems)
+    for path, claim in sorted(listing.claims.items()):
+        try:
+            st = (top / path).lstat()
+        except FileNotFoundError:
+            if path in listing.required:
+                problems.append(f"{path}: listed in the manifest but missing")
+            continue
+        except OSError as err:
+            problems.append(f"{path}: cannot be read ({err.strerror})")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{path}: not a regular file")
+        elif st.st_size != claim.size:
+            problems.append(
+                f"{path}: {st.st_size} bytes where its manifest records {claim.size} "
+                "(a push cut short?)"
+            )
+        elif path in hash_new and backup.sha256_of(top / path) != claim.sha256:
+            problems.append(f"{path}: its content does not match the manifest's sha256")
+    return problems
+
+
+def to_hash(
+    top: Path, listing: Listing, good: Path | None, good_listing: Listing | None
+) -> list[str]:
+    """The archives whose content is new since the last good snapshot ``good``: all but those
+    that are the very same file there (a hard link rsync made) with the same claim, which that
+    snapshot's run already checked. So a day's hashing costs what the day pushed."""
+    new = []
+    for path, claim in listing.claims.items():
+        if good is not None and good_listing is not None and good_listing.claims.get(path) == claim:
+            try:
+                mine, theirs = (top / path).lstat(), (good / path).lstat()
+            except OSError:
+                pass
+            else:
+                if (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino):
+                    continue
+        new.append(path)
+    return new
+
+
+def loss_problems(listing: Listing, good_listing: Listing | None) -> list[str]:
+    """What the copy lost since the last good snapshot, though what it holds is consistent: a
+    source's full backups gone, or an archive rewritten under a name it already had (keyforge
+    backup never reuses a name; a fresh history on an unmounted disk does)."""
+    if good_listing is None:
+        return []
+    problems = []
+    for directory, host, source in sorted(good_listing.masters - listing.masters):
+        where = f" in {directory}" if directory else ""
+        problems.append(f"no full backup of {host}:{source} any more{where}")
+    for path, claim in sorted(listing.claims.items()):
+        before = good_listing.claims.get(path)
+        if before is not None and before != claim:
+            problems.append(
+                f"{path} differs from the archive of that name in the last good snapshot"
+            )
+    return problems
+
+
+def summarize(problems: Sequence[str]) -> str:
+    head = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    return head + (f"; and {more} more" if more > 0 else "")
 
 
 # --- refusal checks (pure, on stat values) -------------------------------------------------------
@@ -307,7 +476,7 @@ def count_tree(top: str, *, dir_fd: int | None = None) -> TreeCount:
         # fwalk lists a symlink to a directory with the directories, and never enters it
         links = [n for n in dirnames if stat.S_ISLNK(os.lstat(n, dir_fd=dirfd).st_mode)]
         files += len(filenames) + len(links)
-        manifests += sum(1 for n in filenames if n == MANIFEST_NAME or n.endswith(MANIFEST_SUFFIX))
+        manifests += sum(1 for n in filenames if is_manifest_name(n))
     return TreeCount(files, manifests)
 
 
@@ -330,7 +499,7 @@ class SnapshotInfo:
     files: int
     size: int
     new_size: int
-    wiped: bool
+    problem: str | None  # why it is not a good copy, from its marker; None for a good one
 
 
 def describe_store(store: Path) -> list[SnapshotInfo]:
@@ -349,8 +518,10 @@ def describe_store(store: Path) -> list[SnapshotInfo]:
             if (st.st_dev, st.st_ino) not in seen:
                 seen.add((st.st_dev, st.st_ino))
                 new_size += st.st_size
-        wiped = wiped_marker(store, stamp).exists()
-        infos.append(SnapshotInfo(stamp, stamp_time(stamp), files, size, new_size, wiped))
+        problem = fsutil.read_text_if_exists(wiped_marker(store, stamp))
+        if problem is not None:
+            problem = problem.strip() or "not a good copy"
+        infos.append(SnapshotInfo(stamp, stamp_time(stamp), files, size, new_size, problem))
     return infos
 
 
@@ -425,15 +596,19 @@ def find_rsync() -> str:
 
 
 def wiped_marker(store: Path, stamp: str) -> Path:
-    """Beside a snapshot taken of a wiped-looking copy: it is never the baseline."""
+    """Beside a snapshot that is not a good copy, holding why: it is never the baseline."""
     return store / f".{stamp}{WIPED_SUFFIX}"
 
 
+def bad_stamps(store: Path, stamps: Iterable[str]) -> set[str]:
+    return {s for s in stamps if wiped_marker(store, s).exists()}
+
+
 def baseline(store: Path, stamps: Sequence[str]) -> str | None:
-    """The newest snapshot not taken of a wiped-looking copy: what the next copy is judged
-    against, so a wipe followed by pushes of a few files still looks like a wipe."""
-    good = [s for s in stamps if not wiped_marker(store, s).exists()]
-    return newest(good)
+    """The newest good snapshot: what the next copy is judged against, so a wipe followed by
+    pushes of a few files (or of junk) still fails, until the copy is good again."""
+    bad = bad_stamps(store, stamps)
+    return newest(s for s in stamps if s not in bad)
 
 
 def link_dests(store: Path, stamps: Sequence[str]) -> list[Path]:
@@ -441,6 +616,28 @@ def link_dests(store: Path, stamps: Sequence[str]) -> list[Path]:
     as links to the baseline instead of as new copies."""
     found = [newest(stamps), baseline(store, stamps)]
     return [store / s for s in dict.fromkeys(found) if s is not None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether a copy is a good one. ``wiped`` (the wipe guard) and ``lost`` (a source's full
+    backups gone, a rewritten archive): what it lost since the last good snapshot, which
+    --accept may take;
+    ``damaged``: archives that do not match their manifests, which nothing makes good."""
+
+    wiped: str | None
+    lost: tuple[str, ...]
+    damaged: tuple[str, ...]
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        # a wiped-looking copy lost its sources' backups too: the wipe says it all
+        return (self.wiped,) if self.wiped else self.lost
+
+    def problem(self, *, accept: bool) -> str | None:
+        """Why this copy is not a good one (with ``accept``, losses do not count), or None."""
+        problems = [*self.damaged, *(() if accept else self.losses)]
+        return summarize(problems) if problems else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,7 +649,8 @@ class SnapshotReport:
     argv: tuple[str, ...]
     count: TreeCount
     pruned: tuple[str, ...]
-    wiped: str | None
+    problem: str | None  # why this snapshot is not a good copy, or None
+    wiped: bool  # the problem is a wipe-looking copy (for the message)
     warnings: tuple[str, ...]
     dry_run: bool
 
@@ -469,12 +667,14 @@ def run_snapshot(
     now: dt.datetime | None = None,
     rsync: str | None = None,
 ) -> SnapshotReport:
-    """Take one snapshot of the synced copy, then apply retention unless the copy looks wiped.
+    """Take one snapshot of the synced copy, judge it, then apply retention if it is good.
 
-    A wiped-looking copy is still snapshotted (it is evidence of what happened) and nothing is
-    pruned; the report's ``wiped`` says why, and the caller fails the run. With ``accept`` the
-    copy is taken as it is (files removed on purpose): a warning, retention as usual, and this
-    snapshot becomes the baseline.
+    A good copy holds every archive its manifests list, each of its recorded size and, when
+    new since the last good snapshot, its recorded sha256; and it lost nothing since then (see
+    ``Verdict``). Any other copy is still snapshotted (it is evidence of what happened), marked
+    as not good and nothing is pruned; the report's ``problem`` says why, and the caller fails
+    the run. With ``accept``, losses are taken as meant (a warning, retention as usual, and
+    this snapshot becomes the baseline); damaged archives never are.
     """
     settings = config.snapshot
     now = now or dt.datetime.now(dt.UTC)
@@ -505,17 +705,32 @@ class _Run:
     accept: bool
 
     def judge(
-        self, count: TreeCount, earlier: Sequence[str], stamp: str
-    ) -> tuple[str | None, list[str]]:
-        """Whether the copy looks wiped, and the snapshots retention removes."""
-        good = baseline(self.store, earlier)
-        previous = count_tree(str(self.store / good)) if good else None
+        self, tree: Path, count: TreeCount, earlier: Sequence[str], *, hashing: bool
+    ) -> Verdict:
+        """The copy at ``tree`` (``count``: its files) against the last good snapshot among
+        ``earlier``; ``hashing``: hash what is new (a dry run, reading the live copy, checks
+        sizes only)."""
+        good_stamp = baseline(self.store, earlier)
+        good = self.store / good_stamp if good_stamp else None
+        listing = read_listing(tree)
+        good_listing = read_listing(good) if good else None
+        new = set(to_hash(tree, listing, good, good_listing)) if hashing else set()
+        previous = count_tree(str(good)) if good else None
         wiped = wipe_reason(count, previous, self.settings.wipe_loss_percent)
-        if wiped and not self.accept:
-            return wiped, []
+        return Verdict(
+            wiped,
+            tuple(loss_problems(listing, good_listing)),
+            tuple(content_problems(tree, listing, hash_new=new)),
+        )
+
+    def prune(self, verdict: Verdict, earlier: Sequence[str], stamp: str) -> list[str]:
+        """What retention removes after this snapshot: nothing unless it is a good copy."""
+        if verdict.problem(accept=self.accept):
+            return []
         keep = self.settings
         every = [*earlier, stamp]
-        return wiped, choose_prune(every, self.now, keep.retention_days, keep.min_keep)
+        bad = bad_stamps(self.store, earlier)
+        return choose_prune(every, self.now, keep.retention_days, keep.min_keep, bad=bad)
 
     def report(
         self,
@@ -525,12 +740,13 @@ class _Run:
         *,
         earlier: Sequence[str],
         prune: Sequence[str],
-        wiped: str | None,
+        verdict: Verdict,
         warnings: tuple[str, ...] = (),
         dry_run: bool,
     ) -> SnapshotReport:
         """What a run did (or, planned, would do); ``earlier``: the snapshots taken before."""
         shown = [f"{self.source}/" if a.startswith("/proc/self/fd/") else a for a in argv]
+        problem = verdict.problem(accept=self.accept)
         return SnapshotReport(
             self.source,
             self.store,
@@ -539,7 +755,8 @@ class _Run:
             argv=tuple(shown),
             count=count,
             pruned=tuple(prune),
-            wiped=wiped,
+            problem=problem,
+            wiped=problem is not None and verdict.wiped is not None and not verdict.damaged,
             warnings=warnings,
             dry_run=dry_run,
         )
@@ -548,11 +765,13 @@ class _Run:
         stamps = list_stamps(self.store)
         stamp = new_stamp(self.now, stamps)
         count = count_tree(".", dir_fd=self.fd)
-        wiped, prune = self.judge(count, stamps, stamp)
+        live = Path(f"/proc/self/fd/{self.fd}")
+        verdict = self.judge(live, count, stamps, hashing=False)
+        prune = self.prune(verdict, stamps, stamp)
         links = link_dests(self.store, stamps)
         argv = rsync_argv(self.rsync, str(self.source), self.store / partial_name(stamp), links)
         return self.report(
-            stamp, argv, count, earlier=stamps, prune=prune, wiped=wiped, dry_run=True
+            stamp, argv, count, earlier=stamps, prune=prune, verdict=verdict, dry_run=True
         )
 
     def take(self, warnings: tuple[str, ...]) -> SnapshotReport:
@@ -574,17 +793,19 @@ class _Run:
                 warnings += (f"files vanished from {self.source} while it was copied",)
             # judged on the copy just made, which nobody else can change, not the live one
             count = count_tree(str(partial))
-            wiped, prune = self.judge(count, stamps, stamp)
-            if wiped and not self.accept:
-                fsutil.atomic_write(wiped_marker(store, stamp), f"{wiped}\n".encode())
+            verdict = self.judge(partial, count, stamps, hashing=True)
+            problem = verdict.problem(accept=self.accept)
+            if problem:
+                fsutil.atomic_write(wiped_marker(store, stamp), f"{problem}\n".encode())
             partial.rename(store / stamp)
             fsutil.fsync_dir(store)
         except BaseException:
             fsutil.remove_tree(partial)
+            wiped_marker(store, stamp).unlink(missing_ok=True)
             raise
-        if wiped and self.accept:
-            warnings += (f"accepted: the copy {wiped}",)
-            wiped = None
+        if self.accept and verdict.losses and not problem:
+            warnings += (f"accepted as meant: {summarize(verdict.losses)}",)
+        prune = self.prune(verdict, stamps, stamp)
         remove_snapshots(store, prune)
         return self.report(
             stamp,
@@ -592,7 +813,7 @@ class _Run:
             count,
             earlier=stamps,
             prune=prune,
-            wiped=wiped,
+            verdict=verdict,
             warnings=warnings,
             dry_run=False,
         )
@@ -605,11 +826,17 @@ def list_snapshots(config: Config) -> list[SnapshotInfo]:
     return describe_store(store)
 
 
-def wipe_message(report: SnapshotReport) -> str:
+def problem_message(report: SnapshotReport) -> str:
+    """The one line a failed run ends with: why the copy is not good, and what was kept."""
+    what = (
+        f"looks wiped ({report.problem})"
+        if report.wiped
+        else f"is not a good copy ({report.problem})"
+    )
     return (
-        f"the synced copy {report.source} looks wiped ({report.wiped}); snapshot "
-        f"{report.stamp} keeps it as evidence, every earlier snapshot is kept (nothing "
-        "pruned). Check the sending server and its backup key"
+        f"the synced copy {report.source} {what}; snapshot {report.stamp} keeps it as "
+        "evidence, every earlier snapshot is kept (nothing pruned). Check the sending server, "
+        "its last push and its backup key"
     )
 
 

@@ -1,9 +1,12 @@
 """keyforge status: when the last backup and the last sync of each target succeeded.
 
 Made for monitoring: the age of each, its size, and a verdict that is bad when either is older
-than the limit or never happened. The backup's time is its newest complete manifest (written as
-each archive is committed, so its mtime is when the run finished); a sync's is the newest ``ok``
-line of the sync log. Reading is separated from judging, which is pure.
+than the limit, never happened, or (a sync) failed since its last success. The backup's time is
+its newest complete manifest (written as each archive is committed, so its mtime is when the
+run finished); a sync's is the newest ``ok`` line of the sync log. On a receiving host the
+manifests are another host's, pushed there: that line says "pushed copy of server1", and its
+age is that of the newest backup that arrived (rsync keeps the manifest's mtime). Reading is
+separated from judging, which is pure.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keyforge import sync
-from keyforge.backup import MANIFEST_SUFFIX, human_size, source_slug
+from keyforge import snapshot, sync
+from keyforge.backup import MANIFEST_SUFFIX, human_size, load_manifest, source_slug
 from keyforge.config import Config
 from keyforge.errors import FileError
 
@@ -55,30 +58,62 @@ class Status:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def last_backup(directory: Path, host: str, sources: Sequence[str]) -> Success | None:
-    """The newest run that archived every configured source (any run, for another host's)."""
+def last_backups(directory: Path, host: str, sources: Sequence[str]) -> dict[str, Success]:
+    """The newest run of each host whose manifests ``directory`` holds: for ``host`` itself a
+    run that archived every configured source, for another host's (a pushed copy) any run."""
     wanted = {source_slug(s) for s in sources}
-    best: Success | None = None
+    best: dict[str, Success] = {}
     for path in directory.glob(f"*{MANIFEST_SUFFIX}"):
-        document = sync.read_manifest(path)
-        if document is None:
+        try:
+            manifest = load_manifest(path)
+            when = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except (FileError, OSError):
             continue
-        archives = [a for a in document["archives"] if isinstance(a, dict)]
-        if document.get("host") == host:
-            done = {source_slug(str(a.get("source", ""))) for a in archives}
+        if manifest.host == host:
+            done = {source_slug(a.source) for a in manifest.archives}
             if not wanted <= done:
                 continue  # a run that stopped part way is not a success
-        try:
-            when = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-        except OSError:
-            continue
-        size = sum(int(a.get("size", 0)) for a in archives)
-        alerts = tuple(
-            str(x) for a in archives if isinstance(a.get("alerts"), list) for x in a["alerts"]
-        )
-        if best is None or when > best.when:
-            best = Success(when, size, f"{len(archives)} archive(s), {path.name}", alerts)
+        size = sum(a.size for a in manifest.archives)
+        found = best.get(manifest.host)
+        if found is None or when > found.when:
+            count = len(manifest.archives)
+            alerts = tuple(alert for a in manifest.archives for alert in a.alerts)
+            best[manifest.host] = Success(when, size, f"{count} archive(s), {path.name}", alerts)
     return best
+
+
+def backup_items(
+    successes: dict[str, Success], host: str, now: datetime, max_age: float, *, copy: bool
+) -> list[Item]:
+    """ "backup" for this host's own runs; "pushed copy of H" for each other host's, as a
+    receiving host holds them. A directory holding neither never got a backup: "pushed copy"
+    when it is a receiving host's synced copy (``copy``), "backup" otherwise."""
+    items = []
+    if host in successes or not successes:
+        name = "pushed copy" if copy and not successes else "backup"
+        items.append(judge_backup(name, successes.get(host), now, max_age))
+    for other in sorted(set(successes) - {host}):
+        items.append(judge_backup(f"pushed copy of {other}", successes[other], now, max_age))
+    return items
+
+
+def judge_backup(name: str, success: Success | None, now: datetime, max_age: float) -> Item:
+    """A run that warned about its sources (empty, shrank) is not ok, however recent."""
+    item = judge(name, success, None, now, max_age)
+    if success is not None and success.alerts and item.ok:
+        return dataclasses.replace(item, ok=False, problem="; ".join(success.alerts))
+    return item
+
+
+def reads_copy(config: Config) -> bool:
+    """A receiving host's config: [snapshot] and no [backup]; status reads its synced copy."""
+    return "snapshot" in config.sections and "backup" not in config.sections
+
+
+def status_dir(config: Config) -> Path:
+    """What status reads: the backup directory (or [sync] source), or on a receiving host the
+    synced copy the snapshots are taken of."""
+    return snapshot.source_of(config) if reads_copy(config) else sync.source_dir(config)
 
 
 def read_sync_log(path: Path) -> list[dict[str, Any]]:
@@ -116,12 +151,17 @@ def _parse_time(value: object) -> datetime | None:
 def judge(
     name: str, success: Success | None, failure: str | None, now: datetime, max_age_hours: float
 ) -> Item:
+    """``failure``: a failed run after the last success, which fails the item however recent
+    the success: the copy did not get the last backup."""
     if success is None:
         return Item(name, None, failure, None, False, "never succeeded")
     age = (now - success.when).total_seconds() / 3600
-    ok = age <= max_age_hours
-    problem = None if ok else f"last success {age:.1f} h ago, over the {max_age_hours:g} h limit"
-    return Item(name, success, failure, age, ok, problem)
+    problem = None
+    if age > max_age_hours:
+        problem = f"last success {age:.1f} h ago, over the {max_age_hours:g} h limit"
+    elif failure is not None:
+        problem = "the last run failed"
+    return Item(name, success, failure, age, problem is None, problem)
 
 
 def sync_items(
@@ -149,12 +189,9 @@ def sync_items(
 
 
 def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
-    source = sync.source_dir(config)
-    backup = last_backup(source, config.host, config.backup.sources) if source.is_dir() else None
-    item = judge("backup", backup, None, now, max_age_hours)
-    if backup is not None and backup.alerts and item.ok:
-        item = dataclasses.replace(item, ok=False, problem="; ".join(backup.alerts))
-    items = [item]
+    source = status_dir(config)
+    found = last_backups(source, config.host, config.backup.sources) if source.is_dir() else {}
+    items = backup_items(found, config.host, now, max_age_hours, copy=reads_copy(config))
     names = [t.name for t in sync.select_targets(config.targets, None)] if config.targets else []
     records = read_sync_log(Path(config.sync.log))
     items += sync_items(records, names, now, max_age_hours)

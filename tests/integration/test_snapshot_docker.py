@@ -173,7 +173,39 @@ def test_a_stolen_key_pushing_an_empty_tree_wipes_the_mirror_but_no_snapshot(lab
     listing = _snapshot(lab, "--list")
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.count("\n") == 3
-    assert "(copy looked wiped)" in listing.stdout.splitlines()[-1]
+    assert "(not a good copy: it holds no file at all)" in listing.stdout.splitlines()[-1]
+
+
+def test_a_stolen_key_pushing_junk_with_a_manifest_of_braces_is_not_a_good_copy(lab, history):
+    """As many empty files as the last good snapshot holds, plus ``{}`` as the index: the old
+    file-count guard passed this and took it as the new baseline."""
+    good = history["stamps"][1]
+    count = int(lab.receiver.sh(f"find {STORE}/{good} ! -type d | wc -l").stdout.strip())
+    lab.sender.sh(
+        "rm -rf /tmp/junk && mkdir /tmp/junk && "
+        f"for i in $(seq {count}); do : > /tmp/junk/junk$i; done && "
+        "echo '{}' > /tmp/junk/keyforge-manifest.json && chown -R foo /tmp/junk"
+    )
+    attack = _push(lab, "/tmp/junk/")
+    assert attack.returncode == 0, attack.stderr
+    assert lab.receiver.exists(f"{COPY}/keyforge-manifest.json")
+
+    after = _snapshot(lab)
+    assert after.returncode == 1
+    assert (
+        f"the synced copy {COPY} is not a good copy (keyforge-manifest.json is not a keyforge "
+        "manifest (no format number))"
+    ) in after.stderr
+    assert len(after.stderr.strip().splitlines()) == 1
+    stamps = _stamps(lab)
+    assert stamps[:2] == history["stamps"]  # past retention, still kept
+    for stamp in history["stamps"]:
+        assert lab.tree_hashes(lab.receiver, f"{STORE}/{stamp}") == history["hashes"][stamp]
+    listing = _snapshot(lab, "--list")
+    assert (
+        "(not a good copy: keyforge-manifest.json is not a keyforge manifest"
+        in (listing.stdout.splitlines()[-1])
+    )
 
 
 def test_schedule_on_the_receiver_installs_the_snapshot_job_alone_as_root(lab, history):

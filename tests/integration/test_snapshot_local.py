@@ -7,6 +7,7 @@ logs in as foo; the tests run as root, the snapshot user. Skipped where that can
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import fsutil, snapshot
+from keyforge import backup, fsutil, snapshot
 from keyforge.cli import app
 from keyforge.config import Config, parse
 from keyforge.errors import FileError, LockedError, UsageError
@@ -43,8 +44,14 @@ def copy(tmp_path: Path) -> Path:
     """A synced copy as the sending server leaves it: archives and a manifest, owned by nobody."""
     top = tmp_path / "srvbackups"
     (top / "server1").mkdir(parents=True)
-    (top / "server1" / "server1-etc.20261101.master.tar.zst").write_bytes(os.urandom(5000))
-    (top / "server1" / "server1.20261101.manifest.json").write_text('{"format": 1}\n')
+    name = "server1-etc.20261101.master.tar.zst"
+    data = os.urandom(5000)
+    (top / "server1" / name).write_bytes(data)
+    entry = backup.ArchiveEntry(
+        name, "/etc", backup.MASTER, name, len(data), hashlib.sha256(data).hexdigest()
+    )
+    manifest = backup.manifest_json("server1", "20261101", _at(1), [entry])
+    (top / "server1" / "server1.20261101.manifest.json").write_bytes(manifest)
     (top / "server1" / "notes").write_text("day 1\n")
     _chown_tree(top)
     return top
@@ -142,18 +149,23 @@ def test_a_wiped_copy_is_snapshotted_but_nothing_is_pruned_until_it_is_accepted(
     assert snapshot.list_stamps(tmp_path / "store") == old[1:]  # retention works at all
     shutil.rmtree(copy / "server1")
     wiped = snapshot.run_snapshot(config, now=_at(10))
-    assert wiped.wiped == "it holds no file at all"
+    assert wiped.problem == "it holds no file at all"
+    assert wiped.wiped
     assert wiped.pruned == ()
     # a few files pushed after the wipe are still judged against the last good snapshot
     (copy / "junk").write_text("x")
     again = snapshot.run_snapshot(config, now=_at(11))
-    assert again.wiped is not None and "no keyforge manifest" in again.wiped
+    assert again.problem is not None and "no keyforge manifest" in again.problem
     store = tmp_path / "store"
     assert snapshot.list_stamps(store) == [old[1], wiped.stamp, again.stamp]
-    assert [i.wiped for i in snapshot.describe_store(store)] == [False, True, True]
+    assert [i.problem for i in snapshot.describe_store(store)] == [
+        None,
+        "it holds no file at all",
+        again.problem,
+    ]
 
     accepted = snapshot.run_snapshot(config, now=_at(12), accept=True)
-    assert accepted.wiped is None
+    assert accepted.problem is None
     assert any("accepted" in w for w in accepted.warnings)
     assert snapshot.list_stamps(store) == [again.stamp, accepted.stamp]
 

@@ -77,6 +77,18 @@ def test_retention_always_keeps_the_newest_min_keep_however_old() -> None:
     assert doomed == stamps[:3]
 
 
+def test_retention_counts_only_good_snapshots_and_keeps_the_newest_good_one() -> None:
+    stamps = _daily("2026-11-01 05:30:00", 10)  # Nov 1 .. Nov 10
+    now = _at("2026-11-30 06:00:00")
+    # a week of junk pushes after Nov 3: min_keep 7 counted them, and Nov 1 .. 3 went
+    assert snapshot.choose_prune(stamps, now, 5, 7) == stamps[:3]
+    bad = set(stamps[3:])
+    doomed = snapshot.choose_prune(stamps, now, 5, 7, bad=bad)
+    assert doomed == stamps[3:]  # the good Nov 1 .. 3 stay; old junk follows retention
+    assert snapshot.choose_prune(stamps, now, 5, 0, bad=bad)[-1] == stamps[-1]
+    assert stamps[2] not in snapshot.choose_prune(stamps, now, 5, 0, bad=bad)
+
+
 def test_the_wipe_guard_sees_an_empty_copy() -> None:
     assert snapshot.wipe_reason(TreeCount(0, 0), TreeCount(40, 3), 50) == (
         "it holds no file at all"

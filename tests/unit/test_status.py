@@ -7,16 +7,22 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from keyforge import status
+from keyforge import backup, status
 from keyforge.config import Config, parse
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _manifest(directory: Path, name: str, host: str, sources: list[str], when: datetime) -> None:
-    archives = [{"name": f"{host}-{s}", "source": s, "size": 1000} for s in sources]
+    """A run manifest as keyforge backup writes it, dated ``when``."""
+    entries = []
+    for source in sources:
+        archive = backup.archive_name(
+            host, backup.source_slug(source), "20260301", "master", "zstd"
+        )
+        entries.append(backup.ArchiveEntry(archive, source, "master", archive, 1000, "0" * 64))
     path = directory / name
-    path.write_text(json.dumps({"format": 1, "host": host, "archives": archives}))
+    path.write_bytes(backup.manifest_json(host, "20260301", when, entries))
     os.utime(path, (when.timestamp(), when.timestamp()))
 
 
@@ -84,6 +90,52 @@ def test_a_failed_run_after_the_success_is_shown_but_the_age_is_the_successs(
     assert sync.age_hours == 2
     assert sync.last_failure is not None
     assert "rsync exit 12" in sync.last_failure
+
+
+def test_a_sync_that_failed_after_its_last_success_fails_however_recent(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _manifest(
+        config.backup_dir, "server1.20260301.manifest.json", "server1", ["/etc", "/home"], NOW
+    )
+    _log(
+        tmp_path,
+        {"end": (NOW - timedelta(hours=2)).isoformat(), "ok": True, "bytes_sent": 1},
+        {"end": (NOW - timedelta(hours=1)).isoformat(), "ok": False, "message": "rsync exit 23"},
+    )
+    result = status.assess(config, NOW, 26)
+    assert not result.ok
+    backup_item, sync = result.items
+    assert backup_item.ok
+    assert not sync.ok
+    assert sync.problem == "the last run failed"
+    assert "     the last run failed" in status.lines(result)
+    # the next success clears it
+    _log(tmp_path, {"end": NOW.isoformat(), "ok": True, "bytes_sent": 1})
+    assert status.assess(config, NOW, 26).ok
+
+
+def test_on_a_receiving_host_the_line_names_the_pushed_copy_it_reads(tmp_path: Path) -> None:
+    copy = tmp_path / "srvbackups"
+    copy.mkdir()
+    _manifest(copy, "server1.20260301.manifest.json", "server1", ["/etc"], NOW - timedelta(hours=5))
+    config = parse({"general": {"host": "raspberrypi"}, "snapshot": {"source": str(copy)}})
+    result = status.assess(config, NOW, 26)
+    [item] = result.items
+    assert item.name == "pushed copy of server1"
+    assert item.ok and item.age_hours == 5
+    assert status.lines(result)[0].startswith("ok   pushed copy of server1: 5.0 h ago")
+    old = status.assess(config, NOW + timedelta(hours=30), 26)
+    assert not old.ok
+    assert old.items[0].problem == "last success 35.0 h ago, over the 26 h limit"
+
+
+def test_a_copy_that_holds_no_manifest_is_a_push_that_never_arrived(tmp_path: Path) -> None:
+    copy = tmp_path / "srvbackups"
+    copy.mkdir()
+    (copy / "server1.20260301.manifest.json").write_text("{}")
+    config = parse({"general": {"host": "raspberrypi"}, "snapshot": {"source": str(copy)}})
+    [item] = status.assess(config, NOW, 26).items
+    assert (item.name, item.problem) == ("pushed copy", "never succeeded")
 
 
 def test_a_partial_backup_run_does_not_count_and_never_is_a_failure(tmp_path: Path) -> None:

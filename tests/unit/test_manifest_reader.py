@@ -1,0 +1,65 @@
+"""The one reader of keyforge's manifests: what backup writes reads back, nothing else does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from keyforge import backup
+from keyforge.errors import FileError
+
+NAME = "server1-etc.20261123.master.tar.zst"
+ENTRY = backup.ArchiveEntry(NAME, "/etc", backup.MASTER, NAME, 1234, "ab" * 32, ("w",))
+
+
+def _written(tmp_path: Path, document: object) -> Path:
+    path = tmp_path / "server1.20261123.manifest.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_what_backup_writes_reads_back_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "server1.20261123.manifest.json"
+    path.write_bytes(
+        backup.manifest_json("server1", "20261123", dt.datetime(2026, 11, 23), [ENTRY])
+    )
+    assert backup.load_manifest(path) == backup.Manifest("server1", (ENTRY,))
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({}, "no format number"),
+        ([], "not a JSON object"),
+        ({"format": True, "host": "server1", "archives": []}, "no format number"),
+        ({"format": 1, "archives": []}, "no host"),
+        ({"format": 1, "host": "server1"}, "no archive list"),
+        ({"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "name": "../x"}]}, "plain"),
+        ({"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "size": -1}]}, "no size"),
+        ({"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "sha256": "x"}]}, "sha256"),
+        ({"format": 1, "host": "s", "archives": [{"name": NAME, "size": 1}]}, "no sha256"),
+    ],
+)
+def test_anything_else_is_refused_with_the_reason(
+    tmp_path: Path, document: object, problem: str
+) -> None:
+    path = _written(tmp_path, document)
+    with pytest.raises(FileError, match=f"cannot read manifest {path}: .*{problem}"):
+        backup.load_manifest(path)
+
+
+def test_a_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / backup.MANIFEST_NAME
+    path.write_bytes(b"")
+    with pytest.raises(FileError, match="not JSON"):
+        backup.load_manifest(path)
+
+
+def test_archive_names_are_recognised_whatever_the_host() -> None:
+    assert backup.is_archive_name(NAME)
+    assert backup.is_archive_name("raspberrypi-var_lib.20261123-093000.incremental.tar.gz")
+    assert not backup.is_archive_name("junk0")
+    assert not backup.is_archive_name(f".{NAME}.partial")
