@@ -1751,7 +1751,8 @@ def gate_command(
             help="Pass --confine-root=DIR and --drop-D (rsync 3.5 and later): paths rsync "
             "resolves itself, such as filter merge files named inside the protocol, stay in "
             "DIR. 'keyforge install --gate' adds it when this host's rsync has them. Without "
-            "it the gate passes --no-D and logs a warning line with each push.",
+            "it the gate passes --no-specials (--no-D as root) and logs a warning line with "
+            "each push.",
         ),
     ] = False,
 ) -> None:

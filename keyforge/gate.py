@@ -19,9 +19,10 @@ would have treated as syntax (``;``, ``|``, ``$``, a backquote, a redirection...
 An allowed push runs rsync through ``os.execv`` with an argument list (never a shell), with
 ``--munge-links`` added so a symbolic link pushed by one run cannot be followed by a later one,
 and with no device or special file made: ``--drop-D`` with ``--confine`` (rsync 3.5 and later,
-which also gets ``--confine-root``), ``--no-D`` without it. Every decision is one JSON line in the
-gate's log (mode 0600); an allowed push without ``--confine`` adds a warning line, since filter
-rules travel inside rsync's protocol, where the gate cannot see them.
+which also gets ``--confine-root``), ``--no-specials`` without it (and ``--no-devices`` too when
+the gate runs as root, the only user whose rsync makes device nodes). Every decision is one
+JSON line in the gate's log (mode 0600); an allowed push without ``--confine`` adds a warning
+line, since filter rules travel inside rsync's protocol, where the gate cannot see them.
 
 ``--expect`` names the command captured for the key. A push whose text differs but passes the
 checks (an rsync upgrade on either side changes the flags) is still allowed, and the first push
@@ -248,8 +249,9 @@ LONG_CONFINED = frozenset(
     _names("backup-dir compare-dest copy-dest link-dest partial-dir temp-dir")
 )
 # Except a --partial-dir without a '/': rsync makes that name inside each directory it writes
-# to, which --delay-updates relies on (one absolute partial directory breaks it), so it stays a
-# name, checked where the destination is.
+# to, which --delay-updates relies on, so it stays a name, checked where the destination is.
+# One partial directory (a path) with --delay-updates makes rsync discard every file and exit
+# 0, so the gate refuses that pair.
 PER_DIRECTORY = "partial-dir"
 LONG_REFUSED = {
     "sender": "a pull (--sender): this key may only push into the directory",
@@ -591,7 +593,18 @@ def _meaning(command: str, config: GateConfig, root: str) -> tuple[tuple[str, ..
     )
     options = server.options
     for option in server.confined:
-        options[option.index] = option.word(option_path(option, real, root))
+        resolved = option_path(option, real, root)
+        if (
+            option.name == PER_DIRECTORY
+            and resolved.startswith("/")
+            and "--delay-updates" in options
+        ):
+            raise GateRefusalError(
+                f"--partial-dir {option.value[:200]!r} is one directory, and with --delay-updates "
+                "rsync would discard every file: give --partial-dir a name without '/' (rsync "
+                "makes it in each directory)"
+            )
+        options[option.index] = option.word(resolved)
     return tuple(options), destination, server.destination.text.endswith("/")
 
 
@@ -624,13 +637,21 @@ def _confinement(config: GateConfig, root: str) -> tuple[str, ...]:
     protocol, which the gate never sees) in the directory.
 
     Added after the client's options, so they win over its -D. --drop-D keeps the file list's
-    format and skips those files; --no-D, all an older rsync has, makes the receiver read the
-    list without their device numbers, so a device node in the pushed tree stalls the transfer
-    (until --timeout) instead of being made: refused either way.
+    format and skips those files. An older rsync has only --no-specials and --no-devices, which
+    make the receiver read the list as if the client had not sent them: harmless for specials
+    (a client since rsync 3.1 sends no device number for them), not for devices, whose numbers
+    it still sends, so the transfer stalls instead of making the node. Only root's rsync makes
+    device nodes, so only a gate running as root adds --no-devices (the whole --no-D); as any
+    other user a pushed device node is skipped like a special file.
     """
     if config.confine:
         return (f"--confine-root={root}", "--drop-D")
-    return ("--no-D",)
+    return unconfined_no_specials()
+
+
+def unconfined_no_specials() -> tuple[str, ...]:
+    """What an unconfined gate adds against special files and devices (see _confinement)."""
+    return ("--no-D",) if os.geteuid() == 0 else ("--no-specials",)
 
 
 def _drifts(
@@ -822,9 +843,10 @@ each directory (as --delay-updates needs). No device or special file is ever mad
                      'keyforge install --gate' adds it when this host's rsync has them):
                      paths rsync resolves itself, such as filter merge files named
                      inside the protocol, stay in DIR. Without it the gate passes
-                     --no-D (a device node in the pushed tree then stalls the push
-                     until its --timeout) and logs a warning line with each push: a
-                     client can make rsync read a file outside DIR as a merge file
+                     --no-specials (and --no-devices as root: a device node in the
+                     pushed tree then stalls the push) and logs a warning line with
+                     each push: a client can make rsync read a file outside DIR as
+                     a merge file
 """
 
 

@@ -143,7 +143,7 @@ def test_the_exec_argv_is_the_unquoted_words_with_an_absolute_destination(home: 
         "-logDtprze.iLsfxCIvu",
         "--delete",
         "--munge-links",
-        "--no-D",
+        *gate.unconfined_no_specials(),
         ".",
         f"{home}/srvbackups/a b/",
     )
@@ -352,6 +352,15 @@ def test_a_partial_dir_path_is_one_directory_read_from_the_directory(home: Path)
     assert f"--partial-dir={home}/srvbackups/tmp/partial" in decision.argv
 
 
+@pytest.mark.parametrize("value", ["tmp/partial", "{root}/.rsync-partial"])
+def test_one_partial_directory_with_delay_updates_is_refused(home: Path, value: str) -> None:
+    # rsync would discard every file and exit 0
+    value = value.format(root=home / "srvbackups")
+    command = f"rsync --server -r --partial-dir={value} --delay-updates . srvbackups/"
+    decision = judge(home, command)
+    assert "discard every file" in decision.reason
+
+
 def test_a_partial_dir_name_that_is_a_symlink_out_is_refused(home: Path, tmp_path: Path) -> None:
     (home / "srvbackups" / ".rsync-partial").symlink_to(tmp_path)
     decision = judge(home, "rsync --server -r --partial-dir=.rsync-partial . srvbackups/")
@@ -373,13 +382,24 @@ def test_without_confine_devices_and_specials_are_turned_off_after_the_clients_o
     home: Path,
 ) -> None:
     decision = judge(home, "rsync --server -logDtpre.iLsfxCIvu --specials . srvbackups/")
-    assert decision.argv[-3:] == ("--no-D", ".", f"{home}/srvbackups/")
+    assert decision.argv[-3:] == (*gate.unconfined_no_specials(), ".", f"{home}/srvbackups/")
     assert "--confine-root" not in " ".join(decision.argv)
+
+
+@pytest.mark.parametrize(("uid", "added"), [(0, ("--no-D",)), (1000, ("--no-specials",))])
+def test_only_a_gate_running_as_root_turns_devices_off_too(
+    home: Path, monkeypatch: pytest.MonkeyPatch, uid: int, added: tuple[str, ...]
+) -> None:
+    # only root's rsync makes device nodes, and --no-devices stalls a push that holds one
+    monkeypatch.setattr(gate.os, "geteuid", lambda: uid)
+    decision = judge(home, "rsync --server -logDtpre.iLsfxCIvu . srvbackups/")
+    assert decision.argv[-2 - len(added) : -2] == added
 
 
 def test_with_confine_there_is_no_no_d(home: Path) -> None:
     decision = judge(home, "rsync --server -logDtpre.iLsfxCIvu . srvbackups/", confine=True)
     assert "--no-D" not in decision.argv
+    assert "--no-specials" not in decision.argv
 
 
 def _logged_events(home: Path, command: str, **values: object) -> list[dict[str, object]]:
@@ -642,7 +662,7 @@ def test_the_allowed_command_is_executed_as_an_argv_list(home: Path, tmp_path: P
         "--server",
         "-r",
         "--munge-links",
-        "--no-D",
+        *gate.unconfined_no_specials(),
         ".",
         f"{home}/srvbackups/a;b",
     ]
