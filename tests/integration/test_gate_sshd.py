@@ -252,13 +252,15 @@ def rotate_layout(host: Host) -> Path:
 @pytest.mark.parametrize("option", ["--link-dest", "--copy-dest"])
 def test_the_rotating_layout_builds_cur_against_prev(host: Host, option: str) -> None:
     top = rotate_layout(host)
-    result = host.push("-a", f"{option}=prev", f"{top}/", "@DIR/cur/")
+    result = host.push("-a", "--stats", f"{option}=prev", f"{top}/", "@DIR/cur/")
     assert_pushed_and_judged(host, result)
     same, basis = host.directory / "cur" / "same", host.directory / "prev" / "same"
     assert same.read_text() == "unchanged since yesterday\n"
     assert (host.directory / "cur" / "new").read_text() == "today\n"
     # --link-dest hard-links the unchanged file; --copy-dest copies it from prev locally
     assert os.path.samefile(same, basis) == (option == "--link-dest")
+    # either way only the new file crossed the wire
+    assert "Literal data: 6 bytes" in result.stdout  # len("today\n")
     assert not (host.directory / "cur" / "prev").exists()
 
 
