@@ -120,6 +120,64 @@ def test_no_fifo_or_device_node_arrives_through_the_gate_as_foo(lab, gated, conf
     assert len(warned) == (0 if can_confine else 1)
 
 
+def rsync_as_sender(lab, *args, env=None, rsh=None):
+    argv = ["rsync", f"--rsh={rsh or lab.rsh(lab.BACKUP_KEY)}", *args]
+    return lab.sender.run(["timeout", "-s", "KILL", "20", *argv], user="foo", check=False, env=env)
+
+
+ATTACKS = {
+    "pull": (
+        lambda lab: rsync_as_sender(
+            lab, "-a", f"foo@{lab.RECEIVER_IP}:~/srvbackups/", "/tmp/pulled/"
+        ),
+        "a pull (--sender)",
+    ),
+    "path outside": (
+        lambda lab: rsync_as_sender(lab, "-a", "/etc/hostname", f"foo@{lab.RECEIVER_IP}:~/.ssh/"),
+        "is outside",
+    ),
+    "dotdot escape": (
+        lambda lab: rsync_as_sender(
+            lab, "-a", "/etc/hostname", f"foo@{lab.RECEIVER_IP}:~/srvbackups/../.ssh/"
+        ),
+        "'..' component",
+    ),
+    "symlink escape": (
+        lambda lab: rsync_as_sender(
+            lab, "-a", "/etc/hostname", f"foo@{lab.RECEIVER_IP}:~/srvbackups/escape/"
+        ),
+        "through a symbolic link",
+    ),
+    "shell metacharacter payload": (
+        lambda lab: lab.ssh(
+            lab.sender,
+            lab.BACKUP_KEY,
+            f"foo@{lab.RECEIVER_IP}",
+            "rsync --server -r . srvbackups/;touch /home/foo/pwned;echo $(id)>/tmp/pwned",
+        ),
+        "';' (a second command)",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=list(ATTACKS))
+def test_attacks_are_refused_and_logged_with_the_client_address(lab, gated, attack):
+    lab.receiver.run(["ln", "-s", "/home/foo/.ssh", f"{DIRECTORY}/escape"], user="foo")
+    before = untouched_state(lab)
+    run, reason = ATTACKS[attack]
+
+    result = run(lab)
+
+    assert result.returncode != 0
+    assert "keyforge gate: refused:" in result.stderr
+    assert untouched_state(lab) == before
+    assert lab.sender.run(["ls", "-A", "/tmp/pulled"]).stdout == ""
+    (record,) = gate_records(lab)
+    assert record["event"] == "refused"
+    assert record["client"] == lab.SENDER_IP
+    assert reason in record["reason"]
+
+
 CLIENTS = {
     # rsync 3.1 announced fewer capabilities and no checksum negotiation
     "older client": "s/^-logDtprze\\.iLsfxCIvu$/-logDtprze.iLsfxC/",
