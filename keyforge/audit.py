@@ -18,6 +18,7 @@ Severities, from what a stolen private key (or another local user) gains:
   lines with different options (a later, looser line may still let it in); a file that
   cannot be read;
 * ``low`` agent or X11 forwarding, a terminal, ``~/.ssh/rc``; an expired key; a duplicate line;
+  keyforge's gate without ``--confine`` (filter merge files can be read outside its directory);
   a key shared by several users; ``from=`` host names that never match; parser warnings;
 * ``info`` facts that change nothing by themselves (a symbolic link, ``environment=``).
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from keyforge import authorized_keys as ak
-from keyforge import explain, install
+from keyforge import explain, gate, install
 from keyforge.errors import FileError
 
 SCHEMA = "keyforge-audit/1"
@@ -58,6 +59,7 @@ CODES: dict[str, str] = {
     "pty": "a terminal (pty) is allowed",
     "user-rc": "~/.ssh/rc runs at login",
     "weak-key": "a DSA key, or an RSA key under 3072 bits",
+    "unconfined-gate": "keyforge's gate without --confine: filter merge files escape it",
     "expired": "expiry-time is past: sshd refuses the key",
     "environment": "environment= takes effect only with PermitUserEnvironment",
     "duplicate-key": "the same key stands on an earlier line of the file",
@@ -209,6 +211,21 @@ def _access_findings(entry: ak.Entry) -> list[tuple[Severity, str, str]]:
     return found
 
 
+def _gate_findings(entry: ak.Entry) -> list[tuple[Severity, str, str]]:
+    """A gate line without --confine rates one level below a confined one (which adds nothing)."""
+    commands = entry.values("command")
+    if not commands or not explain.gate_unconfined(commands[0]):
+        return []
+    return [
+        (
+            "low",
+            "unconfined-gate",
+            f"the gate runs {gate.UNCONFINED_RISK}; with rsync 3.5 or later on this host, "
+            "run 'keyforge install --gate' again to add --confine",
+        )
+    ]
+
+
 def _how_allowed(flag: str, restricted: bool) -> str:
     if restricted:
         return f"'{flag}' re-enables it after restrict"
@@ -278,6 +295,7 @@ def entry_findings(
     strength = _key_strength(facts)
     if strength is not None:
         raw.append((strength[0], "weak-key", strength[1]))
+    raw += _gate_findings(entry)
     raw += _flag_findings(entry)
     raw += _expiry_findings(entry, now)
     return [Finding(sev, code, text, file, line, facts, user) for sev, code, text in raw]

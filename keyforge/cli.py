@@ -479,6 +479,16 @@ def install_command(
             "one running this command.",
         ),
     ] = None,
+    allow_unconfined: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unconfined",
+            help="With --gate on a host whose rsync has no --confine-root (older than 3.5): "
+            "install the gate anyway, without --confine. It is a weaker lock: filter rules "
+            "travel inside rsync's protocol, where the gate cannot see them, so a client can "
+            "make rsync read a file outside DIR as a merge file and learn what it holds.",
+        ),
+    ] = False,
 ) -> None:
     """Lock a backup key to one command and one source address in authorized_keys.
 
@@ -514,6 +524,7 @@ def install_command(
                 "--exact": exact,
                 "--gate-log": gate_log is not None,
                 "--gate-program": gate_program is not None,
+                "--allow-unconfined": allow_unconfined,
             }
         )
         _install_like(key, like, path, dry_run=dry_run)
@@ -531,7 +542,9 @@ def install_command(
             "--record": record is not None,
         },
     )
-    _check_gate_options(gate, exact=exact, log=gate_log, program=gate_program)
+    _check_gate_options(
+        gate, exact=exact, log=gate_log, program=gate_program, allow_unconfined=allow_unconfined
+    )
     patterns = None if from_captured_address else _source_patterns(from_, any_source)
     forced = None if from_capture or gate is not None else _forced_command(command)
     public_key = _read_key_option(key)
@@ -552,7 +565,13 @@ def install_command(
     if gate is not None:
         expect = forced if from_capture else command
         forced = _gate_line(
-            gate, path, expect=expect, exact=exact, log=gate_log, program=gate_program
+            gate,
+            path,
+            expect=expect,
+            exact=exact,
+            log=gate_log,
+            program=gate_program,
+            allow_unconfined=allow_unconfined,
         )
     entry = install.locked_entry(
         public_key,
@@ -1265,11 +1284,21 @@ def _capture_for_install(
 
 
 def _check_gate_options(
-    gate: Path | None, *, exact: bool, log: Path | None, program: str | None
+    gate: Path | None,
+    *,
+    exact: bool,
+    log: Path | None,
+    program: str | None,
+    allow_unconfined: bool,
 ) -> None:
     if gate is not None:
         return
-    given = {"--exact": exact, "--gate-log": log is not None, "--gate-program": program is not None}
+    given = {
+        "--exact": exact,
+        "--gate-log": log is not None,
+        "--gate-program": program is not None,
+        "--allow-unconfined": allow_unconfined,
+    }
     used = _given(given)
     if used:
         raise UsageError(f"{', '.join(used)} only make sense with --gate")
@@ -1283,6 +1312,7 @@ def _gate_line(
     exact: bool,
     log: Path | None,
     program: str | None,
+    allow_unconfined: bool,
 ) -> str:
     """The forced command running 'keyforge gate' for 'install --gate', checked first."""
     from keyforge import capture, gate
@@ -1296,7 +1326,10 @@ def _gate_line(
         rsync=gate.rsync_program(),
     )
     config.confine = gate.rsync_can_confine(config.rsync)
-    for note in gate.check_setup(config):
+    notes = gate.check_setup(config, allow_unconfined=allow_unconfined)
+    if not config.confine:
+        warn(f"the gate will run {gate.UNCONFINED_RISK}")
+    for note in notes:
         say(note)
     return gate.gate_command(gate.gate_program(program), config)
 
@@ -1823,10 +1856,11 @@ def gate_command(
         bool,
         typer.Option(
             "--confine",
-            help="Also pass --confine-root=DIR and --drop-D (rsync 3.5 and later): paths rsync "
+            help="Pass --confine-root=DIR and --drop-D (rsync 3.5 and later): paths rsync "
             "resolves itself, such as filter merge files named inside the protocol, stay in "
-            "DIR, and no device or special file is created. 'keyforge install --gate' adds it "
-            "when this host's rsync has them.",
+            "DIR. 'keyforge install --gate' adds it when this host's rsync has them. Without "
+            "it the gate passes --no-specials (--no-D as root) and logs a warning line with "
+            "each push.",
         ),
     ] = False,
 ) -> None:

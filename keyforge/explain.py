@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keyforge import authorized_keys as ak
-from keyforge import install, keys, wire
+from keyforge import gate, install, keys, wire
 from keyforge.authorized_keys import Permissions, effective_permissions, flag_change
 from keyforge.errors import FileError, ParseError, UsageError
 
@@ -67,21 +67,33 @@ def key_facts(entry: ak.Entry) -> KeyFacts:
 # --- the forced command -----------------------------------------------------------------------
 
 
-def gate_directory(command: str) -> str | None:
-    """DIR when ``command`` runs keyforge's gate (``... gate --dir DIR ...``), else None."""
+def _gate_arguments(command: str) -> list[str] | None:
+    """The words after ``gate`` when ``command`` may run keyforge's gate, else None."""
     try:
         words = shlex.split(command)
     except ValueError:
         return None
     if "gate" not in words:
         return None
-    rest = words[words.index("gate") + 1 :]
+    return words[words.index("gate") + 1 :]
+
+
+def gate_directory(command: str) -> str | None:
+    """DIR when ``command`` runs keyforge's gate (``... gate --dir DIR ...``), else None."""
+    rest = _gate_arguments(command) or []
     for index, word in enumerate(rest):
         if word == "--dir" and index + 1 < len(rest):
             return rest[index + 1]
         if word.startswith("--dir="):
             return word.removeprefix("--dir=")
     return None
+
+
+def gate_unconfined(command: str | None) -> bool:
+    """Whether ``command`` runs keyforge's gate without ``--confine``: a weaker lock."""
+    if command is None or gate_directory(command) is None:
+        return False
+    return "--confine" not in (_gate_arguments(command) or [])
 
 
 def describe_command(command: str | None) -> str:
@@ -101,11 +113,14 @@ def describe_command(command: str | None) -> str:
         exact = (
             " (and only the exact captured rsync command, --exact)" if "--exact" in command else ""
         )
-        return (
+        text = (
             f"only keyforge's gate, confined to {directory}: it lets an rsync push into that "
             f"directory through and refuses everything else{exact}; whatever the client asks "
             "for is only read from SSH_ORIGINAL_COMMAND"
         )
+        if gate_unconfined(command):
+            text += f"; a weaker lock, {gate.UNCONFINED_RISK}"
+        return text
     words = command.split()
     if words and words[0].rsplit("/", 1)[-1] == "rsync" and "--server" in words:
         way = (

@@ -8,15 +8,21 @@ would have treated as syntax (``;``, ``|``, ``$``, a backquote, a redirection...
 
 * only a receive (no ``--sender``: nothing can be read back), into exactly one destination;
 * every option is one a receiving rsync takes and is harmless inside the directory; options that
-  name other paths (``--backup-dir`` and the like) must be relative and stay inside it, options
-  that read or write files elsewhere (``--files-from``, ``--log-file``...) are refused;
+  name other directories (``--link-dest``, ``--backup-dir`` and the like) are read as rrsync reads
+  them, a relative path starting at the directory, and must stay inside it once symbolic links
+  are resolved; options that read or write files elsewhere (``--files-from``, ``--log-file``...)
+  are refused;
 * the destination, read as sshd's shell would (relative to the home, ``~`` is the home), must be
   the configured directory or inside it: a ``..`` component is refused, and symbolic links are
   resolved, so a link pointing out is refused too. ``--delete`` is allowed because of that.
 
 An allowed push runs rsync through ``os.execv`` with an argument list (never a shell), with
-``--munge-links`` added so a symbolic link pushed by one run cannot be followed by a later one.
-Every decision is one JSON line in the gate's log (mode 0600).
+``--munge-links`` added so a symbolic link pushed by one run cannot be followed by a later one,
+and with no device or special file made: ``--drop-D`` with ``--confine`` (rsync 3.5 and later,
+which also gets ``--confine-root``), ``--no-specials`` without it (and ``--no-devices`` too when
+the gate runs as root, the only user whose rsync makes device nodes). Every decision is one
+JSON line in the gate's log (mode 0600); an allowed push without ``--confine`` adds a warning
+line, since filter rules travel inside rsync's protocol, where the gate cannot see them.
 
 ``--expect`` names the command captured for the key. A push whose text differs but passes the
 checks (an rsync upgrade on either side changes the flags) is still allowed, and the first push
@@ -53,6 +59,13 @@ DRIFT_HINT = (
     "either side?); it was judged on its meaning and allowed. Capture it again ('keyforge "
     "capture', then 'keyforge install --gate DIR --from-capture'), or reinstall the key with "
     "'keyforge install --gate DIR --command' and the received text, so --expect matches"
+)
+# Said by the gate's log on each unconfined push, by 'install --gate' and by audit/explain.
+UNCONFINED_RISK = (
+    "unconfined (no --confine, which needs rsync 3.5 or later for --confine-root): filter "
+    "rules travel inside rsync's protocol, where the gate cannot see them, so a client can make "
+    "the receiving rsync read a file outside the directory as a merge file (--filter=':- "
+    "../FILE'), and what --delete then removes tells it what the file holds"
 )
 
 
@@ -228,11 +241,18 @@ LONG_VALUES = frozenset(
     modify-window out-format skip-compress stderr suffix timeout usermap
     """)
 )
-# Long options whose value is a directory rsync reads or writes, relative to the destination:
-# allowed when relative and inside the directory.
+# Long options whose value is a directory rsync reads or writes. They are read as rrsync reads
+# them: a relative path starts at the gate's directory, not at the destination (which may lie
+# below it: the rotating layout pushes into cur/ with --link-dest=prev), an absolute one must lie
+# in the directory too, and rsync gets the resolved absolute path.
 LONG_CONFINED = frozenset(
     _names("backup-dir compare-dest copy-dest link-dest partial-dir temp-dir")
 )
+# Except a --partial-dir without a '/': rsync makes that name inside each directory it writes
+# to, which --delay-updates relies on, so it stays a name, checked where the destination is.
+# One partial directory (a path) with --delay-updates makes rsync discard every file and exit
+# 0, so the gate refuses that pair.
+PER_DIRECTORY = "partial-dir"
 LONG_REFUSED = {
     "sender": "a pull (--sender): this key may only push into the directory",
     "daemon": "an rsync daemon (--daemon), whose modules the client would choose",
@@ -262,16 +282,30 @@ LONG_REFUSED = {
 }
 
 
+class OptionPath:
+    """A LONG_CONFINED option's value and where it stands among the option words."""
+
+    __slots__ = ("index", "joined", "name", "value")
+
+    def __init__(self, name: str, value: str, index: int, *, joined: bool) -> None:
+        self.name = name  # without the leading --
+        self.value = value
+        self.index = index  # of the word holding the value
+        self.joined = joined  # --name=value, else --name value
+
+    def word(self, value: str) -> str:
+        """The word holding ``value`` in place of this one's."""
+        return f"--{self.name}={value}" if self.joined else value
+
+
 class ServerArgs:
     """The judged parts of an ``rsync --server`` command."""
 
     __slots__ = ("confined", "destination", "options")
 
-    def __init__(
-        self, options: list[str], confined: list[tuple[str, str]], destination: Word
-    ) -> None:
+    def __init__(self, options: list[str], confined: list[OptionPath], destination: Word) -> None:
         self.options = options  # the option words, unquoted, in order
-        self.confined = confined  # (option, relative directory) pairs to check
+        self.confined = confined  # the directories options name, to check and resolve
         self.destination = destination
 
 
@@ -318,7 +352,7 @@ def _check_value(name: str, value: str) -> None:
 
 
 def _read_long_option(
-    words: Sequence[Word], index: int, options: list[str], confined: list[tuple[str, str]]
+    words: Sequence[Word], index: int, options: list[str], confined: list[OptionPath]
 ) -> int:
     """Check ``words[index - 1]``, a long option, and its value; return the next index."""
     word = words[index - 1].text
@@ -332,6 +366,7 @@ def _read_long_option(
         return index
     if name not in LONG_VALUES and name not in LONG_CONFINED:
         raise GateRefusalError(f"unknown or refused option --{name[:60]}")
+    at = len(options)
     if has_value:
         options.append(word)
     else:
@@ -342,10 +377,10 @@ def _read_long_option(
             # rsync could read it as the next option: judge no word two ways
             raise GateRefusalError(f"--{name} takes the next word, {value[:60]!r}, as its value")
         options.extend((word, value))
-        index += 1
+        at, index = at + 1, index + 1
     _check_value(name, value)
     if name in LONG_CONFINED:
-        confined.append((f"--{name}", value))
+        confined.append(OptionPath(name, value, at, joined=bool(has_value)))
     return index
 
 
@@ -359,7 +394,7 @@ def parse_server_args(words: Sequence[Word]) -> ServerArgs:
     if len(words) < 2 or words[1].text != "--server":
         raise GateRefusalError("not an rsync server command ('rsync --server' expected)")
     options: list[str] = []
-    confined: list[tuple[str, str]] = []
+    confined: list[OptionPath] = []
     index = 2
     while index < len(words):
         word = words[index].text
@@ -416,16 +451,38 @@ def destination_path(destination: Word, home: str) -> str:
     return os.path.normpath(text)
 
 
-def _check_confined_option(option: str, value: str, destination: str, root: str) -> None:
-    if not value or value.startswith(("/", "~")):
+def _inside_or_refuse(what: str, path: str, root: str) -> str:
+    """``path`` (absolute, normalised) with its symbolic links resolved, when that is ``root`` or
+    below it: a link at any component that leads out is refused, one that stays in is followed."""
+    real = os.path.realpath(path)
+    if not is_inside(real, root):
+        if real != path:
+            raise GateRefusalError(
+                f"{what} leads out of {root} through a symbolic link (to {real})"
+            )
+        raise GateRefusalError(f"{what} ({path}) is outside {root}")
+    return real
+
+
+def option_path(option: OptionPath, destination: str, root: str) -> str:
+    """The value rsync gets for a LONG_CONFINED option: where the directory is once resolved
+    (see LONG_CONFINED), or the --partial-dir name as it is; a GateRefusalError if it leads out.
+
+    ``destination`` is the destination with its links resolved, ``root`` the gate's directory.
+    """
+    value = option.value
+    what = f"--{option.name} {value[:200]!r}"
+    if not value or value.startswith("~"):
         raise GateRefusalError(
-            f"{option} {value[:200]!r}: only a relative path inside the directory"
+            f"{what}: only a path inside the directory (relative to it, or absolute)"
         )
     if _has_dotdot(value):
-        raise GateRefusalError(f"{option} {value[:200]!r} holds a '..' component")
-    real = os.path.realpath(os.path.join(destination, value))
-    if not is_inside(real, root):
-        raise GateRefusalError(f"{option} {value[:200]!r} leads out of the directory (to {real})")
+        raise GateRefusalError(f"{what} holds a '..' component")
+    if option.name == PER_DIRECTORY and "/" not in value:
+        _inside_or_refuse(what, os.path.join(destination, value), root)
+        return value
+    start = "" if value.startswith("/") else root + "/"
+    return _inside_or_refuse(what, os.path.normpath(start + value), root)
 
 
 # --- the decision ---------------------------------------------------------------------------
@@ -530,17 +587,24 @@ def _meaning(command: str, config: GateConfig, root: str) -> tuple[tuple[str, ..
     server = parse_server_args(split_command(command))
     home = _home_of(config.home)
     destination = destination_path(server.destination, home)
-    real = os.path.realpath(destination)
-    if not is_inside(real, root):
-        shown = server.destination.text[:200]
-        if real != destination:
+    real = _inside_or_refuse(
+        f"the destination {server.destination.text[:200]!r}", destination, root
+    )
+    options = server.options
+    for option in server.confined:
+        resolved = option_path(option, real, root)
+        if (
+            option.name == PER_DIRECTORY
+            and resolved.startswith("/")
+            and "--delay-updates" in options
+        ):
             raise GateRefusalError(
-                f"the destination {shown!r} leads out of {root} through a symbolic link (to {real})"
+                f"--partial-dir {option.value[:200]!r} is one directory, and with --delay-updates "
+                "rsync would discard every file: give --partial-dir a name without '/' (rsync "
+                "makes it in each directory)"
             )
-        raise GateRefusalError(f"the destination {shown!r} ({destination}) is outside {root}")
-    for option, value in server.confined:
-        _check_confined_option(option, value, real, root)
-    return tuple(server.options), destination, server.destination.text.endswith("/")
+        options[option.index] = option.word(resolved)
+    return tuple(options), destination, server.destination.text.endswith("/")
 
 
 def judge(command: str | None, config: GateConfig) -> Decision:
@@ -561,12 +625,32 @@ def judge(command: str | None, config: GateConfig) -> Decision:
         return Decision(command, reason=refusal.message)
     target = destination + "/" if slash and destination != "/" else destination
     munge = ("--munge-links",) if config.munge_links and "--munge-links" not in options else ()
-    # rsync 3.5+: paths rsync itself resolves (filter merge files sent inside the protocol,
-    # which the gate never sees) stay in the directory, and no device or special file is made
-    confine = (f"--confine-root={root}", "--drop-D") if config.confine else ()
-    argv = (config.rsync, "--server", *options, *munge, *confine, ".", target)
+    argv = (config.rsync, "--server", *options, *munge, *_confinement(config, root), ".", target)
     drift = _drifts(command, options, destination, config, root)
     return Decision(command, argv=argv, drift=drift)
+
+
+def _confinement(config: GateConfig, root: str) -> tuple[str, ...]:
+    """What the gate adds so that no push makes a device or special file, and with --confine
+    (rsync 3.5+) keeps the paths rsync resolves itself (filter merge files named inside the
+    protocol, which the gate never sees) in the directory.
+
+    Added after the client's options, so they win over its -D. --drop-D keeps the file list's
+    format and skips those files. An older rsync has only --no-specials and --no-devices, which
+    make the receiver read the list as if the client had not sent them: harmless for specials
+    (a client since rsync 3.1 sends no device number for them), not for devices, whose numbers
+    it still sends, so the transfer stalls instead of making the node. Only root's rsync makes
+    device nodes, so only a gate running as root adds --no-devices (the whole --no-D); as any
+    other user a pushed device node is skipped like a special file.
+    """
+    if config.confine:
+        return (f"--confine-root={root}", "--drop-D")
+    return unconfined_no_specials()
+
+
+def unconfined_no_specials() -> tuple[str, ...]:
+    """What an unconfined gate adds against special files and devices (see _confinement)."""
+    return ("--no-D",) if os.geteuid() == 0 else ("--no-specials",)
 
 
 def _drifts(
@@ -631,6 +715,16 @@ def records_for(
     else:
         record["reason"] = decision.reason
     records = [record]
+    if decision.allowed and not config.confine:
+        records.append(
+            {
+                "time": now,
+                "event": "warning",
+                "client": client,
+                "dir": config.directory,
+                "warning": UNCONFINED_RISK,
+            }
+        )
     if new_drift:
         records.append(
             {
@@ -724,10 +818,13 @@ and lets it run only as an rsync receive into DIR, through an argument list, nev
 
 Refused, logged with the client address, exit 1: a pull (--sender), a destination outside DIR
 (relative paths are relative to the home, ~ is the home), a '..' component, a symbolic link
-leading out, options that name files elsewhere (--files-from, --log-file, --backup-dir and
-the like unless relative and inside DIR), options that follow links on this host (-K -L -k)
-or hide the destination (-s), and any unquoted shell syntax (; | & $ ` < > ...).
---delete is allowed: it can only delete inside DIR.
+leading out, options that name files elsewhere (--files-from, --log-file), options that follow
+links on this host (-K -L -k) or hide the destination (-s), and any unquoted shell syntax
+(; | & $ ` < > ...). --delete is allowed: it can only delete inside DIR. The directories
+--link-dest, --compare-dest, --copy-dest, --backup-dir, --partial-dir and --temp-dir name are
+read as rrsync reads them, a relative path from DIR (so --link-dest=prev into DIR/cur/ is
+DIR/prev), and must stay inside DIR; a --partial-dir without a '/' stays rsync's name made in
+each directory (as --delay-updates needs). No device or special file is ever made.
 
   --dir DIR          the only directory pushes may write to (absolute, or relative to home)
   --expect COMMAND   the command captured for this key; another command that passes the
@@ -741,11 +838,14 @@ or hide the destination (-s), and any unquoted shell syntax (; | & $ ` < > ...).
                      run cannot lead a later run out of DIR; rsync --munge-links
                      on the side sending them back (-M--munge-links when that is
                      this host) restores them
-  --confine          also pass --confine-root=DIR and --drop-D (rsync 3.5 and later;
+  --confine          pass --confine-root=DIR and --drop-D (rsync 3.5 and later;
                      'keyforge install --gate' adds it when this host's rsync has them):
                      paths rsync resolves itself, such as filter merge files named
-                     inside the protocol, stay in DIR, and no device or special file
-                     is created
+                     inside the protocol, stay in DIR. Without it the gate passes
+                     --no-specials (and --no-devices as root: a device node in the
+                     pushed tree then stalls the push) and logs a warning line with
+                     each push: a client can make rsync read a file outside DIR as
+                     a merge file
 """
 
 
@@ -908,8 +1008,9 @@ def rsync_can_confine(rsync: str) -> bool:
     return "--confine-root" in result.stdout and "--drop-D" in result.stdout
 
 
-def check_setup(config: GateConfig) -> list[str]:
-    """Refuse a gate that could never allow anything; return notes for the admin.
+def check_setup(config: GateConfig, *, allow_unconfined: bool = False) -> list[str]:
+    """Refuse a gate that could never allow anything, or an unconfined one (see UNCONFINED_RISK)
+    unless ``allow_unconfined``; return notes for the admin.
 
     The expected command, if any, must itself pass the gate: otherwise the key could push
     nothing (with --exact) or every push would be drift.
@@ -921,6 +1022,12 @@ def check_setup(config: GateConfig) -> list[str]:
     except GateRefusalError as err:
         raise GateUsageError(err.message.removeprefix("misconfigured gate: ")) from None
     notes = []
+    if not config.confine and not allow_unconfined:
+        raise GateUsageError(
+            f"the gate would run {UNCONFINED_RISK}, and {config.rsync} has no --confine-root: "
+            "install rsync 3.5 or later on this host, or pass --allow-unconfined to accept "
+            "the weaker lock"
+        )
     if not os.path.isdir(root):
         notes.append(f"{root} does not exist yet; rsync creates it on the first push")
     if config.expect is not None:

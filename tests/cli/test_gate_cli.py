@@ -125,6 +125,59 @@ def test_install_gate_errors_are_one_line(home: Path, extra: list[str], fragment
     assert not authorized_keys(home).exists()
 
 
+# rsync 3.4's --help as far as it matters here: no --confine-root, no --drop-D
+OLD_RSYNC = """#!/bin/sh
+echo 'rsync  version 3.4.1  protocol version 32'
+echo ' --devices                preserve device files (super-user only)'
+echo ' -D                       same as --devices --specials'
+"""
+
+
+@pytest.fixture
+def old_rsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An rsync without --confine-root first on PATH, which install --gate reads."""
+    bin_dir = tmp_path / "old-bin"
+    bin_dir.mkdir()
+    rsync = bin_dir / "rsync"
+    rsync.write_text(OLD_RSYNC)
+    rsync.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return rsync
+
+
+def test_install_gate_on_an_rsync_without_confine_root_refuses(home: Path, old_rsync: Path) -> None:
+    result = install(home, "--gate", str(home / "srvbackups"), "--command", PUSH)
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("keyforge: error: the gate would run unconfined")
+    assert "merge file" in line
+    assert f"{old_rsync} has no --confine-root" in line
+    assert "--allow-unconfined" in line
+    assert not authorized_keys(home).exists()
+
+
+def test_allow_unconfined_installs_the_weaker_gate_with_a_warning(
+    home: Path, old_rsync: Path
+) -> None:
+    result = install(
+        home, "--gate", str(home / "srvbackups"), "--command", PUSH, "--allow-unconfined"
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: the gate will run unconfined" in result.stderr
+    assert "merge file" in result.stderr
+    words = shlex.split(forced_command(home))
+    assert "--confine" not in words
+    assert words[words.index("--rsync") + 1] == str(old_rsync)
+    # the gate will run: ... --no-specials . DIR/ (--no-D as root)
+    assert " ".join(gate.unconfined_no_specials()) in result.stdout
+
+
+def test_allow_unconfined_needs_gate(home: Path) -> None:
+    result = install(home, "--command", PUSH, "--allow-unconfined")
+    assert result.exit_code == 2
+    assert "--allow-unconfined only make sense with --gate" in result.stderr
+
+
 def test_the_installed_line_runs_the_gate_which_refuses_a_pull(home: Path, tmp_path: Path) -> None:
     """What sshd does: the forced command through the login shell, SSH_ORIGINAL_COMMAND set."""
     program = tmp_path / "keyforge"

@@ -26,6 +26,11 @@ exec ssh "$@"
 REWRITER = "/home/foo/rewriting-ssh"
 
 
+def receiver_can_confine(lab) -> bool:
+    help_text = lab.receiver.run(["rsync", "--help"]).stdout
+    return "--confine-root" in help_text and "--drop-D" in help_text
+
+
 def captured_text(rsync_server_command: str) -> str:
     """The command as the client sends it (the fixture made its path absolute for command=)."""
     return rsync_server_command.replace(f" {DIRECTORY}/", " ~/srvbackups/")
@@ -42,6 +47,8 @@ def gated(lab, keys, rsync_server_command):
     expected = captured_text(rsync_server_command)
     argv = ["keyforge", "install", "--key", "-", "--from", lab.SENDER_IP,
             "--gate", DIRECTORY, "--command", expected]  # fmt: skip
+    if not receiver_can_confine(lab):
+        argv.append("--allow-unconfined")
     lab.receiver.run(argv, user="foo", input=keys.backup_public)
     # the gate makes its log directory on the first connection; made here, the home's own
     # entries stay as they are when the tests compare them
@@ -51,10 +58,12 @@ def gated(lab, keys, rsync_server_command):
     return expected
 
 
-def gate_records(lab):
+def gate_records(lab, *, warnings=False):
+    """The gate's log; without the warning line each unconfined push adds, unless asked."""
     if not lab.receiver.exists(GATE_LOG):
         return []
-    return [json.loads(line) for line in lab.receiver.read_file(GATE_LOG).splitlines()]
+    records = [json.loads(line) for line in lab.receiver.read_file(GATE_LOG).splitlines()]
+    return [r for r in records if warnings or r["event"] != "warning"]
 
 
 def untouched_state(lab):
@@ -67,8 +76,7 @@ def test_install_gate_writes_the_gate_line(lab, keys, gated):
     assert line.startswith("restrict,no-port-forwarding,")
     assert f'from="{lab.SENDER_IP}"' in line
     forced = line.split('command="', 1)[1].rsplit('" ', 1)[0]
-    help_text = lab.receiver.run(["rsync", "--help"]).stdout
-    confine = ["--confine"] if "--confine-root" in help_text and "--drop-D" in help_text else []
+    confine = ["--confine"] if receiver_can_confine(lab) else []
     assert shlex.split(forced) == [
         "/opt/keyforge/bin/keyforge", "gate", "--dir", DIRECTORY, "--expect", gated, *confine
     ]  # fmt: skip
@@ -85,6 +93,31 @@ def test_the_post_push_through_the_gate_works(lab, gated, backup_source):
     assert record["event"] == "allowed"
     assert record["client"] == lab.SENDER_IP
     assert record["command"] == gated
+    warned = [r for r in gate_records(lab, warnings=True) if r["event"] == "warning"]
+    assert len(warned) == (0 if receiver_can_confine(lab) else 1)
+
+
+@pytest.mark.parametrize("confined", [True, False], ids=["confined", "unconfined"])
+def test_no_fifo_or_device_node_arrives_through_the_gate_as_foo(lab, gated, confined):
+    # unconfined: the line as an older rsync's host gets it (no --confine); the gate runs as foo,
+    # so it passes --no-specials, and foo's rsync makes no device node
+    if not confined:
+        lab.write_authorized_keys(lab.authorized_keys().replace(" --confine", ""))
+    lab.sender.sh(
+        "rm -rf /tmp/specials && mkdir /tmp/specials && echo kept > /tmp/specials/data"
+        " && mkfifo /tmp/specials/fifo && mknod /tmp/specials/null c 1 3"
+        " && chown -R foo /tmp/specials"
+    )
+    result = rsync_as_sender(lab, "-a", "/tmp/specials/", f"foo@{lab.RECEIVER_IP}:~/srvbackups/")
+    assert result.returncode == 0, result.stderr
+    assert lab.receiver.read_file(f"{DIRECTORY}/data") == "kept\n"
+    assert not lab.receiver.exists(f"{DIRECTORY}/fifo")
+    assert not lab.receiver.exists(f"{DIRECTORY}/null")
+    (record,) = [r for r in gate_records(lab) if r["event"] == "allowed"]
+    can_confine = confined and receiver_can_confine(lab)
+    assert ("--drop-D" if can_confine else "--no-specials") in record["argv"]
+    warned = [r for r in gate_records(lab, warnings=True) if r["event"] == "warning"]
+    assert len(warned) == (0 if can_confine else 1)
 
 
 def rsync_as_sender(lab, *args, env=None, rsh=None):

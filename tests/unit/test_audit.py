@@ -94,6 +94,23 @@ def test_the_locked_line_keyforge_installs_has_no_findings() -> None:
 # --- flags, as sshd reads them left to right --------------------------------------------------
 
 
+GATE = "/usr/local/bin/keyforge gate --dir /srv/backups/server1"
+
+
+def test_a_gate_without_confine_rates_one_level_below_a_confined_one() -> None:
+    confined = f'restrict,from="192.0.2.10",command="{GATE} --confine" {ED25519}'
+    unconfined = f'restrict,from="192.0.2.10",command="{GATE}" {ED25519}'
+    assert found(confined) == set()
+    assert found(unconfined) == {(1, "unconfined-gate", "low")}
+    (finding,) = audit.audit_text(unconfined, file="authorized_keys", now=NOW).findings
+    assert "merge file" in finding.message
+    assert "--confine" in finding.message
+
+
+def test_a_plain_command_is_no_unconfined_gate() -> None:
+    assert "unconfined-gate" not in codes(f"{LOCKED} {ED25519}")
+
+
 def test_an_option_re_enabled_after_restrict_is_reported() -> None:
     assert codes(f"{LOCKED},pty {ED25519}") == {"pty"}
 

@@ -94,6 +94,17 @@ def test_a_gate_command_is_named_with_the_directory_it_confines_to(command: str)
     assert ("--exact" in said["runs"]) == ("--exact" in command)
 
 
+def test_a_gate_without_confine_is_said_to_be_a_weaker_lock_and_why() -> None:
+    gate_line = "/usr/local/bin/keyforge gate --dir /srv/backups/server1"
+    unconfined = summary(f'restrict,command="{gate_line}" {ED25519}')["runs"]
+    confined = summary(f'restrict,command="{gate_line} --confine" {ED25519}')["runs"]
+    assert "a weaker lock" in unconfined
+    assert "merge file" in unconfined
+    assert "weaker" not in confined
+    assert not explain.gate_unconfined(f"{gate_line} --confine")
+    assert not explain.gate_unconfined("rsync --server . /srv/backups")
+
+
 def test_a_command_that_merely_mentions_gate_is_not_the_gate() -> None:
     assert explain.gate_directory("echo gate") is None
     assert explain.gate_directory("unbalanced 'quote gate --dir /x") is None

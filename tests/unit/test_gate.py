@@ -145,6 +145,7 @@ def test_the_exec_argv_is_the_unquoted_words_with_an_absolute_destination(home: 
         "-logDtprze.iLsfxCIvu",
         "--delete",
         "--munge-links",
+        *gate.unconfined_no_specials(),
         ".",
         f"{home}/srvbackups/a b/",
     )
@@ -211,15 +212,15 @@ REFUSALS = {
         "rsync --server -r --timeout --files-from=x . srvbackups/",
         "takes the next word",
     ),
-    "backup-dir absolute": (
+    "backup-dir absolute outside": (
         "rsync --server -rb --backup-dir=/etc . srvbackups/",
-        "only a relative path",
+        "(/etc) is outside",
     ),
     "backup-dir dotdot": (
         "rsync --server -rb --backup-dir ../../.ssh . srvbackups/",
         "'..' component",
     ),
-    "link-dest tilde": ("rsync --server -r --link-dest=~/x . srvbackups/", "only a relative"),
+    "link-dest tilde": ("rsync --server -r --link-dest=~/x . srvbackups/", "only a path inside"),
     "suffix with slash": ("rsync --server -rb --suffix=/x . srvbackups/", "--suffix"),
     "bad capabilities": ("rsync --server -re.iL;x . srvbackups/", "';'"),
     "capabilities without dot": ("rsync --server -reiLs . srvbackups/", "without its '.'"),
@@ -271,6 +272,166 @@ def test_a_confined_option_through_a_symlink_leading_out_is_refused(
     decision = judge(home, "rsync --server -rb --backup-dir=old . srvbackups/")
     assert not decision.allowed
     assert "leads out" in decision.reason
+
+
+# --- option paths, read as rrsync reads them -------------------------------------------------
+
+OPTION_PATHS = ["link-dest", "compare-dest", "copy-dest", "backup-dir", "temp-dir"]
+
+
+@pytest.mark.parametrize("name", OPTION_PATHS)
+def test_an_option_path_starts_at_the_directory_not_at_the_destination(
+    home: Path, name: str
+) -> None:
+    # the rotating layout: push into cur/, hard-link against prev/ beside it
+    root = home / "srvbackups"
+    (root / "prev").mkdir()
+    decision = judge(home, f"rsync --server -rb --{name}=prev . srvbackups/cur/")
+    assert decision.allowed, decision.reason
+    assert f"--{name}={root}/prev" in decision.argv
+
+
+def test_an_option_path_given_as_the_next_word_is_resolved_in_place(home: Path) -> None:
+    decision = judge(home, "rsync --server -r --link-dest prev/daily --delete . srvbackups/cur/")
+    assert decision.argv[2:6] == (
+        "-r",
+        "--link-dest",
+        f"{home}/srvbackups/prev/daily",
+        "--delete",
+    )
+
+
+def test_an_absolute_option_path_inside_the_directory_is_allowed(home: Path) -> None:
+    root = home / "srvbackups"
+    decision = judge(home, f"rsync --server -r --compare-dest={root}/prev . srvbackups/cur/")
+    assert f"--compare-dest={root}/prev" in decision.argv
+
+
+def test_an_option_path_is_passed_with_its_symlinks_resolved(home: Path) -> None:
+    root = home / "srvbackups"
+    (root / "day1").mkdir()
+    (root / "latest").symlink_to("day1")
+    decision = judge(home, "rsync --server -r --link-dest=latest . srvbackups/cur/")
+    assert f"--link-dest={root}/day1" in decision.argv
+
+
+@pytest.mark.parametrize("name", [*OPTION_PATHS, "partial-dir"])
+def test_an_option_path_through_a_symlink_out_at_any_component_is_refused(
+    home: Path, tmp_path: Path, name: str
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "deeper").mkdir(parents=True)
+    (home / "srvbackups" / "a").mkdir()
+    (home / "srvbackups" / "a" / "out").symlink_to(outside)
+    for value in ("a/out", "a/out/deeper", "a/out/not-yet"):
+        decision = judge(home, f"rsync --server -r --{name}={value} . srvbackups/")
+        assert not decision.allowed, value
+        assert "through a symbolic link" in decision.reason
+
+
+def test_an_option_path_that_does_not_exist_yet_is_allowed(home: Path) -> None:
+    # the first run of a rotation has no prev/ yet: rsync warns and copies
+    decision = judge(home, "rsync --server -r --link-dest=prev . srvbackups/cur/")
+    assert f"--link-dest={home}/srvbackups/prev" in decision.argv
+
+
+@pytest.mark.parametrize("value", ["../prev", "prev/../../x", "/etc", "~/x", ""])
+def test_an_option_path_leading_out_is_refused(home: Path, value: str) -> None:
+    assert not judge(home, f"rsync --server -r --link-dest={value} . srvbackups/cur/").allowed
+
+
+def test_a_partial_dir_name_stays_the_name_rsync_makes_in_each_directory(home: Path) -> None:
+    # --delay-updates needs the per-directory name: one absolute directory breaks it
+    command = "rsync --server -logDtpre.iLsfxCIvu --delete --partial-dir=.rsync-partial "
+    decision = judge(home, command + "--delay-updates . srvbackups/cur/")
+    assert decision.allowed, decision.reason
+    assert "--partial-dir=.rsync-partial" in decision.argv
+
+
+def test_a_partial_dir_path_is_one_directory_read_from_the_directory(home: Path) -> None:
+    decision = judge(home, "rsync --server -r --partial-dir=tmp/partial . srvbackups/cur/")
+    assert f"--partial-dir={home}/srvbackups/tmp/partial" in decision.argv
+
+
+@pytest.mark.parametrize("value", ["tmp/partial", "{root}/.rsync-partial"])
+def test_one_partial_directory_with_delay_updates_is_refused(home: Path, value: str) -> None:
+    # rsync would discard every file and exit 0
+    value = value.format(root=home / "srvbackups")
+    command = f"rsync --server -r --partial-dir={value} --delay-updates . srvbackups/"
+    decision = judge(home, command)
+    assert "discard every file" in decision.reason
+
+
+def test_a_partial_dir_name_that_is_a_symlink_out_is_refused(home: Path, tmp_path: Path) -> None:
+    (home / "srvbackups" / ".rsync-partial").symlink_to(tmp_path)
+    decision = judge(home, "rsync --server -r --partial-dir=.rsync-partial . srvbackups/")
+    assert "through a symbolic link" in decision.reason
+
+
+def test_an_option_path_spelt_another_way_is_no_drift(home: Path) -> None:
+    expected = "rsync --server -r --link-dest=prev . ~/srvbackups/cur/"
+    other = f"rsync --server -r --link-dest={home}/srvbackups/prev . ~/srvbackups/cur/"
+    decision = judge(home, other, expect=expected)
+    assert decision.allowed
+    assert not decision.drift
+
+
+# --- devices, specials and the unconfined warning ---------------------------------------------
+
+
+def test_without_confine_devices_and_specials_are_turned_off_after_the_clients_options(
+    home: Path,
+) -> None:
+    decision = judge(home, "rsync --server -logDtpre.iLsfxCIvu --specials . srvbackups/")
+    assert decision.argv[-3:] == (*gate.unconfined_no_specials(), ".", f"{home}/srvbackups/")
+    assert "--confine-root" not in " ".join(decision.argv)
+
+
+@pytest.mark.parametrize(("uid", "added"), [(0, ("--no-D",)), (1000, ("--no-specials",))])
+def test_only_a_gate_running_as_root_turns_devices_off_too(
+    home: Path, monkeypatch: pytest.MonkeyPatch, uid: int, added: tuple[str, ...]
+) -> None:
+    # only root's rsync makes device nodes, and --no-devices stalls a push that holds one
+    monkeypatch.setattr(gate.os, "geteuid", lambda: uid)
+    decision = judge(home, "rsync --server -logDtpre.iLsfxCIvu . srvbackups/")
+    assert decision.argv[-2 - len(added) : -2] == added
+
+
+def test_with_confine_there_is_no_no_d(home: Path) -> None:
+    decision = judge(home, "rsync --server -logDtpre.iLsfxCIvu . srvbackups/", confine=True)
+    assert "--no-D" not in decision.argv
+    assert "--no-specials" not in decision.argv
+
+
+def _logged_events(home: Path, command: str, **values: object) -> list[dict[str, object]]:
+    cfg = config(home, rsync="/nonexistent/rsync", **values)
+    gate.decide_and_log(cfg, {"SSH_ORIGINAL_COMMAND": command, "SSH_CLIENT": "192.0.2.7 5 22"})
+    return [json.loads(line) for line in Path(cfg.log).read_text().splitlines()]
+
+
+def test_each_unconfined_push_logs_a_warning_line(home: Path) -> None:
+    push = "rsync --server -r . srvbackups/"
+    _logged_events(home, push)
+    events = _logged_events(home, push)
+    assert [r["event"] for r in events] == ["allowed", "warning", "allowed", "warning"]
+    assert events[1]["warning"] == gate.UNCONFINED_RISK
+    assert "merge file" in gate.UNCONFINED_RISK
+    assert events[1]["client"] == "192.0.2.7"
+
+
+def test_a_confined_push_and_a_refusal_log_no_warning(home: Path) -> None:
+    assert [r["event"] for r in _logged_events(home, "rsync --server -r . x/")] == ["refused"]
+    events = _logged_events(home, "rsync --server -r . srvbackups/", confine=True)
+    assert [r["event"] for r in events] == ["refused", "allowed"]
+
+
+def test_check_setup_refuses_an_unconfined_gate_unless_allowed(home: Path) -> None:
+    with pytest.raises(gate.GateUsageError) as err:
+        gate.check_setup(config(home))
+    assert "--allow-unconfined" in err.value.message
+    assert "merge file" in err.value.message
+    gate.check_setup(config(home), allow_unconfined=True)
+    gate.check_setup(config(home, confine=True))
 
 
 def test_a_directory_holding_the_ssh_directory_is_refused(home: Path) -> None:
@@ -387,7 +548,9 @@ def test_gate_command_quotes_each_argument_for_the_shell() -> None:
 
 def test_check_setup_refuses_an_expected_command_the_gate_would_refuse(home: Path) -> None:
     with pytest.raises(gate.GateUsageError) as err:
-        gate.check_setup(config(home, expect="rsync --server --sender -r . srvbackups/"))
+        gate.check_setup(
+            config(home, expect="rsync --server --sender -r . srvbackups/", confine=True)
+        )
     assert "would refuse the expected command" in err.value.message
 
 
@@ -448,7 +611,7 @@ def test_a_huge_command_is_clipped_in_the_log(home: Path) -> None:
 
 def test_drift_is_logged_once_per_new_command(home: Path, tmp_path: Path) -> None:
     stub = tmp_path / "rsync"  # exec would replace the test process: judge and log only
-    cfg = config(home, expect=CAPTURED, rsync=str(stub))
+    cfg = config(home, expect=CAPTURED, rsync=str(stub), confine=True)
     other = CAPTURED.replace("CIvu", "C")
     environ = {"SSH_ORIGINAL_COMMAND": other, "SSH_CLIENT": "192.0.2.7 5 22"}
     for _ in range(3):
@@ -462,7 +625,7 @@ def test_drift_is_logged_once_per_new_command(home: Path, tmp_path: Path) -> Non
 
 
 def test_a_garbled_drift_state_is_read_without_failing(home: Path, tmp_path: Path) -> None:
-    cfg = config(home, expect=CAPTURED, rsync=str(tmp_path / "rsync"))
+    cfg = config(home, expect=CAPTURED, rsync=str(tmp_path / "rsync"), confine=True)
     Path(gate.drift_state_path(cfg.log)).parent.mkdir(parents=True)
     Path(gate.drift_state_path(cfg.log)).write_bytes(b"\xff\xfe not ascii\n")
     environ = {"SSH_ORIGINAL_COMMAND": CAPTURED.replace("CIvu", "C")}
@@ -500,6 +663,7 @@ def test_the_allowed_command_is_executed_as_an_argv_list(home: Path, tmp_path: P
         "--server",
         "-r",
         "--munge-links",
+        *gate.unconfined_no_specials(),
         ".",
         f"{home}/srvbackups/a;b",
     ]
