@@ -30,8 +30,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from keyforge import authorized_keys as ak
-from keyforge import install
+from keyforge.receiver import install
+from keyforge.ssh import authorized_keys as ak
 
 RSYNC = "rsync --server -logDtprze.iLsfxCIvu --delete . srvbackups/"
 

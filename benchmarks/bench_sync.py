@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 
 from sync_lab import locked_receiver
 
-from keyforge import sync
+from keyforge.sender import sync
 
 
 def timed(argv: list[str]) -> float:

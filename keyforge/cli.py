@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     # typer vendors click from 0.20 on; only the type checker needs its Context class
     from typer._click.core import Context as _ClickContext
 
-    from keyforge import capture as capture_types
-    from keyforge.authorized_keys import Entry
-    from keyforge.capture import Record
     from keyforge.config import Config
-    from keyforge.install import Result
+    from keyforge.receiver import capture as capture_types
+    from keyforge.receiver.capture import Record
+    from keyforge.receiver.install import Result
+    from keyforge.ssh.authorized_keys import Entry
 
 
 class _KeyforgeGroup(TyperGroup):
@@ -153,7 +153,7 @@ def pair_command(
     fingerprint exactly as 'ssh-keygen -lf PATH.pub' does. An existing key is never replaced
     without --force.
     """
-    from keyforge import keys
+    from keyforge.ssh import keys
 
     size = keys.resolve_bits(key_type, bits)
     text = keys.check_comment(keys.default_comment() if comment is None else comment)
@@ -219,7 +219,7 @@ DiffDryRunOption = Annotated[
 
 
 def _authorized_keys_path(option: Path | None) -> Path:
-    from keyforge import install
+    from keyforge.receiver import install
 
     return option if option is not None else install.default_authorized_keys()
 
@@ -230,7 +230,7 @@ def _given(flags: dict[str, bool]) -> list[str]:
 
 
 def _read_key_option(spec: str) -> Entry:
-    from keyforge import install
+    from keyforge.receiver import install
 
     if spec == "-":
         return install.public_key_from_text(sys.stdin.read(), source="<stdin>")
@@ -253,7 +253,7 @@ def _forced_command(command: str | None) -> str:
 
 
 def _source_patterns(from_: list[str] | None, any_source: bool) -> list[str] | None:
-    from keyforge import install
+    from keyforge.receiver import install
 
     patterns = [pattern for value in from_ for pattern in value.split(",")] if from_ else None
     return install.source_patterns(patterns, any_source=any_source)
@@ -501,7 +501,7 @@ def install_command(
     authorized_keys.keyforge-bak (mode 0600); a new ~/.ssh is made 0700 and a new file 0600.
     If the new line lets the key do more than the line it replaces, keyforge says so.
     """
-    from keyforge import install
+    from keyforge.receiver import install
 
     path = _authorized_keys_path(authorized_keys)
     if like is not None:
@@ -587,7 +587,7 @@ def install_command(
 
 def _warn_forbidden_destinations(command: str, path: Path) -> None:
     """'install --command': the same destinations --from-capture refuses, said out loud."""
-    from keyforge import capture
+    from keyforge.receiver import capture
 
     home = capture.home_for(path)
     for reason in capture.forbidden_destinations(command, home=home, authorized_keys=path):
@@ -607,7 +607,7 @@ def _refuse_beside_like(given: dict[str, bool]) -> None:
 
 
 def _install_like(key: str, like: str, path: Path, *, dry_run: bool) -> None:
-    from keyforge import install
+    from keyforge.receiver import install
 
     old = install.parse_old_key(like)
     new_key = _read_key_option(key)
@@ -627,7 +627,7 @@ def revoke_command(
     in); every other line stays byte for byte. A key that is not there is not an error. The
     previous file is kept as authorized_keys.keyforge-bak (mode 0600).
     """
-    from keyforge import install
+    from keyforge.receiver import install
 
     path = _authorized_keys_path(authorized_keys)
     public_key = _read_key_option(key)
@@ -673,7 +673,8 @@ def init_command(
     Sources default to /etc, /home, /var, /boot and /root; archives go to /mnt/backups/<host>.
     An existing config is never overwritten unless --force is given. The file is made 0600.
     """
-    from keyforge import config, fsutil
+    from keyforge import config
+    from keyforge.infra import fsutil
 
     path = config.resolve_path(config_path)
     text = config.render_default(host)
@@ -714,7 +715,7 @@ def backup_command(
     prunes nothing. A source that is empty or shrank by more than shrink_warn_percent since its
     last master is warned about. Shows progress in a terminal and logs one line otherwise.
     """
-    from keyforge import backup, progress
+    from keyforge.sender import backup, progress
 
     cfg = _load_backup_config(config_path)
     interactive = sys.stderr.isatty()
@@ -747,7 +748,7 @@ def prune_command(
     A chain goes only when its newest archive is older than the window, and the newest full
     backup of each source is never removed.
     """
-    from keyforge import backup
+    from keyforge.sender import backup
 
     cfg = _load_backup_config(config_path)
     doomed = backup.run_prune(cfg, dry_run=dry_run)
@@ -800,7 +801,7 @@ def restore_command(
     is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
     lock is there) does restore take that lock.
     """
-    from keyforge import restore
+    from keyforge.sender import restore
 
     cfg = _load_backup_config(config_path)
     day = restore.parse_at(at) if at else None
@@ -837,7 +838,7 @@ def verify_command(
     Owners are compared only when run as root (no one else can restore them). On a synced
     copy nothing is written into it: no lock, and the trial restores go to --scratch or the
     system's temporary directory."""
-    from keyforge import restore
+    from keyforge.sender import restore
 
     cfg = _load_backup_config(config_path)
     notice = restore.owner_notice(verify=True)
@@ -917,7 +918,7 @@ def sync_command(
     rsync's -n and would really delete. --print-server-command shows the line that forced
     command must be, learnt from this very rsync command without connecting.
     """
-    from keyforge import sync
+    from keyforge.sender import sync
 
     cfg = _load_backup_config(config_path)
     tools = sync.find_tools()
@@ -1093,7 +1094,7 @@ def capture_start_command(
     recorder has appended the command, the client address and the time to
     ~/.ssh/keyforge/capture.log (mode 0600). Read it with 'keyforge capture show'.
     """
-    from keyforge import capture
+    from keyforge.receiver import capture
 
     path = _authorized_keys_path(authorized_keys)
     patterns = [p for value in from_ for p in value.split(",")] if from_ else None
@@ -1148,7 +1149,7 @@ def capture_show_command(
     """
     import json
 
-    from keyforge import capture
+    from keyforge.receiver import capture
 
     captured = capture.read_log(log if log is not None else capture.default_log_path())
     for problem in captured.bad_lines:
@@ -1215,7 +1216,7 @@ def capture_local_command(
     import json
     import shlex
 
-    from keyforge import capture
+    from keyforge.receiver import capture
 
     result = capture.capture_local(rsync_argv)
     if as_json:
@@ -1261,7 +1262,7 @@ def _capture_for_install(
     ``raw`` gives the command exactly as captured (the gate's --expect, compared with what the
     client sends), not rewritten for use as command=.
     """
-    from keyforge import capture
+    from keyforge.receiver import capture
 
     plan = capture.install_plan_from_capture(
         path,
@@ -1315,7 +1316,7 @@ def _gate_line(
     allow_unconfined: bool,
 ) -> str:
     """The forced command running 'keyforge gate' for 'install --gate', checked first."""
-    from keyforge import capture, gate
+    from keyforge.receiver import capture, gate
 
     config = gate.GateConfig(
         str(directory.absolute()),
@@ -1378,7 +1379,7 @@ def status_command(
     """
     from datetime import UTC, datetime
 
-    from keyforge import status
+    from keyforge.sender import status
 
     cfg = _load_backup_config(config_path)
     result = status.assess(cfg, datetime.now(UTC), max_age)
@@ -1413,7 +1414,7 @@ def check_command(
     stops at the first unreadable byte, before any file or deletion). Prints what each probe
     saw and exits 1 when the key is less restricted than expected.
     """
-    from keyforge import check
+    from keyforge.sender import check
 
     cfg = _load_backup_config(config_path)
     findings = check.run_checks(cfg, target)
@@ -1458,7 +1459,7 @@ def demo_command(
     needs /run/sshd: when the system lacks it, an empty one is made), removes the directory
     unless --keep, and leaves no process behind. Exits non-zero naming the step that failed.
     """
-    from keyforge import demo
+    from keyforge.lab import demo
 
     demo.run_demo(keep=keep, say=say)
 
@@ -1512,7 +1513,8 @@ def snapshot_command(
     taken as evidence but nothing is pruned, and the run fails saying so. Retention counts only
     good snapshots and never removes the newest good one.
     """
-    from keyforge import backup, snapshot
+    from keyforge.receiver import snapshot
+    from keyforge.sender import backup
 
     cfg = _load_backup_config(config_path)
     if list_:
@@ -1644,7 +1646,7 @@ def rotate_command(
     works until step 5. Running it again continues where it stopped (a leftover KEY.next is
     checked and reused). Run it as the user whose key it is, like the sync itself.
     """
-    from keyforge import rotate
+    from keyforge.sender import rotate
 
     cfg = _load_backup_config(config_path)
     remote = rotate.remote_target(cfg, target)
@@ -1714,7 +1716,7 @@ def audit_command(
     a severity; the exit code is the worst one: 0 nothing above info, 10 low, 11 medium,
     12 high, 13 critical. Reads only; changes nothing.
     """
-    from keyforge import audit
+    from keyforge.receiver import audit
 
     report = audit.run_audit(paths or [], all_users=all_users)
     if as_json:
@@ -1766,8 +1768,8 @@ def explain_command(
     certificates). Each option is shown in the order sshd reads it, with its effect, then the
     sum of them. A line sshd would refuse is reported with the reason and exit code 3.
     """
-    from keyforge import explain
     from keyforge.errors import ParseError
+    from keyforge.receiver import explain
 
     if (line is None) == (key is None):
         raise UsageError("give either LINE or --key PUBFILE")
@@ -1876,7 +1878,7 @@ def gate_command(
     """
     import os
 
-    from keyforge import gate
+    from keyforge.receiver import gate
 
     args = ["--dir", directory, "--rsync", rsync]
     if expect is not None:

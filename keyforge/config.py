@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from keyforge import fsutil
 from keyforge.errors import ConfigError
+from keyforge.infra import fsutil
 
 DEFAULT_CONFIG_PATH = Path("/etc/keyforge/keyforge.toml")
 CONFIG_ENV = "KEYFORGE_CONFIG"
@@ -187,7 +187,7 @@ class TargetConfig:
     """One [[targets]] entry: a receiving host (or a local disk) for the nightly push."""
 
     # "" means unset here; whether a target is complete (remote or local, not both) is checked
-    # by keyforge.sync, which knows the kinds
+    # by keyforge.sender.sync, which knows the kinds
     name: str = _field("", _unless_empty(_check_target_name))
     host: str = _field("")
     port: int = _field(22, _in_range(1, 65535))
@@ -411,7 +411,7 @@ def load(path: Path) -> Config:
 def render_default(host: str | None = None, directory: str | None = None) -> str:
     """The commented default config that 'keyforge init' writes; ``directory`` is the backup
     directory (default /mnt/backups/<host>), whose filesystem decides require_mountpoint."""
-    from keyforge.templating import render  # noqa: PLC0415 - jinja2 only when rendering
+    from keyforge.infra.templating import render  # noqa: PLC0415 - jinja2 only when rendering
 
     name = host or default_host()
     if not _HOST_RE.match(name):

@@ -11,7 +11,7 @@ import sys
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "gate":
-        from keyforge import gate  # noqa: PLC0415
+        from keyforge.receiver import gate  # noqa: PLC0415
 
         sys.exit(gate.main(sys.argv[2:]))
     from keyforge import cli  # noqa: PLC0415

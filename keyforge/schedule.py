@@ -23,10 +23,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from keyforge import fsutil
 from keyforge.config import Config, ScheduleConfig
 from keyforge.errors import UsageError
-from keyforge.templating import render
+from keyforge.infra import fsutil
+from keyforge.infra.templating import render
 
 CRON = "cron"
 SYSTEMD = "systemd"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import capture
 from keyforge.cli import app
+from keyforge.receiver import capture
 
 runner = CliRunner()
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import authorized_keys as ak
-from keyforge import gate
 from keyforge.cli import app
+from keyforge.receiver import gate
+from keyforge.ssh import authorized_keys as ak
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import keys
 from keyforge.cli import app
+from keyforge.ssh import keys
 
 runner = CliRunner()
 OPTIONS = 'restrict,from="203.0.113.7",command="rsync --server -logDtprze.iLsfxCIvu . srv/"'

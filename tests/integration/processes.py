@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keyforge import sshd
+from keyforge.lab import sshd
 
 
 def live_processes_mentioning(text: str) -> list[str]:

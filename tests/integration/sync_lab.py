@@ -17,8 +17,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from keyforge import authorized_keys, capture, install, keys, sshd, sync
 from keyforge.config import Config, parse
+from keyforge.lab import sshd
+from keyforge.receiver import capture, install
+from keyforge.sender import sync
+from keyforge.ssh import authorized_keys, keys
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import backup, config, fsutil, restore
+from keyforge import config
 from keyforge.cli import app
 from keyforge.errors import CommandError, FileError, KeyforgeError, LockedError
+from keyforge.infra import fsutil
+from keyforge.sender import backup, restore
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="backups of owners need root")
 

@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 from sync_lab import Lab, locked_key_line, locked_receiver, make_backup_dir, run_keyforge, tree
 
-from keyforge import backup, capture, config, fsutil, status, sync
+from keyforge import config
+from keyforge.infra import fsutil
+from keyforge.receiver import capture
+from keyforge.sender import backup, status, sync
 
 pytestmark = [
     pytest.mark.slow,

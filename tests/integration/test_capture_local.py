@@ -16,9 +16,9 @@ import pytest
 from fake_ssh import write_fake_ssh
 from typer.testing import CliRunner
 
-from keyforge import capture
 from keyforge.cli import app
 from keyforge.errors import UsageError
+from keyforge.receiver import capture
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 

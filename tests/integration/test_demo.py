@@ -13,9 +13,9 @@ import pytest
 from processes import live_processes_mentioning
 from typer.testing import CliRunner
 
-from keyforge import demo, sshd
 from keyforge.cli import app
 from keyforge.errors import KeyforgeError
+from keyforge.lab import demo, sshd
 
 pytestmark = pytest.mark.slow
 

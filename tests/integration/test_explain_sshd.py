@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import audit, explain, sshd
-from keyforge import authorized_keys as ak
+from keyforge.lab import sshd
+from keyforge.receiver import audit, explain
+from keyforge.ssh import authorized_keys as ak
 
 pytestmark = pytest.mark.slow
 

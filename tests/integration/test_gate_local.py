@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from fake_ssh import write_fake_ssh
 
-from keyforge import gate
+from keyforge.receiver import gate
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed"),

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import authorized_keys, gate, install, keys, sshd
+from keyforge.lab import sshd
+from keyforge.receiver import gate, install
+from keyforge.ssh import authorized_keys, keys
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed"),

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from keyforge import capture
+from keyforge.receiver import capture
 
 KEY = "SHA256:Csfupk9ZSMNx/NIcVmCNs8TBLc6tJfwyCJrLB38TvuM"
 SHELLS = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import backup, restore, sync
 from keyforge.cli import app
 from keyforge.config import SyncConfig, parse
+from keyforge.sender import backup, restore, sync
 
 NOBODY = 65534
 

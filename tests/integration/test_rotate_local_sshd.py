@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sync_lab import Lab, locked_receiver, run_keyforge, tree
 
-from keyforge import authorized_keys as ak
-from keyforge import rotate, sync
+from keyforge.sender import rotate, sync
+from keyforge.ssh import authorized_keys as ak
 
 pytestmark = pytest.mark.slow
 

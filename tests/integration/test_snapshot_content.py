@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import backup, snapshot, sync
 from keyforge.cli import app
 from keyforge.config import Config, SyncConfig, parse
+from keyforge.receiver import snapshot
+from keyforge.sender import backup, sync
 
 NOBODY = 65534
 

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import backup, fsutil, snapshot
 from keyforge.cli import app
 from keyforge.config import Config, parse
 from keyforge.errors import FileError, LockedError, UsageError
+from keyforge.infra import fsutil
+from keyforge.receiver import snapshot
+from keyforge.sender import backup
 
 NOBODY = 65534
 

@@ -1,4 +1,4 @@
-"""keyforge.sshd: a private sshd that starts, answers, pins its host key and leaves nothing."""
+"""keyforge.lab.sshd: a private sshd that starts, answers, pins its host key and leaves nothing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from processes import live_processes_mentioning
 
-from keyforge import sshd
 from keyforge.errors import UsageError
+from keyforge.lab import sshd
 
 pytestmark = pytest.mark.slow
 

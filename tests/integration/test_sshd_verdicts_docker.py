@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge.authorized_keys import parse_line
 from keyforge.errors import ParseError
+from keyforge.ssh.authorized_keys import parse_line
 
 pytestmark = pytest.mark.docker
 

@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import audit, capture, explain, gate, keys, sshd
-from keyforge import authorized_keys as ak
 from keyforge.cli import app
+from keyforge.lab import sshd
+from keyforge.receiver import audit, capture, explain, gate
+from keyforge.ssh import authorized_keys as ak
+from keyforge.ssh import keys
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed"),

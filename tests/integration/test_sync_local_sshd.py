@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from sync_lab import Lab, locked_receiver, run_keyforge, tree
 
-from keyforge import fsutil, keys, sshd, sync
 from keyforge.errors import KeyforgeError
+from keyforge.infra import fsutil
+from keyforge.lab import sshd
+from keyforge.sender import sync
+from keyforge.ssh import keys
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, sys
 import jinja2, jinja2.meta
-from keyforge import templating
+from keyforge.infra import templating
 
 env = templating.environment()
 report = {"templates_dir": str(templating.templates_dir()), "templates": {}}

@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyforge import audit, explain
-from keyforge import authorized_keys as ak
 from keyforge.errors import ParseError
+from keyforge.receiver import audit, explain
+from keyforge.ssh import authorized_keys as ak
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 KEYS = [

@@ -1,4 +1,4 @@
-"""Properties of keyforge.authorized_keys over generated input."""
+"""Properties of keyforge.ssh.authorized_keys over generated input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyforge import authorized_keys as ak
 from keyforge.errors import ParseError
+from keyforge.ssh import authorized_keys as ak
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 KEYS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyforge import capture
+from keyforge.receiver import capture
 
 KEY = "SHA256:Csfupk9ZSMNx/NIcVmCNs8TBLc6tJfwyCJrLB38TvuM"
 # what an environment variable can hold: any bytes but NUL, read the way keyforge reads them

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyforge import gate
+from keyforge.receiver import gate
 
 HOME = Path("/nonexistent-keyforge-home/foo")
 DIRECTORY = HOME / "srvbackups"

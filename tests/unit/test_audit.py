@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import audit, install
-from keyforge import authorized_keys as ak
 from keyforge.errors import FileError
+from keyforge.receiver import audit, install
+from keyforge.ssh import authorized_keys as ak
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CORPUS = DATA / "audit"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from keyforge import authorized_keys as ak
 from keyforge.errors import ParseError
+from keyforge.ssh import authorized_keys as ak
 
 FLAGS = [
     "cert-authority",

@@ -1,4 +1,4 @@
-"""keyforge.authorized_keys: reading lines the way sshd reads them, and naming what it refuses."""
+"""keyforge.ssh.authorized_keys: reading lines the way sshd reads them, naming what it refuses."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import authorized_keys as ak
 from keyforge.errors import ParseError
+from keyforge.ssh import authorized_keys as ak
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 FIXTURE_LINES = [

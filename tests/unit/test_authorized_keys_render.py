@@ -1,4 +1,4 @@
-"""keyforge.authorized_keys: writing lines sshd reads back exactly, refusing the unwritable."""
+"""keyforge.ssh.authorized_keys: writing lines sshd reads back exactly, refusing the unwritable."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import authorized_keys as ak
 from keyforge.errors import RenderError
+from keyforge.ssh import authorized_keys as ak
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ED = next(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import authorized_keys as ak
 from keyforge.errors import ParseError
+from keyforge.ssh import authorized_keys as ak
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CASES = json.loads((DATA / "sshd_line_verdicts.json").read_text())

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import config, sync
+from keyforge import config
 from keyforge.errors import ConfigError
+from keyforge.sender import sync
 
 
 def test_an_empty_file_gives_the_posts_defaults() -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import backup, config, runner
-from keyforge.backup import INCREMENTAL, MASTER, ArchiveRecord
+from keyforge import config
 from keyforge.errors import ConfigError
+from keyforge.infra import runner
+from keyforge.sender import backup
+from keyforge.sender.backup import INCREMENTAL, MASTER, ArchiveRecord
 
 HOST = "server1"
 

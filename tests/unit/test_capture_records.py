@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import capture
 from keyforge.errors import ParseError
+from keyforge.receiver import capture
 
 KEY = "SHA256:Csfupk9ZSMNx/NIcVmCNs8TBLc6tJfwyCJrLB38TvuM"
 OTHER = "SHA256:AAAAk9ZSMNx/NIcVmCNs8TBLc6tJfwyCJrLB38TvuM"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import capture
 from keyforge.errors import UsageError
+from keyforge.receiver import capture
 
 POST = "rsync --server -vlogDtprze.iLsfxCIvu --delete . ~/srvbackups"
 HOME = Path("/home/foo")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from keyforge import check
-from keyforge.runner import Result
+from keyforge.infra.runner import Result
+from keyforge.sender import check
 
 TOKEN = "keyforge-probe-0123"
 

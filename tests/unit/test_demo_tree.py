@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keyforge import demo
+from keyforge.lab import demo
 
 
 def test_trees_that_differ_are_told_apart() -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import authorized_keys as ak
-from keyforge import explain, keys
 from keyforge.errors import ParseError, UsageError
+from keyforge.receiver import explain
+from keyforge.ssh import authorized_keys as ak
+from keyforge.ssh import keys
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 FIXTURE_KEYS = [

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import fsutil
 from keyforge.errors import FileError
+from keyforge.infra import fsutil
 
 
 def test_a_new_directory_is_0700_even_under_a_permissive_umask(tmp_path: Path) -> None:

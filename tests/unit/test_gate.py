@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import gate
+from keyforge.receiver import gate
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from keyforge import authorized_keys as ak
-from keyforge import install, keys
 from keyforge.errors import KeyforgeError, ParseError, UsageError
+from keyforge.receiver import install
+from keyforge.ssh import authorized_keys as ak
+from keyforge.ssh import keys
 
 RSYNC = "rsync --server -logDtprze.iLsfxCIvu --delete . srvbackups/"
 GATE = '/opt/keyforge/bin/keyforge gate --dir /home/foo/srvbackups --expect "-logDtprze.iLsfxCIvu"'

@@ -8,9 +8,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from keyforge import authorized_keys as ak
-from keyforge import install
 from keyforge.errors import KeyforgeError, ParseError, RenderError, UsageError
+from keyforge.receiver import install
+from keyforge.ssh import authorized_keys as ak
 
 RSYNC = "rsync --server -logDtprze.iLsfxCIvu --delete . srvbackups/"
 

@@ -1,4 +1,4 @@
-"""keyforge.keys: key pairs OpenSSH accepts, fingerprints as ssh-keygen prints them, safe writes."""
+"""keyforge.ssh.keys: keys OpenSSH accepts, fingerprints as ssh-keygen prints them, safe writes."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from keyforge import fsutil, keys
 from keyforge.errors import FileError, KeyMaterialError, UsageError
+from keyforge.infra import fsutil
+from keyforge.ssh import keys
 
 needs_ssh_keygen = pytest.mark.skipif(
     shutil.which("ssh-keygen") is None, reason="ssh-keygen (openssh-client) is not installed"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import backup
 from keyforge.errors import FileError
+from keyforge.sender import backup
 
 NAME = "server1-etc.20261123.master.tar.zst"
 ENTRY = backup.ArchiveEntry(NAME, "/etc", backup.MASTER, NAME, 1234, "ab" * 32, ("w",))

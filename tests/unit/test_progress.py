@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 
-from keyforge import backup, progress
+from keyforge.sender import backup, progress
 
 ENTRY = backup.ArchiveEntry(
     name="server1-etc.20261128.master.tar.zst",

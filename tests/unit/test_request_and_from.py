@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from keyforge import authorized_keys as ak
-from keyforge import explain, install
 from keyforge.errors import UsageError
+from keyforge.receiver import explain, install
+from keyforge.ssh import authorized_keys as ak
 
 RUNS = {
     'sh -c "$SSH_ORIGINAL_COMMAND"': "to a shell (sh -c)",

@@ -13,9 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyforge import authorized_keys as ak
-from keyforge import config, fsutil, install, keys, rotate, runner
+from keyforge import config
 from keyforge.errors import CommandError, FileError, KeyforgeError, LockedError, UsageError
+from keyforge.infra import fsutil, runner
+from keyforge.receiver import install
+from keyforge.sender import rotate
+from keyforge.ssh import authorized_keys as ak
+from keyforge.ssh import keys
 
 OPTIONS = 'restrict,from="203.0.113.7",command="rsync --server -logDtprze.iLsfxCIvu . srv/"'
 

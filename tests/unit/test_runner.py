@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from keyforge import runner
 from keyforge.errors import CommandError
+from keyforge.infra import runner
 
 
 def test_a_missing_program_behind_nice_is_named_plainly_not_through_nice() -> None:

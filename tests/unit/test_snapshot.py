@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import snapshot
 from keyforge.config import parse
 from keyforge.errors import ConfigError, KeyforgeError
-from keyforge.snapshot import DirInfo, Owner, TreeCount
+from keyforge.receiver import snapshot
+from keyforge.receiver.snapshot import DirInfo, Owner, TreeCount
 
 UTC = dt.UTC
 FOO = Owner(uid=1000, name="foo", groups=frozenset({1000, 100}))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import sshd
 from keyforge.errors import UsageError
+from keyforge.lab import sshd
 
 
 def config_text(**overrides: object) -> str:

@@ -7,8 +7,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from keyforge import backup, status
 from keyforge.config import Config, parse
+from keyforge.sender import backup, status
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

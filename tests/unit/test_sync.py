@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import fsutil, runner, sync
 from keyforge.config import Config, SyncConfig, TargetConfig, parse
 from keyforge.errors import ConfigError, FileError, KeyforgeError, LockedError, UsageError
+from keyforge.infra import fsutil, runner
+from keyforge.sender import sync
 
 TOOLS = sync.Tools(rsync="/usr/bin/rsync", ssh="/usr/bin/ssh")
 REMOTE = TargetConfig(

@@ -15,10 +15,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keyforge import authorized_keys as ak
-from keyforge import gate, install, keys, wire
-from keyforge.authorized_keys import Permissions, effective_permissions, flag_change
 from keyforge.errors import FileError, ParseError, UsageError
+from keyforge.receiver import gate, install
+from keyforge.ssh import authorized_keys as ak
+from keyforge.ssh import keys, wire
+from keyforge.ssh.authorized_keys import Permissions, effective_permissions, flag_change
 
 # Each of sshd's per-key permission flags (ak.PERMISSION_FLAGS), named in a sentence.
 PERMISSION_FLAGS = {

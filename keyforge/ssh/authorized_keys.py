@@ -31,9 +31,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from keyforge import wire
 from keyforge.errors import ParseError, RenderError
-from keyforge.wire import WireError, WireReader
+from keyforge.ssh import wire
+from keyforge.ssh.wire import WireError, WireReader
 
 LINE_LIMIT = 8192  # bytes; sshd(8) documents lines "up to a limit of 8 kilobytes"
 
@@ -1060,7 +1060,7 @@ def render(entry: Entry) -> str:
     """
     _check_renderable(entry)
     options = ",".join(format_option(option) for option in entry.options)
-    from keyforge import templating  # noqa: PLC0415 - jinja2 only when a line is written
+    from keyforge.infra import templating  # noqa: PLC0415 - jinja2 only when a line is written
 
     line = templating.render(
         "authorized_keys.j2",

@@ -30,8 +30,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
-from keyforge import fsutil, keys, runner, sync
-from keyforge.backup import lock_path
 from keyforge.config import Config
 from keyforge.errors import (
     CommandError,
@@ -40,6 +38,10 @@ from keyforge.errors import (
     KeyMaterialError,
     UsageError,
 )
+from keyforge.infra import fsutil, runner
+from keyforge.sender import sync
+from keyforge.sender.backup import lock_path
+from keyforge.ssh import keys
 
 STEPS: dict[int, str] = {
     1: "make the new key pair",
@@ -286,7 +288,7 @@ class LocalReceiver:
         return str(self.path)
 
     def install_like(self, old_public: str, new_public: str) -> str:
-        from keyforge import install  # noqa: PLC0415 - jinja2 only when a line is written
+        from keyforge.receiver import install  # noqa: PLC0415 - jinja2 only when a line is written
 
         old = install.public_key_from_text(old_public, source="the old key")
         new = install.public_key_from_text(new_public, source="the new key")
@@ -294,7 +296,7 @@ class LocalReceiver:
         return _note(result.action, new.fingerprint(), self.path, result.plan.linenos)
 
     def revoke(self, old_public: str) -> str:
-        from keyforge import install  # noqa: PLC0415
+        from keyforge.receiver import install  # noqa: PLC0415
 
         old = install.public_key_from_text(old_public, source="the old key")
         result = install.revoke_key(self.path, old)

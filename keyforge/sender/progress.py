@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from keyforge.backup import ArchiveEntry, BackupReport, human_size
+from keyforge.sender.backup import ArchiveEntry, BackupReport, human_size
 
 
 class TerminalReporter:

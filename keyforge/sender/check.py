@@ -17,9 +17,10 @@ import secrets
 import struct
 from collections.abc import Callable, Sequence
 
-from keyforge import runner, sync
 from keyforge.config import Config, SyncConfig
 from keyforge.errors import CommandError, KeyforgeError
+from keyforge.infra import runner
+from keyforge.sender import sync
 
 # rsync's protocol numbers in use since 2.6 (29) to today (32), with room for what comes next
 _RSYNC_PROTOCOLS = range(20, 60)

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from keyforge import authorized_keys as ak
-from keyforge import fsutil
 from keyforge.errors import (
     FileError,
     KeyforgeError,
@@ -33,6 +31,8 @@ from keyforge.errors import (
     RenderError,
     UsageError,
 )
+from keyforge.infra import fsutil
+from keyforge.ssh import authorized_keys as ak
 
 Action = Literal["added", "replaced", "unchanged", "removed", "absent"]
 

@@ -24,10 +24,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from keyforge import backup, fsutil, runner
-from keyforge.backup import ArchiveRecord
 from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
+from keyforge.infra import fsutil, runner
+from keyforge.sender import backup
+from keyforge.sender.backup import ArchiveRecord
 
 SCRATCH_NAME = ".verify-scratch"
 MAX_PROBLEMS_SHOWN = 5

@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from keyforge import fsutil, runner
 from keyforge.config import WEEKDAYS, BackupConfig, Config
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
+from keyforge.infra import fsutil, runner
 
 MASTER = "master"
 INCREMENTAL = "incremental"

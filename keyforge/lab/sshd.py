@@ -31,10 +31,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from keyforge import fsutil, keys
 from keyforge.errors import CommandError, KeyforgeError, UsageError
-from keyforge.sync import pinned_client_options
-from keyforge.templating import render
+from keyforge.infra import fsutil
+from keyforge.infra.templating import render
+from keyforge.sender.sync import pinned_client_options
+from keyforge.ssh import keys
 
 LOOPBACK = "127.0.0.1"
 PRIVSEP_DIR = Path("/run/sshd")

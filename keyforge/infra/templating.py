@@ -17,11 +17,12 @@ if TYPE_CHECKING:
 
 def templates_dir() -> Path:
     """Where the templates are: inside the installed package, else the source tree's top level."""
-    packaged = Path(__file__).with_name("templates")
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "templates"
     if packaged.is_dir():
         return packaged
     # running from a source checkout or an editable install: templates/ sits beside keyforge/
-    return Path(__file__).resolve().parent.parent / "templates"
+    return package.parent / "templates"
 
 
 @functools.cache

@@ -2,7 +2,7 @@
 
 The sending server ("server1") and the receiving host ("raspberrypi") both live in one
 directory made with ``tempfile.mkdtemp`` (mode 0700). The receiving host is a private sshd on
-127.0.0.1 (``keyforge.sshd``). Every step calls the library, exactly as the commands do:
+127.0.0.1 (``keyforge.lab.sshd``). Every step calls the library, exactly as the commands do:
 
 pair -> start the receiver -> backup -> capture start -> one push (recorded, refused) ->
 capture show -> install the locked key from the capture -> sync -> verify from the offsite copy
@@ -27,11 +27,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from keyforge import authorized_keys as ak
-from keyforge import backup, capture, check, config, fsutil, install, keys, restore, runner, sync
+from keyforge import config
 from keyforge.errors import KeyforgeError
-from keyforge.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd, stop_stragglers
-from keyforge.templating import render
+from keyforge.infra import fsutil, runner
+from keyforge.infra.templating import render
+from keyforge.lab.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd, stop_stragglers
+from keyforge.receiver import capture, install
+from keyforge.sender import backup, check, restore, sync
+from keyforge.ssh import authorized_keys as ak
+from keyforge.ssh import keys
 
 STEPS = 10
 HOST = "server1"

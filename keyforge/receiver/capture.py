@@ -29,10 +29,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keyforge import authorized_keys as ak
-from keyforge import fsutil, install, runner, wire
 from keyforge.errors import FileError, KeyforgeError, ParseError, UsageError
-from keyforge.templating import render
+from keyforge.infra import fsutil, runner
+from keyforge.infra.templating import render
+from keyforge.receiver import install
+from keyforge.ssh import authorized_keys as ak
+from keyforge.ssh import wire
 
 RECORD_TAG = "keyforge-capture-1"
 # 'capture start' writes one of these before any record: what follows it is this capture's

@@ -33,10 +33,11 @@ import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from keyforge import backup, fsutil, runner
-from keyforge.backup import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
 from keyforge.config import Config, SnapshotConfig
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
+from keyforge.infra import fsutil, runner
+from keyforge.sender import backup
+from keyforge.sender.backup import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
 
 LOCK_NAME = ".keyforge-snapshot.lock"
 DOOMED_SUFFIX = ".deleting"

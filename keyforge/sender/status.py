@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keyforge import snapshot, sync
-from keyforge.backup import MANIFEST_SUFFIX, human_size, load_manifest, source_slug
 from keyforge.config import Config
 from keyforge.errors import FileError
+from keyforge.receiver import snapshot
+from keyforge.sender import sync
+from keyforge.sender.backup import MANIFEST_SUFFIX, human_size, load_manifest, source_slug
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from keyforge import authorized_keys as ak
-from keyforge import explain, gate, install
 from keyforge.errors import FileError
+from keyforge.receiver import explain, gate, install
+from keyforge.ssh import authorized_keys as ak
 
 SCHEMA = "keyforge-audit/1"
 SEVERITIES = ("info", "low", "medium", "high", "critical")

@@ -20,9 +20,10 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keyforge import fsutil, wire
 from keyforge.errors import FileError, KeyMaterialError, UsageError
-from keyforge.wire import WireReader
+from keyforge.infra import fsutil
+from keyforge.ssh import wire
+from keyforge.ssh.wire import WireReader
 
 KEY_TYPES = ("ed25519", "rsa", "ecdsa")
 DEFAULT_KEY_TYPE = "ed25519"

@@ -30,8 +30,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from keyforge import fsutil, runner
-from keyforge.backup import (
+from keyforge.config import Config, SyncConfig, TargetConfig, state_dir
+from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
+from keyforge.infra import fsutil, runner
+from keyforge.sender.backup import (
     LOCK_NAME,
     MANIFEST_SUFFIX,
     PARTIAL_SUFFIX,
@@ -39,8 +41,6 @@ from keyforge.backup import (
     chains_to_remove,
     lock_path,
 )
-from keyforge.config import Config, SyncConfig, TargetConfig, state_dir
-from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
 
 # rsync and ssh exit statuses worth another try: the network, not the request, failed
 NETWORK_EXITS: dict[int, str] = {
@@ -355,7 +355,7 @@ def judge(exit_code: int, stderr: str, settings: SyncConfig) -> Verdict:
             message="the receiving host refused the key (ssh: Permission denied); "
             "is it installed there, and does its from= allow this address?",
         )
-    from keyforge.capture import RECORDER_NOTICES  # noqa: PLC0415 - only a refused push reads it
+    from keyforge.receiver.capture import RECORDER_NOTICES  # noqa: PLC0415 - only a refused push reads it
 
     recorder = next(
         (ln.strip() for ln in stderr.splitlines() if ln.strip().startswith(RECORDER_NOTICES)), None
@@ -751,7 +751,7 @@ def server_commands(
     so the line to lock the key to matches what ``keyforge sync`` sends, flags included. Works
     before the first backup: nothing is sent, so the manifest guard has nothing to guard.
     """
-    from keyforge import capture  # noqa: PLC0415 - only this path needs the recorder
+    from keyforge.receiver import capture  # noqa: PLC0415 - only this path needs the recorder
 
     the_plan = plan(config, target_name, tools)
     remote = [(t, argv) for t, argv in the_plan.commands if isinstance(t, RemoteTarget)]

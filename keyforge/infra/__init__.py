@@ -1,0 +1,1 @@
+"""Side effects at the edges: files, subprocesses, templates."""

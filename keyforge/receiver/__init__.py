@@ -1,0 +1,1 @@
+"""The receiving host's side: install, capture, the gate, snapshot, audit, explain."""
