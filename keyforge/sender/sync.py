@@ -18,6 +18,7 @@ would really delete.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -519,8 +520,17 @@ def _check_readable_file(path: Path, what: str, target: RemoteTarget) -> None:
 
 
 def sent_state_path(config: Config, target: Target) -> Path:
-    """The list of archives the last successful push to ``target`` sent."""
-    return state_dir(config) / f"sync-{target.name}.json"
+    """The list of archives the last successful push to ``target`` sent.
+
+    Named for where the push lands, not only for the target's name: two configs on one host
+    may both call their target "pi" while pushing into different directories, and what one
+    sent says nothing about what the other's push would delete.
+    """
+    where = target.destination
+    if isinstance(target, RemoteTarget):
+        where = f"{where} port {target.port}"
+    digest = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return state_dir(config) / f"sync-{target.name}-{digest}.json"
 
 
 # an archive as the guard knows it: its size and its mtime, both kept by every push (-a)

@@ -544,3 +544,23 @@ def test_max_delete_does_not_stand_in_for_the_loss_guard(tmp_path: Path) -> None
     [report] = sync.sync(config, None, tools=TOOLS, effects=fake.effects())
     assert not report.ok
     assert len(fake.calls) == 1
+
+
+def test_what_a_push_sent_is_kept_per_destination_not_per_target_name(tmp_path: Path) -> None:
+    config = _config(tmp_path, _backup_dir(tmp_path), retries=0)
+
+    def remote(path: str, port: int = 22) -> sync.RemoteTarget:
+        return sync.RemoteTarget(
+            "pi", "192.0.2.7", port, "foo", tmp_path / "k", path, tmp_path / "kh"
+        )
+
+    def state(target: sync.Target) -> Path:
+        return sync.sent_state_path(config, target)
+
+    # two configs on one host may both name their target "pi"
+    assert state(remote("/srv/a/")) == state(remote("/srv/a/"))
+    assert state(remote("/srv/a/")) != state(remote("/srv/b/"))
+    assert state(remote("/srv/a/")) != state(remote("/srv/a/", port=2222))
+    drive = sync.LocalTarget("pi", tmp_path / "drive", require_mountpoint=False)
+    assert state(drive) != state(remote(f"{tmp_path / 'drive'}/"))
+    assert state(drive).name.startswith("sync-pi-")
