@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from keyforge import config
-from keyforge.errors import KeyforgeError
+from keyforge.errors import DemoError, KeyforgeError
 from keyforge.infra import fsutil, runner
 from keyforge.infra.templating import render
 from keyforge.lab.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd, stop_stragglers
@@ -44,12 +44,6 @@ TARGET = "offsite"
 OTHER_ADDRESS = "127.0.0.2"
 
 Say = Callable[[str], None]
-
-
-class DemoError(KeyforgeError):
-    """A step of the demo did not do what it must."""
-
-    exit_code = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from keyforge.errors import CommandError, KeyforgeError, UsageError
+from keyforge.errors import CommandError, SshdError, UsageError
 from keyforge.infra import fsutil
 from keyforge.infra.templating import render
 from keyforge.sender.sync import pinned_client_options
@@ -58,12 +58,6 @@ _VERSION = re.compile(r"OpenSSH_(\d+)\.(\d+)")
 # OpenSSH 9.8 penalises a source address that connects without logging in; the banner probe
 # does exactly that, and every client here comes from 127.0.0.1
 _PENALTIES_SINCE = (9, 8)
-
-
-class SshdError(KeyforgeError):
-    """The private sshd could not be configured or started."""
-
-    exit_code = 5
 
 
 @dataclasses.dataclass(frozen=True)

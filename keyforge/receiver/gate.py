@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import sys
 
-from keyforge.errors import KeyforgeError
+from keyforge.errors import GateRefusalError, GateUsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,18 +67,6 @@ UNCONFINED_RISK = (
     "the receiving rsync read a file outside the directory as a merge file (--filter=':- "
     "../FILE'), and what --delete then removes tells it what the file holds"
 )
-
-
-class GateRefusalError(KeyforgeError):
-    """A command the gate will not run; the message is the reason."""
-
-    exit_code = 1
-
-
-class GateUsageError(KeyforgeError):
-    """The gate's own command line (in authorized_keys) is wrong."""
-
-    exit_code = 2
 
 
 # --- reading the command as a shell would ---------------------------------------------------
