@@ -380,6 +380,20 @@ def state_dir(config: Config) -> Path:
     return Path.home() / ".local" / "state" / "keyforge"
 
 
+def snapshot_source(config: Config) -> Path:
+    """[snapshot] source, else [sync] source: the directory the sending server pushes into.
+
+    Read by the receiving host's snapshot and by status reading that copy, so both live here.
+    """
+    value = config.snapshot.source or config.sync.source
+    if not value:
+        raise ConfigError(
+            "[snapshot] source is not set: the directory the sending server pushes into, "
+            'e.g. source = "/home/foo/srvbackups"'
+        )
+    return Path(value)
+
+
 def resolve_path(explicit: Path | None) -> Path:
     """--config wins, then $KEYFORGE_CONFIG, then /etc/keyforge/keyforge.toml."""
     if explicit is not None:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from keyforge import config
+from keyforge import config, layout
 from keyforge.errors import DemoError, KeyforgeError
 from keyforge.infra import fsutil, runner
 from keyforge.infra.templating import render
@@ -295,7 +295,7 @@ def step_backup(run: _Run) -> None:
     second = backup.run_backup(cfg)
     for entry in second.entries:
         run.detail(f"{entry.kind:<11} {entry.name} ({backup.human_size(entry.size)})")
-    if [e.kind for e in (*first.entries, *second.entries)] != [backup.MASTER, backup.INCREMENTAL]:
+    if [e.kind for e in (*first.entries, *second.entries)] != [layout.MASTER, layout.INCREMENTAL]:
         raise DemoError("the two backup runs did not make a master and an incremental")
 
 

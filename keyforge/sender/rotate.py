@@ -39,8 +39,8 @@ from keyforge.errors import (
     UsageError,
 )
 from keyforge.infra import fsutil, runner
+from keyforge.layout import lock_path
 from keyforge.sender import sync
-from keyforge.sender.backup import lock_path
 from keyforge.ssh import keys
 
 STEPS: dict[int, str] = {

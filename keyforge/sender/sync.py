@@ -33,14 +33,8 @@ from typing import Any
 from keyforge.config import Config, SyncConfig, TargetConfig, state_dir
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner
-from keyforge.sender.backup import (
-    LOCK_NAME,
-    MANIFEST_SUFFIX,
-    PARTIAL_SUFFIX,
-    archive_records,
-    chains_to_remove,
-    lock_path,
-)
+from keyforge.layout import LOCK_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, archive_records, lock_path
+from keyforge.sender.backup import chains_to_remove
 
 # rsync and ssh exit statuses worth another try: the network, not the request, failed
 NETWORK_EXITS: dict[int, str] = {
