@@ -34,8 +34,8 @@ from pathlib import Path
 from keyforge.errors import CommandError, SshdError, UsageError
 from keyforge.infra import fsutil
 from keyforge.infra.templating import render
-from keyforge.sender.sync import pinned_client_options
 from keyforge.ssh import keys
+from keyforge.ssh.client import is_login_name, pinned_client_options
 
 LOOPBACK = "127.0.0.1"
 PRIVSEP_DIR = Path("/run/sshd")
@@ -53,7 +53,6 @@ CONNECT_TIMEOUT = 10  # seconds; the server is on this machine
 # sshd_config splits on whitespace, and AuthorizedKeysFile expands % and ~: paths written into it
 # keep to characters that mean nothing to either
 _CONFIG_SAFE = re.compile(r"^/[A-Za-z0-9._/+@,=:-]*\Z")
-_USER_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _VERSION = re.compile(r"OpenSSH_(\d+)\.(\d+)")
 # OpenSSH 9.8 penalises a source address that connects without logging in; the banner probe
 # does exactly that, and every client here comes from 127.0.0.1
@@ -116,7 +115,7 @@ def render_config(
     extra_lines: Sequence[str] = (),
 ) -> str:
     """The private sshd's configuration (pure)."""
-    if not _USER_SAFE.match(user):
+    if not is_login_name(user):
         raise UsageError(f"cannot run a private sshd for the user name {user!r}")
     if not 0 < port < 65536:
         raise UsageError(f"not a TCP port: {port}")
