@@ -29,7 +29,7 @@ from pathlib import Path
 
 from keyforge import config, layout
 from keyforge.errors import DemoError, KeyforgeError
-from keyforge.infra import fsutil, runner
+from keyforge.infra import fsutil, runner, tools
 from keyforge.infra.templating import render
 from keyforge.lab.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd, stop_stragglers
 from keyforge.receiver import capture, install
@@ -263,7 +263,7 @@ def step_receiver(run: _Run, server: PrivateSshd) -> None:
 
 def step_config(run: _Run, server: PrivateSshd) -> None:
     layout = run.layout
-    has_zstd = shutil.which("zstd") is not None
+    has_zstd = tools.find_program("zstd") is not None
     text = render(
         "demo_keyforge.toml.j2",
         host=config.toml_string(HOST),

@@ -28,7 +28,6 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from keyforge import layout
 from keyforge.config import Config, SnapshotConfig
 from keyforge.config import snapshot_source as source_of
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
-from keyforge.infra import fsutil, runner
+from keyforge.infra import fsutil, runner, tools
 from keyforge.layout import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
 
 LOCK_NAME = ".keyforge-snapshot.lock"
@@ -577,10 +576,10 @@ def run_rsync(argv: Sequence[str], fd: int) -> runner.Result:
 
 
 def find_rsync() -> str:
-    found = shutil.which("rsync")
+    found = tools.find_program("rsync")
     if found is None:
         raise CommandError("rsync not found on PATH; install it")
-    return str(Path(found).resolve())
+    return found
 
 
 # --- one run -----------------------------------------------------------------------------------

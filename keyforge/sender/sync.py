@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import syslog
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ from typing import Any
 
 from keyforge.config import Config, SyncConfig, TargetConfig, is_target_name, state_dir
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
-from keyforge.infra import fsutil, runner
+from keyforge.infra import fsutil, runner, tools
 from keyforge.layout import LOCK_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, archive_records, lock_path
 from keyforge.sender.backup import chains_to_remove
 from keyforge.ssh.client import CONNECT_TIMEOUT, is_host, is_login_name, ssh_argv
@@ -568,13 +567,11 @@ def record_sent(
 
 def find_tools() -> Tools:
     """rsync and ssh as absolute paths, found once on PATH."""
-    found = {name: shutil.which(name) for name in ("rsync", "ssh")}
+    found = {name: tools.find_program(name) for name in ("rsync", "ssh")}
     missing = [name for name, path in found.items() if path is None]
     if missing:
         raise CommandError(f"{' and '.join(missing)} not found on PATH; install it")
-    return Tools(
-        rsync=str(Path(found["rsync"] or "").resolve()), ssh=str(Path(found["ssh"] or "").resolve())
-    )
+    return Tools(rsync=found["rsync"] or "", ssh=found["ssh"] or "")
 
 
 def append_log(path: Path, report: Report) -> None:
