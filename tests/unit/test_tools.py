@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def venv_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path
     beside = script(tmp_path / "venv" / "bin" / "keyforge")
     other = script(tmp_path / "elsewhere" / "keyforge")
     monkeypatch.setattr(sys, "executable", str(python))
-    monkeypatch.setenv("PATH", f"{other.parent}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.setenv("PATH", str(other.parent))  # nothing else: no system keyforge either
     return beside, other
 
 
