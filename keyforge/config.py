@@ -22,6 +22,7 @@ from typing import Any, Union
 
 from keyforge.errors import ConfigError
 from keyforge.infra import fsutil
+from keyforge.ssh import client
 
 DEFAULT_CONFIG_PATH = Path("/etc/keyforge/keyforge.toml")
 CONFIG_ENV = "KEYFORGE_CONFIG"
@@ -35,10 +36,12 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 COMPRESSIONS = ("zstd", "gzip", "pigz")
 IONICE_CLASSES = ("idle", "best-effort", "none")
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}\Z")
 _BWLIMIT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGkmg]?\Z")
 _TIME_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+# a [[targets]] name: the sync log and --target use it as it is
 _TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# [general] host starts every archive name, and a file name has 255 bytes at most
+ARCHIVE_HOST_MAX = 63
 
 
 def default_host() -> str:
@@ -49,14 +52,18 @@ def default_host() -> str:
 # --- value checks (each returns an error text, or None when the value is fine) ---------------
 
 
+def is_target_name(value: str) -> bool:
+    return _TARGET_NAME_RE.match(value) is not None
+
+
 def _check_host(value: Any) -> str | None:
-    if not _HOST_RE.match(value):
+    if not client.is_host_name(value, max_length=ARCHIVE_HOST_MAX):
         return "must be a host name (letters, digits, '.', '-'), got " + repr(value)
     return None
 
 
 def _check_target_name(value: Any) -> str | None:
-    if not _TARGET_NAME_RE.match(value):
+    if not is_target_name(value):
         return "must be a short name (letters, digits, '.', '_', '-'), got " + repr(value)
     return None
 
@@ -212,7 +219,7 @@ def _check_mailto(value: Any) -> str | None:
 
 
 def _check_user(value: Any) -> str | None:
-    if re.match(r"^[a-z_][a-z0-9_-]{0,31}\Z", value):
+    if client.is_login_name(value):
         return None
     return f"must be a system user name, got {value!r}"
 
@@ -380,6 +387,20 @@ def state_dir(config: Config) -> Path:
     return Path.home() / ".local" / "state" / "keyforge"
 
 
+def snapshot_source(config: Config) -> Path:
+    """[snapshot] source, else [sync] source: the directory the sending server pushes into.
+
+    Read by the receiving host's snapshot and by status reading that copy, so both live here.
+    """
+    value = config.snapshot.source or config.sync.source
+    if not value:
+        raise ConfigError(
+            "[snapshot] source is not set: the directory the sending server pushes into, "
+            'e.g. source = "/home/foo/srvbackups"'
+        )
+    return Path(value)
+
+
 def resolve_path(explicit: Path | None) -> Path:
     """--config wins, then $KEYFORGE_CONFIG, then /etc/keyforge/keyforge.toml."""
     if explicit is not None:
@@ -414,7 +435,7 @@ def render_default(host: str | None = None, directory: str | None = None) -> str
     from keyforge.infra.templating import render  # noqa: PLC0415 - jinja2 only when rendering
 
     name = host or default_host()
-    if not _HOST_RE.match(name):
+    if not client.is_host_name(name, max_length=ARCHIVE_HOST_MAX):
         name = "localhost"
     defaults, sync, snapshot = BackupConfig(), SyncConfig(), SnapshotConfig()
     directory = directory or f"/mnt/backups/{name}"

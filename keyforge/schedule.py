@@ -18,14 +18,12 @@ import dataclasses
 import difflib
 import re
 import shlex
-import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from keyforge.config import Config, ScheduleConfig
 from keyforge.errors import UsageError
-from keyforge.infra import fsutil
+from keyforge.infra import fsutil, tools
 from keyforge.infra.templating import render
 
 CRON = "cron"
@@ -89,10 +87,7 @@ class Change:
 
 def keyforge_argv() -> list[str]:
     """How cron or systemd starts this keyforge: an absolute path, whatever their PATH is."""
-    found = shutil.which("keyforge")
-    if found is not None:
-        return [str(Path(found).resolve())]
-    return [str(Path(sys.executable).resolve()), "-m", "keyforge"]
+    return tools.keyforge_argv()
 
 
 def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs:

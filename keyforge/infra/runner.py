@@ -107,10 +107,12 @@ def run(
     capture_stdout: bool = True,
     check: bool = True,
     pass_fds: Sequence[int] = (),
+    timeout: float | None = None,
 ) -> Result:
     """Run ``argv`` to completion; with ``check`` a non-zero exit raises CommandError.
 
-    ``pass_fds`` stay open in the program (a directory it reads as ``/proc/self/fd/N``).
+    ``pass_fds`` stay open in the program (a directory it reads as ``/proc/self/fd/N``). A
+    program still running after ``timeout`` seconds is killed and is a CommandError.
     """
     with tempfile.TemporaryFile() as err_file:
         proc = spawn(
@@ -120,7 +122,14 @@ def run(
             stderr=err_file,
             pass_fds=tuple(pass_fds),
         )
-        out, _ = proc.communicate()
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise CommandError(
+                f"{_command_name(argv)} did not finish within {timeout:g} s"
+            ) from None
         result = Result(tuple(argv), proc.returncode, out or b"", _read_back(err_file))
     if check and result.returncode != 0:
         name = _command_name(argv)

@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from keyforge import config
-from keyforge.errors import KeyforgeError
-from keyforge.infra import fsutil, runner
+from keyforge import config, layout
+from keyforge.errors import DemoError, KeyforgeError
+from keyforge.infra import fsutil, runner, tools
 from keyforge.infra.templating import render
 from keyforge.lab.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd, stop_stragglers
 from keyforge.receiver import capture, install
@@ -44,12 +44,6 @@ TARGET = "offsite"
 OTHER_ADDRESS = "127.0.0.2"
 
 Say = Callable[[str], None]
-
-
-class DemoError(KeyforgeError):
-    """A step of the demo did not do what it must."""
-
-    exit_code = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +263,7 @@ def step_receiver(run: _Run, server: PrivateSshd) -> None:
 
 def step_config(run: _Run, server: PrivateSshd) -> None:
     layout = run.layout
-    has_zstd = shutil.which("zstd") is not None
+    has_zstd = tools.find_program("zstd") is not None
     text = render(
         "demo_keyforge.toml.j2",
         host=config.toml_string(HOST),
@@ -301,7 +295,7 @@ def step_backup(run: _Run) -> None:
     second = backup.run_backup(cfg)
     for entry in second.entries:
         run.detail(f"{entry.kind:<11} {entry.name} ({backup.human_size(entry.size)})")
-    if [e.kind for e in (*first.entries, *second.entries)] != [backup.MASTER, backup.INCREMENTAL]:
+    if [e.kind for e in (*first.entries, *second.entries)] != [layout.MASTER, layout.INCREMENTAL]:
         raise DemoError("the two backup runs did not make a master and an incremental")
 
 

@@ -23,7 +23,6 @@ import dataclasses
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,15 +30,14 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from keyforge.errors import CommandError, KeyforgeError, UsageError
-from keyforge.infra import fsutil
+from keyforge.errors import CommandError, SshdError, UsageError
+from keyforge.infra import fsutil, runner, tools
 from keyforge.infra.templating import render
-from keyforge.sender.sync import pinned_client_options
 from keyforge.ssh import keys
+from keyforge.ssh.client import is_login_name, pinned_client_options
 
 LOOPBACK = "127.0.0.1"
 PRIVSEP_DIR = Path("/run/sshd")
-SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 CONFIG_NAME = "sshd_config"
 PID_NAME = "sshd.pid"
@@ -53,17 +51,10 @@ CONNECT_TIMEOUT = 10  # seconds; the server is on this machine
 # sshd_config splits on whitespace, and AuthorizedKeysFile expands % and ~: paths written into it
 # keep to characters that mean nothing to either
 _CONFIG_SAFE = re.compile(r"^/[A-Za-z0-9._/+@,=:-]*\Z")
-_USER_SAFE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _VERSION = re.compile(r"OpenSSH_(\d+)\.(\d+)")
 # OpenSSH 9.8 penalises a source address that connects without logging in; the banner probe
 # does exactly that, and every client here comes from 127.0.0.1
 _PENALTIES_SINCE = (9, 8)
-
-
-class SshdError(KeyforgeError):
-    """The private sshd could not be configured or started."""
-
-    exit_code = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +113,7 @@ def render_config(
     extra_lines: Sequence[str] = (),
 ) -> str:
     """The private sshd's configuration (pure)."""
-    if not _USER_SAFE.match(user):
+    if not is_login_name(user):
         raise UsageError(f"cannot run a private sshd for the user name {user!r}")
     if not 0 < port < 65536:
         raise UsageError(f"not a TCP port: {port}")
@@ -166,13 +157,7 @@ def log_tail(text: str, lines: int = 8) -> str:
 
 def find_sshd() -> str:
     """sshd's absolute path: on PATH, else in the sbin directories root's PATH may lack."""
-    found = shutil.which("sshd")
-    if found is None:
-        for directory in SBIN_DIRS:
-            candidate = Path(directory) / "sshd"
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                found = str(candidate)
-                break
+    found = tools.find_program("sshd")
     if found is None:
         raise CommandError(
             "sshd not found (looked on PATH and in /usr/sbin); install the openssh-server package"
@@ -182,12 +167,8 @@ def find_sshd() -> str:
 
 def sshd_version(sshd: str) -> tuple[int, int] | None:
     # -V is new in 9.x; older versions print their version in the usage text instead
-    result = subprocess.run(
-        [sshd, "-V"], stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=10
-    )
-    return parse_version(
-        result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
-    )
+    result = runner.run([sshd, "-V"], check=False, timeout=10)
+    return parse_version(result.stdout.decode(errors="replace") + result.stderr)
 
 
 def current_user() -> str:
@@ -356,15 +337,9 @@ def _write_host_key(host_key: Path) -> str:
 
 def check_config(sshd: str, config: Path) -> None:
     """``sshd -t``: an SshdError quoting sshd's own complaint when the config is refused."""
-    result = subprocess.run(
-        [sshd, "-t", "-f", str(config)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=False,
-        timeout=30,
-    )
+    result = runner.run([sshd, "-t", "-f", str(config)], check=False, timeout=30)
     if result.returncode != 0:
-        why = log_tail(result.stderr.decode(errors="replace"), lines=4)
+        why = log_tail(result.stderr, lines=4)
         raise SshdError(f"sshd -t refused {config}: {why}")
 
 
@@ -388,7 +363,7 @@ def _start(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start sshd and wait for its banner; the Popen and the banner, or an SshdError."""
     with files.log.open("ab") as log:
-        proc = subprocess.Popen(
+        proc = runner.spawn(
             [sshd, "-D", "-e", "-f", str(files.config)],
             stdin=subprocess.DEVNULL,
             stdout=log,

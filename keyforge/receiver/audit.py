@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from keyforge.errors import FileError
+from keyforge.errors import AUDIT_EXIT_CODES, FileError
 from keyforge.receiver import explain, gate, install
 from keyforge.ssh import authorized_keys as ak
 
 SCHEMA = "keyforge-audit/1"
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 # keyforge's other exit codes are 1-5 and 75; these leave them all distinguishable
-EXIT_CODES = {"info": 0, "low": 10, "medium": 11, "high": 12, "critical": 13}
+EXIT_CODES = AUDIT_EXIT_CODES  # the one table lives in errors.py
 
 # Every code a finding can carry, with what it means: the JSON schema's vocabulary.
 CODES: dict[str, str] = {

@@ -29,7 +29,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keyforge.errors import FileError, KeyforgeError, ParseError, UsageError
+from keyforge.errors import (
+    CaptureError,
+    FileError,
+    ForbiddenDestinationError,
+    NotRsyncServerError,
+    ParseError,
+    UsageError,
+)
 from keyforge.infra import fsutil, runner
 from keyforge.infra.templating import render
 from keyforge.receiver import install
@@ -48,12 +55,6 @@ _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _CLIENT = re.compile(r"[0-9A-Za-z:.%]+")
 _KEY_ID = re.compile(r"[A-Za-z0-9+/:=]+")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
-
-
-class CaptureError(KeyforgeError):
-    """No usable capture: missing or empty log, or none for the key asked about."""
-
-    exit_code = 4
 
 
 # --- where things live -------------------------------------------------------------------------
@@ -499,14 +500,6 @@ def _unescaped_special(word: str, *, allow_glob: bool) -> str | None:
     return None
 
 
-class NotRsyncServerError(UsageError):
-    """A captured command that keyforge will not install without --allow-any-command."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"the captured command is not a plain rsync server command: {reason}")
-
-
 @dataclass
 class _Options:
     flags: str = ""
@@ -749,10 +742,6 @@ def forbidden_destinations(command: str, *, home: Path, authorized_keys: Path) -
                 found.append(f"{word} {reason}{via}")
                 break
     return found
-
-
-class ForbiddenDestinationError(UsageError):
-    """A captured command that reaches where sshd or the login shell reads: never installed."""
 
 
 # --- from a capture to a forced command ------------------------------------------------------

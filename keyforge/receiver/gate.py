@@ -35,14 +35,14 @@ without loading the CLI.
 """
 
 # pathlib stays out of the gate's start-up, hence os.path throughout
-# ruff: noqa: PTH100, PTH103, PTH112, PTH113, PTH118, PTH120, PTH123
+# ruff: noqa: PTH103, PTH112, PTH118, PTH120, PTH123
 
 from __future__ import annotations
 
 import os
 import sys
 
-from keyforge.errors import KeyforgeError
+from keyforge.errors import GateRefusalError, GateUsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,18 +67,6 @@ UNCONFINED_RISK = (
     "the receiving rsync read a file outside the directory as a merge file (--filter=':- "
     "../FILE'), and what --delete then removes tells it what the file holds"
 )
-
-
-class GateRefusalError(KeyforgeError):
-    """A command the gate will not run; the message is the reason."""
-
-    exit_code = 1
-
-
-class GateUsageError(KeyforgeError):
-    """The gate's own command line (in authorized_keys) is wrong."""
-
-    exit_code = 2
 
 
 # --- reading the command as a shell would ---------------------------------------------------
@@ -947,29 +935,25 @@ def gate_program(explicit: str | None = None) -> str:
     The script beside the running Python (a venv's bin/) comes first: it does not depend on the
     PATH sshd gives the forced command.
     """
-    import shutil  # noqa: PLC0415
+    from keyforge.infra import tools  # noqa: PLC0415 - never on the gate's path
 
     if explicit is not None:
         if not explicit.startswith("/"):
             raise GateUsageError(f"the keyforge program must be an absolute path, not {explicit!r}")
         return explicit
-    beside = os.path.join(os.path.dirname(sys.executable), "keyforge")
-    if os.path.isfile(beside) and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("keyforge")
+    found = tools.keyforge_program()  # the rule cron and systemd get their keyforge by
     if found is None:
         raise GateUsageError(
             "cannot find the keyforge program's absolute path; pass --gate-program PATH"
         )
-    return os.path.abspath(found)
+    return found
 
 
 def rsync_program() -> str:
     """The rsync the gate will exec: the one on this host's PATH, else /usr/bin/rsync."""
-    import shutil  # noqa: PLC0415
+    from keyforge.infra import tools  # noqa: PLC0415 - never on the gate's path
 
-    found = shutil.which("rsync")
-    return os.path.abspath(found) if found else DEFAULT_RSYNC
+    return tools.find_program("rsync") or DEFAULT_RSYNC
 
 
 def gate_command(program: str, config: GateConfig) -> str:
@@ -997,15 +981,15 @@ def gate_command(program: str, config: GateConfig) -> str:
 
 def rsync_can_confine(rsync: str) -> bool:
     """Whether this rsync knows --confine-root and --drop-D (rsync 3.5 and later)."""
-    import subprocess  # noqa: PLC0415
+    from keyforge.errors import CommandError  # noqa: PLC0415 - never on the gate's path
+    from keyforge.infra import runner  # noqa: PLC0415
 
     try:
-        result = subprocess.run(
-            [rsync, "--help"], capture_output=True, text=True, check=False, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
+        result = runner.run([rsync, "--help"], check=False, timeout=30)
+    except CommandError:
         return False
-    return "--confine-root" in result.stdout and "--drop-D" in result.stdout
+    help_text = result.stdout.decode(errors="replace")
+    return "--confine-root" in help_text and "--drop-D" in help_text
 
 
 def check_setup(config: GateConfig, *, allow_unconfined: bool = False) -> list[str]:

@@ -28,16 +28,16 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from keyforge import layout
 from keyforge.config import Config, SnapshotConfig
-from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
-from keyforge.infra import fsutil, runner
-from keyforge.sender import backup
-from keyforge.sender.backup import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
+from keyforge.config import snapshot_source as source_of
+from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
+from keyforge.infra import fsutil, runner, tools
+from keyforge.layout import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
 
 LOCK_NAME = ".keyforge-snapshot.lock"
 DOOMED_SUFFIX = ".deleting"
@@ -187,7 +187,7 @@ def read_listing(top: Path) -> Listing:
         for name in indexes + runs:
             shown = _joined(directory, name)
             try:
-                manifest = backup.load_manifest(top / shown)
+                manifest = layout.load_manifest(top / shown)
             except FileError as err:
                 reason = _reason(err, top / shown)
                 problems.append(f"{shown} is not a keyforge manifest ({reason})")
@@ -201,11 +201,11 @@ def read_listing(top: Path) -> Listing:
                     problems.append(f"{path}: the manifests disagree on its size or sha256")
                 if must:
                     required.add(path)
-                    if entry.kind == backup.MASTER:
+                    if entry.kind == layout.MASTER:
                         masters.add((directory, manifest.host, entry.source))
         for name in names:
             path = _joined(directory, name)
-            if backup.is_archive_name(name) and path not in claims:
+            if layout.is_archive_name(name) and path not in claims:
                 problems.append(f"{path}: an archive no manifest lists")
     return Listing(claims, frozenset(required), frozenset(masters), tuple(problems))
 
@@ -248,7 +248,7 @@ def content_problems(top: Path, listing: Listing, *, hash_new: Collection[str] =
                 f"{path}: {st.st_size} bytes where its manifest records {claim.size} "
                 "(a push cut short?)"
             )
-        elif path in hash_new and backup.sha256_of(top / path) != claim.sha256:
+        elif path in hash_new and layout.sha256_of(top / path) != claim.sha256:
             problems.append(f"{path}: its content does not match the manifest's sha256")
     return problems
 
@@ -380,17 +380,6 @@ def doomed_name(stamp: str) -> str:
 
 
 # --- reading the file system -------------------------------------------------------------------
-
-
-def source_of(config: Config) -> Path:
-    """[snapshot] source, else [sync] source: the directory the sending server pushes into."""
-    value = config.snapshot.source or config.sync.source
-    if not value:
-        raise ConfigError(
-            "[snapshot] source is not set: the directory the sending server pushes into, "
-            'e.g. source = "/home/foo/srvbackups"'
-        )
-    return Path(value)
 
 
 def open_source(source: Path) -> int:
@@ -587,10 +576,10 @@ def run_rsync(argv: Sequence[str], fd: int) -> runner.Result:
 
 
 def find_rsync() -> str:
-    found = shutil.which("rsync")
+    found = tools.find_program("rsync")
     if found is None:
         raise CommandError("rsync not found on PATH; install it")
-    return str(Path(found).resolve())
+    return found
 
 
 # --- one run -----------------------------------------------------------------------------------

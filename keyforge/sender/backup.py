@@ -22,7 +22,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -36,17 +35,29 @@ from typing import IO, Any, Protocol
 from keyforge.config import WEEKDAYS, BackupConfig, Config
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
 from keyforge.infra import fsutil, runner
+from keyforge.layout import (
+    INCREMENTAL,
+    MANIFEST_NAME,
+    MASTER,
+    PARTIAL_SUFFIX,
+    SNAPSHOT_DIR,
+    ArchiveEntry,
+    ArchiveRecord,
+    archive_name,
+    backup_lock,
+    index_json,
+    manifest_json,
+    manifest_name,
+    new_stamp,
+    parse_archive_name,
+    partial_name,
+    read_manifests,
+    run_manifests,
+    source_slug,
+    stamp_key,
+    work_snapshot_of,
+)
 
-MASTER = "master"
-INCREMENTAL = "incremental"
-LOCK_NAME = ".keyforge.lock"
-# the index of every archive present, rewritten after each change; its presence marks a
-# directory as a keyforge backup directory (the sync runner refuses to push one without it)
-MANIFEST_NAME = "keyforge-manifest.json"
-SNAPSHOT_DIR = ".snapshots"
-PARTIAL_SUFFIX = ".partial"
-MANIFEST_SUFFIX = ".manifest.json"
-EXTENSIONS = {"zstd": "zst", "gzip": "gz", "pigz": "gz"}
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # GNU tar exits 1 when a file changed while it was read: the archive is usable, so a warning
@@ -63,22 +74,8 @@ TAR_METADATA_OPTIONS = (
     "--no-check-device",
 )
 
-_STAMP_RE = r"(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<seq>\d+))?"
-_ARCHIVE_RE = re.compile(
-    rf"^(?P<prefix>.+)\.{_STAMP_RE}\.(?P<kind>master|incremental)\.tar\.(?P<ext>zst|gz)\Z"
-)
-_MANIFEST_RE = re.compile(rf"^(?P<host>.+)\.{_STAMP_RE}\.manifest\.json\Z")
-
 
 # --- names -----------------------------------------------------------------------------------
-
-
-def source_slug(source: str) -> str:
-    """The part of an archive name that says which source it holds: /var/lib -> var_lib."""
-    inner = source.strip("/")
-    if not inner:
-        return "rootfs"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", inner.replace("/", "_"))
 
 
 def check_sources(backup: BackupConfig) -> None:
@@ -101,90 +98,6 @@ def check_sources(backup: BackupConfig) -> None:
             f"[backup] compression_level must be between 1 and 9 for {backup.compression}, "
             f"got {backup.compression_level}"
         )
-
-
-def stamp_key(stamp: str) -> tuple[str, str, int]:
-    """Sort key of a run stamp: 20261128 < 20261128-093000 < 20261128-093000-2 < 20261129."""
-    match = re.fullmatch(_STAMP_RE, stamp)
-    if match is None:
-        raise ValueError(f"not a run stamp: {stamp!r}")
-    return (match["date"], match["time"] or "", int(match["seq"] or 0))
-
-
-def stamp_datetime(stamp: str) -> dt.datetime:
-    date, clock, _ = stamp_key(stamp)
-    return dt.datetime.strptime(date + (clock or "000000"), "%Y%m%d%H%M%S")
-
-
-def new_stamp(now: dt.datetime, taken: Iterable[str]) -> str:
-    """The run's stamp: the bare date for the day's first run, date-time for any later one."""
-    used = set(taken)
-    candidates = [now.strftime("%Y%m%d"), now.strftime("%Y%m%d-%H%M%S")]
-    candidates += [f"{candidates[1]}-{n}" for n in range(2, 1000)]
-    for candidate in candidates:
-        if candidate not in used and all(stamp_key(candidate) > stamp_key(u) for u in used):
-            return candidate
-    raise KeyforgeError(f"cannot name a run at {now:%Y-%m-%d %H:%M:%S}: newer archives exist")
-
-
-def archive_name(host: str, slug: str, stamp: str, kind: str, compression: str) -> str:
-    return f"{host}-{slug}.{stamp}.{kind}.tar.{EXTENSIONS[compression]}"
-
-
-def manifest_name(host: str, stamp: str) -> str:
-    return f"{host}.{stamp}{MANIFEST_SUFFIX}"
-
-
-def partial_name(name: str) -> str:
-    return f".{name}{PARTIAL_SUFFIX}"
-
-
-def work_snapshot_of(snapshot: Path) -> Path:
-    """Where a run writes tar's new snapshot file until its archive is listed in a manifest."""
-    return snapshot.with_name(partial_name(snapshot.name))
-
-
-@dataclasses.dataclass(frozen=True, order=True)
-class ArchiveRecord:
-    """One committed archive, as its name describes it."""
-
-    sort_key: tuple[str, str, int]
-    slug: str
-    kind: str
-    name: str
-    stamp: str
-
-    @property
-    def when(self) -> dt.datetime:
-        return stamp_datetime(self.stamp)
-
-
-def parse_archive_name(name: str, host: str, slugs: Iterable[str]) -> ArchiveRecord | None:
-    """The record of an archive of ``host`` for one of ``slugs``, or None for any other name."""
-    match = _ARCHIVE_RE.match(name)
-    if match is None:
-        return None
-    prefix = match["prefix"]
-    for slug in slugs:
-        if prefix == f"{host}-{slug}":
-            stamp = name[len(prefix) + 1 :].split(".", 1)[0]
-            return ArchiveRecord(stamp_key(stamp), slug, match["kind"], name, stamp)
-    return None
-
-
-def archive_records(names: Iterable[str]) -> list[ArchiveRecord]:
-    """The records of every archive name among ``names``, of any host and source, each source
-    told apart by its whole ``host-slug`` prefix (a receiving host's copy holds another host's
-    archives, whose sources it does not know)."""
-    records = []
-    for name in names:
-        match = _ARCHIVE_RE.match(name)
-        if match is not None:
-            stamp = name[len(match["prefix"]) + 1 :].split(".", 1)[0]
-            records.append(
-                ArchiveRecord(stamp_key(stamp), match["prefix"], match["kind"], name, stamp)
-            )
-    return sorted(records)
 
 
 # --- chains and retention (pure) -------------------------------------------------------------
@@ -361,172 +274,6 @@ def priority_of(backup: BackupConfig) -> runner.Priority:
 
 
 # --- manifest --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ArchiveEntry:
-    """What a manifest records about one archive it lists."""
-
-    name: str
-    source: str
-    kind: str
-    chain: str
-    size: int
-    sha256: str
-    warnings: tuple[str, ...] = ()
-    # what the source held when it was read: the next master is compared with it
-    source_files: int | None = None
-    source_bytes: int | None = None
-    # a source that looked empty or shrank: 'keyforge status' shows these
-    alerts: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["warnings"] = list(self.warnings)
-        data["alerts"] = list(self.alerts)
-        return data
-
-
-def manifest_json(
-    host: str, stamp: str, started: dt.datetime, entries: Sequence[ArchiveEntry]
-) -> bytes:
-    document = {
-        "format": 1,
-        "host": host,
-        "run": stamp,
-        "started": started.isoformat(timespec="seconds"),
-        "archives": [e.to_json() for e in entries],
-    }
-    return (json.dumps(document, indent=2, sort_keys=False) + "\n").encode()
-
-
-def lock_path(backup_dir: Path) -> Path:
-    """The lock shared by every writer and reader of the backup directory, sync included."""
-    return backup_dir / LOCK_NAME
-
-
-def run_manifests(backup_dir: Path, host: str) -> dict[str, Path]:
-    """This host's run manifests by run stamp; another host's (``host.lan.*``) are not ours."""
-    found: dict[str, Path] = {}
-    for path in backup_dir.glob(f"{host}.*{MANIFEST_SUFFIX}"):
-        match = _MANIFEST_RE.match(path.name)
-        if match is not None and match["host"] == host:
-            found[path.name[len(host) + 1 : -len(MANIFEST_SUFFIX)]] = path
-    return found
-
-
-def read_manifests(backup_dir: Path, host: str) -> dict[str, dict[str, Any]]:
-    """Every archive entry recorded by this host's run manifests, by archive name."""
-    entries: dict[str, dict[str, Any]] = {}
-    runs = run_manifests(backup_dir, host)
-    for stamp in sorted(runs, key=stamp_key):
-        for entry in load_manifest(runs[stamp]).archives:
-            entries[entry.name] = entry.to_json()
-    return entries
-
-
-@dataclasses.dataclass(frozen=True)
-class Manifest:
-    """A run manifest or the index (MANIFEST_NAME), as read back."""
-
-    host: str
-    archives: tuple[ArchiveEntry, ...]
-
-
-def is_archive_name(name: str) -> bool:
-    """Whether ``name`` is named like an archive keyforge backup writes (any host, any source)."""
-    return _ARCHIVE_RE.match(name) is not None
-
-
-def load_manifest(path: Path) -> Manifest:
-    """The one reader of what ``manifest_json`` and ``write_index`` write.
-
-    Raises FileError naming ``path`` for anything else: unreadable, not JSON, no format number,
-    or an archive without a plain file name, a size or a sha256. Whoever reads a manifest
-    (backup, verify, status, snapshot) reads it here, so they all agree on what one is.
-    """
-    try:
-        document = json.loads(path.read_bytes())
-    except OSError as err:
-        raise FileError.from_os_error("read manifest", path, err) from err
-    except ValueError as err:
-        raise FileError(f"cannot read manifest {path}: not JSON ({err})") from None
-    problem = _manifest_problem(document)
-    if problem is not None:
-        raise FileError(f"cannot read manifest {path}: {problem}")
-    return Manifest(
-        document["host"],
-        tuple(
-            ArchiveEntry(
-                name=a["name"],
-                source=a["source"],
-                kind=a["kind"],
-                chain=a["chain"],
-                size=a["size"],
-                sha256=a["sha256"],
-                warnings=tuple(a.get("warnings", ())),
-                source_files=a.get("source_files"),
-                source_bytes=a.get("source_bytes"),
-                alerts=tuple(a.get("alerts", ())),
-            )
-            for a in document["archives"]
-        ),
-    )
-
-
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
-
-
-def _manifest_problem(document: object) -> str | None:
-    if not isinstance(document, dict):
-        return "not a JSON object"
-    archives = document.get("archives")
-    header = [
-        (_is_count(document.get("format")), "no format number"),
-        (isinstance(document.get("host"), str), "no host"),
-        (isinstance(archives, list), "no archive list"),
-    ]
-    problems = (problem for ok, problem in header if not ok)
-    if not isinstance(archives, list):
-        return next(problems)
-    entries = (_archive_problem(index, archive) for index, archive in enumerate(archives))
-    return next(problems, None) or next((p for p in entries if p is not None), None)
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-# what backup measured of a source when it read it (optional: older manifests lack them)
-SOURCE_MEASURES = ("source_files", "source_bytes")
-
-
-def _is_text_list(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def _archive_problem(index: int, archive: object) -> str | None:
-    if not isinstance(archive, dict):
-        return f"archive {index} is not an object"
-    name = archive.get("name")
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
-        return f"archive {index} has no plain file name"
-    sha256 = archive.get("sha256")
-    checks = [
-        (_is_count(archive.get("size")), "has no size"),
-        (isinstance(sha256, str) and _SHA256_RE.match(sha256) is not None, "has no sha256"),
-        (
-            all(isinstance(archive.get(key), str) for key in ("source", "kind", "chain")),
-            "lacks its source, kind or chain",
-        ),
-        (_is_text_list(archive.get("warnings", [])), "has malformed warnings"),
-        (_is_text_list(archive.get("alerts", [])), "has malformed alerts"),
-        (
-            all(archive.get(key) is None or _is_count(archive[key]) for key in SOURCE_MEASURES),
-            "has a malformed source size",
-        ),
-    ]
-    return next((f"{name} {problem}" for ok, problem in checks if not ok), None)
 
 
 # --- the edge: scanning, locking, running ------------------------------------------------------
@@ -793,29 +540,13 @@ def remove_leftovers(backup_dir: Path) -> list[Path]:
     return removed
 
 
-def backup_lock(backup_dir: Path) -> contextlib.AbstractContextManager[None]:
-    """The lock every writer of the backup directory takes (backup, prune, restore, sync)."""
-    return fsutil.locked(lock_path(backup_dir), wait=False)
-
-
 def write_index(config: Config, now: dt.datetime) -> None:
     """Rewrite MANIFEST_NAME: every archive present, with its size, sha256 and chain."""
     backup_dir = config.backup_dir
     recorded = read_manifests(backup_dir, config.host)
     present = scan_archives(config)
-    document = {
-        "format": 1,
-        "host": config.host,
-        "updated": now.isoformat(timespec="seconds"),
-        "archives": [recorded[r.name] for r in present if r.name in recorded],
-    }
-    data = (json.dumps(document, indent=2) + "\n").encode()
+    data = index_json(config.host, now, [recorded[r.name] for r in present if r.name in recorded])
     fsutil.atomic_write(backup_dir / MANIFEST_NAME, data, mode=fsutil.PRIVATE_FILE)
-
-
-def sha256_of(path: Path | bytes) -> str:
-    with open(path, "rb") as handle:  # noqa: PTH123 - bytes paths keep non-UTF-8 names exact
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _tar_messages(stderr: str) -> list[str]:

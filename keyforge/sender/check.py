@@ -21,6 +21,7 @@ from keyforge.config import Config, SyncConfig
 from keyforge.errors import CommandError, KeyforgeError
 from keyforge.infra import runner
 from keyforge.sender import sync
+from keyforge.ssh import client
 
 # rsync's protocol numbers in use since 2.6 (29) to today (32), with room for what comes next
 _RSYNC_PROTOCOLS = range(20, 60)
@@ -106,7 +107,7 @@ def check_target(
     target: sync.RemoteTarget, tools: sync.Tools, timeout: int, run: Run = runner.run_with_input
 ) -> list[Finding]:
     """Every probe against one target; a CommandError when the key cannot log in at all."""
-    ssh = sync.ssh_argv(
+    ssh = client.ssh_argv(
         tools.ssh, target.port, target.key, target.known_hosts, connect_timeout=timeout
     )
     token = f"keyforge-probe-{secrets.token_hex(8)}"
@@ -143,6 +144,6 @@ def run_checks(
     for target in targets:
         sync.check_target(sync.source_dir(config), target)
         findings[target.name] = check_target(
-            target, tools, min(config.sync.timeout, sync.CONNECT_TIMEOUT), run
+            target, tools, min(config.sync.timeout, client.CONNECT_TIMEOUT), run
         )
     return findings

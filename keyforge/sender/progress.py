@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from keyforge.sender.backup import ArchiveEntry, BackupReport, human_size
+from keyforge.layout import ArchiveEntry
+from keyforge.sender.backup import BackupReport, human_size
 
 
 class TerminalReporter:

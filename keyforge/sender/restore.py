@@ -24,11 +24,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from keyforge import layout
 from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner
+from keyforge.layout import ArchiveRecord
 from keyforge.sender import backup
-from keyforge.sender.backup import ArchiveRecord
 
 SCRATCH_NAME = ".verify-scratch"
 MAX_PROBLEMS_SHOWN = 5
@@ -60,7 +61,7 @@ def is_backup_own(backup_dir: Path) -> bool:
     send it) and belongs to the pushes, so restore and verify write nothing into it; a lock of
     another user in it is what an older keyforge run as root left, not a backup's."""
     try:
-        lock, directory = backup.lock_path(backup_dir).lstat(), backup_dir.stat()
+        lock, directory = layout.lock_path(backup_dir).lstat(), backup_dir.stat()
     except FileNotFoundError:
         return False
     except OSError as err:
@@ -73,7 +74,7 @@ def reading_lock(backup_dir: Path) -> contextlib.AbstractContextManager[None]:
     it; elsewhere no lock at all: creating one would write into the synced copy, and no
     keyforge run writes there."""
     if is_backup_own(backup_dir):
-        return backup.backup_lock(backup_dir)
+        return layout.backup_lock(backup_dir)
     return contextlib.nullcontext()
 
 
@@ -125,7 +126,7 @@ def slug_for(config: Config, source: str) -> str:
     normalized = "/" + source.strip("/") if source.strip("/") else "/"
     for configured in config.backup.sources:
         if configured.rstrip("/") == normalized.rstrip("/") or configured == normalized:
-            return backup.source_slug(configured)
+            return layout.source_slug(configured)
     known = ", ".join(config.backup.sources)
     raise UsageError(f"--source {source} is not a configured source (sources: {known})")
 
@@ -466,7 +467,7 @@ def _differences(
         problems.append(f"mode {stat.S_IMODE(st.st_mode):04o}, recorded {want.mode:04o}")
     if int(st.st_mtime) != want.mtime:
         problems.append(f"mtime {int(st.st_mtime)}, recorded {want.mtime}")
-    if want.kind == "file" and (st.st_size != want.size or backup.sha256_of(full) != want.sha256):
+    if want.kind == "file" and (st.st_size != want.size or layout.sha256_of(full) != want.sha256):
         problems.append("content differs")
     if _actual_xattrs(full) != want.xattrs:
         problems.append("extended attributes differ")
@@ -494,7 +495,7 @@ class VerifyReport:
 
 def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[int, list[str]]:
     """Every archive's sha256 against its manifest; archives no manifest lists are problems."""
-    recorded = backup.read_manifests(config.backup_dir, config.host)
+    recorded = layout.read_manifests(config.backup_dir, config.host)
     problems: list[str] = []
     count = 0
     for record in records:
@@ -504,7 +505,7 @@ def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[i
             continue
         count += 1
         path = config.backup_dir / record.name
-        if backup.sha256_of(path) != entry.get("sha256"):
+        if layout.sha256_of(path) != entry.get("sha256"):
             problems.append(f"{record.name}: sha256 differs from the manifest")
     return count, problems
 
@@ -530,7 +531,7 @@ def run_verify(config: Config, *, scratch: Path | None = None) -> VerifyReport:
 def _verify_source(
     config: Config, source: str, records: list[ArchiveRecord], work: Path
 ) -> SourceVerdict:
-    slug = backup.source_slug(source)
+    slug = layout.source_slug(source)
     archives = backup.select_for_restore(records, slug, None)
     names = tuple(a.name for a in archives)
     if not archives:

@@ -39,9 +39,9 @@ from keyforge.errors import (
     UsageError,
 )
 from keyforge.infra import fsutil, runner
+from keyforge.layout import lock_path
 from keyforge.sender import sync
-from keyforge.sender.backup import lock_path
-from keyforge.ssh import keys
+from keyforge.ssh import client, keys
 
 STEPS: dict[int, str] = {
     1: "make the new key pair",
@@ -325,7 +325,7 @@ class SshReceiver:
     known_hosts: Path
     authorized_keys: str | None = None
     keyforge: str = "keyforge"
-    connect_timeout: int = sync.CONNECT_TIMEOUT
+    connect_timeout: int = client.CONNECT_TIMEOUT
     run: Callable[[Sequence[str], bytes], runner.Result] = runner.run_with_input
 
     @property
@@ -336,7 +336,7 @@ class SshReceiver:
 
     def argv(self, remote: Sequence[str]) -> list[str]:
         """The ssh command running ``remote`` there; ssh hands the words to a shell, so quoted."""
-        ssh = sync.ssh_argv(
+        ssh = client.ssh_argv(
             self.ssh,
             self.port,
             self.identity,
@@ -381,9 +381,9 @@ def parse_admin(spec: str, default_host: str) -> tuple[str, str]:
     host = host or default_host
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sync.is_login_name(user):
+    if not client.is_login_name(user):
         raise UsageError(f"--admin needs USER or USER@HOST with a login name, got {spec!r}")
-    if not sync.is_host(host):
+    if not client.is_host(host):
         raise UsageError(f"--admin host must be a host name or an IP address, got {host!r}")
     return user, host
 

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keyforge.config import Config
+from keyforge.config import Config, snapshot_source
 from keyforge.errors import FileError
-from keyforge.receiver import snapshot
+from keyforge.layout import MANIFEST_SUFFIX, load_manifest, source_slug
 from keyforge.sender import sync
-from keyforge.sender.backup import MANIFEST_SUFFIX, human_size, load_manifest, source_slug
+from keyforge.sender.backup import human_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ def reads_copy(config: Config) -> bool:
 def status_dir(config: Config) -> Path:
     """What status reads: the backup directory (or [sync] source), or on a receiving host the
     synced copy the snapshots are taken of."""
-    return snapshot.source_of(config) if reads_copy(config) else sync.source_dir(config)
+    return snapshot_source(config) if reads_copy(config) else sync.source_dir(config)
 
 
 def read_sync_log(path: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import syslog
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,17 +30,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from keyforge.config import Config, SyncConfig, TargetConfig, state_dir
+from keyforge.config import Config, SyncConfig, TargetConfig, is_target_name, state_dir
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError, UsageError
-from keyforge.infra import fsutil, runner
-from keyforge.sender.backup import (
-    LOCK_NAME,
-    MANIFEST_SUFFIX,
-    PARTIAL_SUFFIX,
-    archive_records,
-    chains_to_remove,
-    lock_path,
-)
+from keyforge.infra import fsutil, runner, tools
+from keyforge.layout import LOCK_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, archive_records, lock_path
+from keyforge.sender.backup import chains_to_remove
+from keyforge.ssh.client import CONNECT_TIMEOUT, is_host, is_login_name, ssh_argv
 
 # rsync and ssh exit statuses worth another try: the network, not the request, failed
 NETWORK_EXITS: dict[int, str] = {
@@ -89,15 +83,10 @@ _AUTH_RE = re.compile(r"Permission denied \([a-z-]+(?:,[a-z-]+)*\)")
 SSH_EXIT = 255
 _PROTECTED_SIGNS = ("protocol version mismatch",)
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})\Z")
-_IPV6_RE = re.compile(r"^[0-9A-Fa-f:.]+\Z")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 # ssh expands '%' tokens and '~' in these, and splits UserKnownHostsFile on whitespace
 _SSH_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@,=-]*\Z")
 _REMOTE_PATH_RE = re.compile(r"^[A-Za-z0-9._/~+@,=-]+\Z")
 _BYTES_SENT_RE = re.compile(r"^Total bytes sent:\s*([0-9][0-9,.']*)", re.MULTILINE)
-CONNECT_TIMEOUT = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,15 +155,6 @@ class Report:
 # --- configuration -> targets (pure) ---------------------------------------------------------
 
 
-def is_host(value: str) -> bool:
-    """A host name or an IP address (no leading '-' that ssh would read as an option)."""
-    return bool(_HOSTNAME_RE.match(value) or (":" in value and _IPV6_RE.match(value)))
-
-
-def is_login_name(value: str) -> bool:
-    return bool(_USER_RE.match(value))
-
-
 def _require(cfg: TargetConfig, where: str, *names: str) -> None:
     missing = [n for n in names if not getattr(cfg, n)]
     if missing:
@@ -194,7 +174,7 @@ def target_from_config(cfg: TargetConfig, index: int) -> Target:
     """Check one [[targets]] table and turn it into a remote or a local target."""
     where = f"[[targets]] #{index + 1}"
     remote_keys = ("host", "user", "key", "remote_path", "known_hosts")
-    if cfg.name and not _NAME_RE.match(cfg.name):
+    if cfg.name and not is_target_name(cfg.name):
         raise ConfigError(
             f"{where} name must be a short name of letters, digits and ._-, got {cfg.name!r}"
         )
@@ -258,39 +238,6 @@ def source_dir(config: Config) -> Path:
 
 
 # --- the command (pure) ----------------------------------------------------------------------
-
-
-def pinned_client_options(known_hosts: Path, *, connect_timeout: int) -> list[str]:
-    """ssh client options: the given identity only, this host key only, never a prompt."""
-    return [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={known_hosts}",
-        # the pin is the one file: a key in /etc/ssh/ssh_known_hosts must not vouch for the host
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        f"ConnectTimeout={connect_timeout}",
-    ]
-
-
-def ssh_argv(
-    ssh: str, port: int, identity: Path, known_hosts: Path, *, connect_timeout: int
-) -> list[str]:
-    """ssh as every keyforge login runs it: this key only, this host key only, never a prompt."""
-    return [
-        ssh,
-        "-p",
-        str(port),
-        "-i",
-        str(identity),
-        *pinned_client_options(known_hosts, connect_timeout=connect_timeout),
-    ]
 
 
 def rsh_value(argv: Sequence[str]) -> str:
@@ -630,13 +577,11 @@ def record_sent(
 
 def find_tools() -> Tools:
     """rsync and ssh as absolute paths, found once on PATH."""
-    found = {name: shutil.which(name) for name in ("rsync", "ssh")}
+    found = {name: tools.find_program(name) for name in ("rsync", "ssh")}
     missing = [name for name, path in found.items() if path is None]
     if missing:
         raise CommandError(f"{' and '.join(missing)} not found on PATH; install it")
-    return Tools(
-        rsync=str(Path(found["rsync"] or "").resolve()), ssh=str(Path(found["ssh"] or "").resolve())
-    )
+    return Tools(rsync=found["rsync"] or "", ssh=found["ssh"] or "")
 
 
 def append_log(path: Path, report: Report) -> None:

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keyforge.cli import app
+from keyforge.errors import ConfigError
 
 
 def restore_args(config: str, source: str, to: Path, *more: str) -> list[str]:
@@ -67,7 +68,7 @@ def test_a_bad_config_value_is_one_line_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "keyforge.toml"
     path.write_text('[backup]\nretention_days = "x"\n')
     result = CliRunner().invoke(app, ["backup", "--config", str(path)])
-    assert result.exit_code == 2
+    assert result.exit_code == ConfigError.exit_code
     assert result.stderr == (
         "keyforge: error: keyforge.toml: [backup] retention_days must be an integer, got 'x'\n"
     )

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keyforge.cli import app
+from keyforge.errors import CaptureError
 from keyforge.receiver import capture
 
 runner = CliRunner()
@@ -196,7 +197,7 @@ def test_error_no_such_key_in_authorized_keys(home):
     result = invoke("install", "--key", str(home.parent / "a.pub"), "-f", str(ak(home)),
                     "--from-capture", "--from", "192.0.2.10")  # fmt: skip
 
-    assert_one_line_error(result, 4, "no such key in")
+    assert_one_line_error(result, CaptureError.exit_code, "no such key in")
     assert "capture start" in result.stderr
 
 
@@ -238,7 +239,7 @@ def test_error_log_without_read_permission(home, keyforge_bound_by_modes):
 def test_error_missing_log(home):
     result = invoke("capture", "show")
 
-    assert_one_line_error(result, 4, "no capture log at")
+    assert_one_line_error(result, CaptureError.exit_code, "no capture log at")
 
 
 def test_error_empty_log(home):
@@ -247,7 +248,7 @@ def test_error_empty_log(home):
 
     result = invoke("capture", "show")
 
-    assert_one_line_error(result, 4, "holds no record yet: push once")
+    assert_one_line_error(result, CaptureError.exit_code, "holds no record yet: push once")
 
 
 def test_error_capture_for_another_key(home):
@@ -260,8 +261,10 @@ def test_error_capture_for_another_key(home):
                        "--from-capture", "--from", "192.0.2.10")  # fmt: skip
 
     other = capture.key_id(KEY_B.split()[1])
-    assert_one_line_error(shown, 4, f"is for key {other}")
-    assert_one_line_error(installed, 4, "holds no record for this key since 'capture start'")
+    assert_one_line_error(shown, CaptureError.exit_code, f"is for key {other}")
+    assert_one_line_error(
+        installed, CaptureError.exit_code, "holds no record for this key since 'capture start'"
+    )
 
 
 def test_bad_records_are_skipped_with_a_warning(home):

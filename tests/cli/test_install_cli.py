@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
 from keyforge.cli import app
+from keyforge.errors import KeyMaterialError
 
 runner = CliRunner()
 RunKeyforge = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -161,7 +162,7 @@ def test_a_private_key_is_refused_without_echoing_it(home: Path, tmp_path: Path)
 
     result = runner.invoke(app, install(*locked_args(private)))
 
-    assert result.exit_code == 3
+    assert result.exit_code == KeyMaterialError.exit_code
     assert "is a private key; give the public key" in result.stderr
     secret_line = pem.decode().splitlines()[1]
     assert secret_line not in result.output

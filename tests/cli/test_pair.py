@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keyforge.cli import app
+from keyforge.errors import KeyMaterialError
 
 runner = CliRunner()
 
@@ -159,12 +160,24 @@ def test_pair_dry_run_still_refuses_what_the_real_run_would(tmp_path: Path) -> N
     [
         (
             ["--type", "foo"],
-            3,
+            KeyMaterialError.exit_code,
             "unknown key type 'foo'; choose ed25519 (the default), rsa or ecdsa",
         ),
-        (["--type", "dsa"], 3, "DSA keys are refused: OpenSSH disabled them by default"),
-        (["--type", "rsa", "--bits", "2048"], 3, "RSA keys of 2048 bits are too weak"),
-        (["--type", "ecdsa", "--bits", "512"], 3, "ECDSA keys have 256, 384 or 521 bits"),
+        (
+            ["--type", "dsa"],
+            KeyMaterialError.exit_code,
+            "DSA keys are refused: OpenSSH disabled them by default",
+        ),
+        (
+            ["--type", "rsa", "--bits", "2048"],
+            KeyMaterialError.exit_code,
+            "RSA keys of 2048 bits are too weak",
+        ),
+        (
+            ["--type", "ecdsa", "--bits", "512"],
+            KeyMaterialError.exit_code,
+            "ECDSA keys have 256, 384 or 521 bits",
+        ),
         (["--comment", "a\nb"], 2, "the key comment must be one line"),
     ],
 )

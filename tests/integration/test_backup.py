@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import config
+from keyforge import config, layout
 from keyforge.cli import app
 from keyforge.errors import CommandError, FileError, KeyforgeError, LockedError
 from keyforge.infra import fsutil
@@ -237,14 +237,14 @@ def test_archives_are_private_and_the_manifest_records_size_sha256_and_chain(
     report = backup.run_backup(cfg, now=DAY1)
     entry = report.entries[0]
     archive = cfg.backup_dir / entry.name
-    assert entry.name == "server1-" + backup.source_slug(str(src)) + ".20261123.master.tar.zst"
+    assert entry.name == "server1-" + layout.source_slug(str(src)) + ".20261123.master.tar.zst"
     assert stat.S_IMODE(cfg.backup_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
-    recorded = backup.read_manifests(cfg.backup_dir, "server1")[entry.name]
+    recorded = layout.read_manifests(cfg.backup_dir, "server1")[entry.name]
     assert recorded["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
     assert recorded["size"] == archive.stat().st_size
     assert recorded["chain"] == entry.name
-    assert (cfg.backup_dir / backup.MANIFEST_NAME).is_file()
+    assert (cfg.backup_dir / layout.MANIFEST_NAME).is_file()
 
 
 def test_the_backup_directory_inside_a_source_never_archives_itself(tmp_path: Path) -> None:
@@ -356,8 +356,8 @@ def test_a_missing_source_fails_alone_in_one_line_and_the_others_are_backed_up(
     assert set(before) < set(after)
     made = [n for n in set(after) - set(before) if n.endswith(".tar.zst")]
     assert len(made) == 1
-    assert made[0].startswith(f"server1-{backup.source_slug(str(src))}.")
-    assert not [n for n in after if n.endswith(backup.PARTIAL_SUFFIX)]
+    assert made[0].startswith(f"server1-{layout.source_slug(str(src))}.")
+    assert not [n for n in after if n.endswith(layout.PARTIAL_SUFFIX)]
 
 
 def test_an_unwritable_backup_directory_is_a_one_line_error(tmp_path: Path, tmpfs: Path) -> None:
@@ -378,7 +378,7 @@ def test_a_full_disk_leaves_no_archive_and_the_chain_intact(tmp_path: Path, tmpf
     cfg = make_config(tmp_path, src, directory=str(tmpfs / "backups"))
     backup.run_backup(cfg, now=DAY1)
     before = listing(cfg.backup_dir)
-    snapshot = backup.snapshot_path(cfg, backup.source_slug(str(src)))
+    snapshot = backup.snapshot_path(cfg, layout.source_slug(str(src)))
     snapshot_before = snapshot.read_bytes()
     write(src / "big", os.urandom(4 * 1024 * 1024))
     with pytest.raises(KeyforgeError) as caught:
@@ -399,7 +399,7 @@ def test_a_second_concurrent_run_is_refused_with_exit_75(tmp_path: Path) -> None
     _, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     before = listing(cfg.backup_dir)
-    with fsutil.locked(backup.lock_path(cfg.backup_dir)):
+    with fsutil.locked(layout.lock_path(cfg.backup_dir)):
         with pytest.raises(LockedError) as caught:
             backup.run_backup(cfg, now=DAY2)
         with pytest.raises(LockedError):
@@ -411,10 +411,10 @@ def test_a_second_concurrent_run_is_refused_with_exit_75(tmp_path: Path) -> None
 def test_leftovers_of_a_killed_run_never_look_finished_and_are_cleaned(tmp_path: Path) -> None:
     src, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
-    name = backup.archive_name(
-        "server1", backup.source_slug(str(src)), "20261124", "incremental", "zstd"
+    name = layout.archive_name(
+        "server1", layout.source_slug(str(src)), "20261124", "incremental", "zstd"
     )
-    leftover = cfg.backup_dir / backup.partial_name(name)
+    leftover = cfg.backup_dir / layout.partial_name(name)
     leftover.write_bytes(b"half an archive")
     assert [r.name for r in backup.scan_archives(cfg)] == [
         n for n in listing(cfg.backup_dir) if n.endswith(".tar.zst")
@@ -448,7 +448,7 @@ def test_tar_exit_2_discards_the_archive_and_the_new_snapshot(
     src, cfg = small_source(tmp_path)
     backup.run_backup(cfg, now=DAY1)
     before = listing(cfg.backup_dir)
-    snapshot = backup.snapshot_path(cfg, backup.source_slug(str(src)))
+    snapshot = backup.snapshot_path(cfg, layout.source_slug(str(src)))
     snapshot_before = snapshot.read_bytes()
     write(src / "b", b"2")
     fake_tar(tmp_path, monkeypatch, 2)

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from sync_lab import Lab, locked_key_line, locked_receiver, make_backup_dir, run_keyforge, tree
 
-from keyforge import config
+from keyforge import config, layout
 from keyforge.infra import fsutil
 from keyforge.receiver import capture
-from keyforge.sender import backup, status, sync
+from keyforge.sender import status, sync
 
 pytestmark = [
     pytest.mark.slow,
@@ -222,17 +222,17 @@ def test_a_full_disk_fails_that_source_tries_the_others_and_reports_all(tmp_path
         assert f"source {gone} does not exist" in error
         names = sorted(p.name for p in (small / "backups").iterdir())
         archives = [n for n in names if n.endswith(".tar.zst")]
-        slugs = [backup.source_slug(str(s)) for s in sources]
+        slugs = [layout.source_slug(str(s)) for s in sources]
         assert [a.split(".")[0] for a in archives] == [f"server1-{s}" for s in slugs]
-        assert not [n for n in names if n.endswith(backup.PARTIAL_SUFFIX)]
-        snapshots = [p.name for p in (small / "backups" / backup.SNAPSHOT_DIR).iterdir()]
+        assert not [n for n in names if n.endswith(layout.PARTIAL_SUFFIX)]
+        snapshots = [p.name for p in (small / "backups" / layout.SNAPSHOT_DIR).iterdir()]
         assert sorted(snapshots) == sorted(f"server1-{s}.snar" for s in slugs)
         # the manifest lists exactly what is there, and each listed archive is whole
         cfg = config.load(path)
-        recorded = backup.read_manifests(cfg.backup_dir, "server1")
+        recorded = layout.read_manifests(cfg.backup_dir, "server1")
         assert sorted(recorded) == archives
         for name, entry in recorded.items():
-            assert backup.sha256_of(cfg.backup_dir / name) == entry["sha256"]
+            assert layout.sha256_of(cfg.backup_dir / name) == entry["sha256"]
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
 
@@ -396,8 +396,8 @@ def test_a_file_error_on_the_receiver_is_reported_as_such_not_as_a_refused_key(
         os.chown(copy, NOBODY, NOBODY)
         source = tmp_path / "backups"
         make_backup_dir(source, files=2)
-        (source / backup.SNAPSHOT_DIR).mkdir()
-        (source / backup.SNAPSHOT_DIR / "server1-etc.snar").write_text("1\n")
+        (source / layout.SNAPSHOT_DIR).mkdir()
+        (source / layout.SNAPSHOT_DIR / "server1-etc.snar").write_text("1\n")
         target = _remote(lab, f"{copy}/")
         path = _config_text(tmp_path, [], source, target=target)
         cfg = config.load(path)
@@ -413,8 +413,8 @@ def test_a_file_error_on_the_receiver_is_reported_as_such_not_as_a_refused_key(
         try:
             first = run_keyforge("sync", "--config", str(path))
             assert first.returncode == 0, first.stderr
-            os.chown(copy / backup.SNAPSHOT_DIR, 0, 0)
-            (source / backup.SNAPSHOT_DIR / "server1-etc.snar").write_text("2\n")
+            os.chown(copy / layout.SNAPSHOT_DIR, 0, 0)
+            (source / layout.SNAPSHOT_DIR / "server1-etc.snar").write_text("2\n")
             failed = run_keyforge("sync", "--config", str(path))
         finally:
             lab.server.authorized_keys.write_text(saved)

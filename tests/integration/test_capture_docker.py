@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from keyforge.errors import CaptureError
+
 pytestmark = pytest.mark.docker
 
 
@@ -75,7 +77,7 @@ def test_capture_then_install_from_capture_makes_the_push_work_and_nothing_else(
     # to the captured command, from the captured address
     unchosen = keyforge(lab, "install", "--key", "-", "--from-capture", "--from-captured-address",
                         public_key=keys.backup_public, check=False)  # fmt: skip
-    assert unchosen.returncode == 4
+    assert unchosen.returncode == CaptureError.exit_code
     assert "2 different commands" in unchosen.stderr
     installed = keyforge(lab, "install", "--key", "-", "--from-capture",
                          "--from-captured-address", "--record", str(record["line"]),

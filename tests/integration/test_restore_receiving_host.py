@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from keyforge import layout
 from keyforge.cli import app
 from keyforge.config import SyncConfig, parse
 from keyforge.sender import backup, restore, sync
@@ -91,7 +92,7 @@ def receiver(world: Path) -> dict[str, Path]:
     target = sync.LocalTarget("pi", copy, require_mountpoint=False)
     subprocess.run(sync.rsync_argv(tools, backups, target, SyncConfig()), check=True)
     _chown_tree(copy)
-    assert not backup.lock_path(copy).exists()  # sync never sends the lock
+    assert not layout.lock_path(copy).exists()  # sync never sends the lock
     cfg = world / "server1.toml"
     cfg.write_text(
         f'[general]\nhost = "server1"\n[backup]\nsources = ["{src}"]\ndirectory = "{copy}"\n'
@@ -197,7 +198,7 @@ def test_a_root_lock_an_older_run_left_in_the_copy_neither_blocks_nor_draws_the_
     receiver: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copy = receiver["copy"]
-    stale = backup.lock_path(copy)
+    stale = layout.lock_path(copy)
     stale.write_bytes(b"")
     stale.chmod(0o600)  # root's, as keyforge restore as root used to make it
     before = _listing(copy)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from keyforge import layout
 from keyforge.cli import app
 from keyforge.config import Config, SyncConfig, parse
 from keyforge.receiver import snapshot
@@ -100,7 +101,7 @@ def _marker(tmp_path: Path, stamp: str) -> Path:
 
 
 def _archive(sender: Sender) -> Path:
-    [name] = [p.name for p in sender.copy.iterdir() if backup.is_archive_name(p.name)]
+    [name] = [p.name for p in sender.copy.iterdir() if layout.is_archive_name(p.name)]
     return sender.copy / name
 
 
@@ -108,13 +109,13 @@ def test_a_good_push_is_a_good_snapshot_and_only_new_archives_are_hashed(
     tmp_path: Path, sender: Sender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hashed: list[str] = []
-    real = backup.sha256_of
+    real = layout.sha256_of
 
     def counting(path: Path | bytes) -> str:
         hashed.append(os.fsdecode(path).rsplit("/", 1)[-1])
         return real(path)
 
-    monkeypatch.setattr(backup, "sha256_of", counting)
+    monkeypatch.setattr(layout, "sha256_of", counting)
     config = _config(tmp_path, sender.copy)
     first_run = sender.backup(23)
     sender.push()
@@ -157,7 +158,7 @@ def _interrupted_push(sender: Sender) -> None:
     argv.insert(1, "--partial")
     proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
     archive = sender.copy / next(
-        p.name for p in sender.config.backup_dir.iterdir() if backup.is_archive_name(p.name)
+        p.name for p in sender.config.backup_dir.iterdir() if layout.is_archive_name(p.name)
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -212,13 +213,13 @@ def _junk_push(sender: Sender, tmp_path: Path, manifest: str) -> None:
     count = sum(1 for p in sender.copy.rglob("*") if not p.is_dir())
     for index in range(count):
         (junk / f"junk{index}").write_bytes(b"")
-    (junk / backup.MANIFEST_NAME).write_text(manifest)
+    (junk / layout.MANIFEST_NAME).write_text(manifest)
     sender.push(junk)
 
 
 def _forged(sender: Sender, tmp_path: Path) -> str:
     """A well-formed manifest naming the real archives, which the junk files do not match."""
-    return (sender.config.backup_dir / backup.MANIFEST_NAME).read_text()
+    return (sender.config.backup_dir / layout.MANIFEST_NAME).read_text()
 
 
 EMPTY = '{"format": 1, "host": "server1", "archives": []}\n'
@@ -249,7 +250,7 @@ def test_a_junk_push_never_becomes_the_baseline_and_retention_keeps_the_real_sna
     assert snapshot.list_stamps(tmp_path / "store") == real
 
     _junk_push(sender, tmp_path, manifest(sender, tmp_path))
-    assert not any(backup.is_archive_name(p.name) for p in sender.copy.iterdir())
+    assert not any(layout.is_archive_name(p.name) for p in sender.copy.iterdir())
     junk = []
     for day in (3, 10, 20, 30):  # the real snapshots age far past retention meanwhile
         report = snapshot.run_snapshot(config, now=_at(day))
@@ -285,7 +286,7 @@ def test_accept_takes_a_removed_source_but_never_a_damaged_archive(
     shutil.rmtree(sender.copy)
     sender.copy.mkdir()
     (sender.copy / "server1.20261125.manifest.json").write_text(EMPTY)
-    (sender.copy / backup.MANIFEST_NAME).write_text(EMPTY)
+    (sender.copy / layout.MANIFEST_NAME).write_text(EMPTY)
     _chown_tree(sender.copy)
     lost = snapshot.run_snapshot(config, now=_at(25))
     assert lost.problem is not None and "no full backup of server1:" in lost.problem

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from keyforge import layout
 from keyforge.cli import app
 from keyforge.config import Config, parse
 from keyforge.errors import FileError, LockedError, UsageError
 from keyforge.infra import fsutil
 from keyforge.receiver import snapshot
-from keyforge.sender import backup
 
 NOBODY = 65534
 
@@ -49,10 +49,10 @@ def copy(tmp_path: Path) -> Path:
     name = "server1-etc.20261101.master.tar.zst"
     data = os.urandom(5000)
     (top / "server1" / name).write_bytes(data)
-    entry = backup.ArchiveEntry(
-        name, "/etc", backup.MASTER, name, len(data), hashlib.sha256(data).hexdigest()
+    entry = layout.ArchiveEntry(
+        name, "/etc", layout.MASTER, name, len(data), hashlib.sha256(data).hexdigest()
     )
-    manifest = backup.manifest_json("server1", "20261101", _at(1), [entry])
+    manifest = layout.manifest_json("server1", "20261101", _at(1), [entry])
     (top / "server1" / "server1.20261101.manifest.json").write_bytes(manifest)
     (top / "server1" / "notes").write_text("day 1\n")
     _chown_tree(top)

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keyforge.cli import app
+from keyforge.errors import CaptureError
 from keyforge.lab import sshd
 from keyforge.receiver import audit, capture, explain, gate
 from keyforge.ssh import authorized_keys as ak
@@ -213,7 +214,7 @@ def test_records_from_two_addresses_are_installed_only_as_chosen(receiving: Rece
     assert f"\t{SENDER}\t" in shown.stdout
     assert f"\t{INTRUDER}\t" in shown.stdout
     assert "records since 'capture start' differ" in shown.stderr
-    assert refused.exit_code == 4, refused.output
+    assert refused.exit_code == CaptureError.exit_code, refused.output
     assert f"2 client addresses ({SENDER}, {INTRUDER})" in refused.stderr
     assert chosen.exit_code == 0, chosen.output
     assert f'from="{SENDER}"' in receiving.key_line()

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from keyforge import config
+from keyforge import config, layout
 from keyforge.errors import ConfigError
 from keyforge.infra import runner
+from keyforge.layout import INCREMENTAL, MASTER, ArchiveRecord
 from keyforge.sender import backup
-from keyforge.sender.backup import INCREMENTAL, MASTER, ArchiveRecord
 
 HOST = "server1"
 
 
 def rec(slug: str, stamp: str, kind: str) -> ArchiveRecord:
-    name = backup.archive_name(HOST, slug, stamp, kind, "zstd")
-    parsed = backup.parse_archive_name(name, HOST, [slug])
+    name = layout.archive_name(HOST, slug, stamp, kind, "zstd")
+    parsed = layout.parse_archive_name(name, HOST, [slug])
     assert parsed is not None
     return parsed
 
@@ -36,10 +36,10 @@ def daily(slug: str, start: dt.date, days: int, full_every: int) -> list[Archive
 
 def test_archive_names_say_host_source_date_and_kind() -> None:
     assert (
-        backup.archive_name("server1", "etc", "20261128", MASTER, "zstd")
+        layout.archive_name("server1", "etc", "20261128", MASTER, "zstd")
         == "server1-etc.20261128.master.tar.zst"
     )
-    assert backup.archive_name("h", "var_lib", "20261128", INCREMENTAL, "gzip").endswith(
+    assert layout.archive_name("h", "var_lib", "20261128", INCREMENTAL, "gzip").endswith(
         ".incremental.tar.gz"
     )
 
@@ -49,34 +49,34 @@ def test_archive_names_say_host_source_date_and_kind() -> None:
     [("/etc", "etc"), ("/var/lib/", "var_lib"), ("/", "rootfs"), ("/srv/a b", "srv_a_b")],
 )
 def test_source_slugs_are_safe_file_name_parts(source: str, slug: str) -> None:
-    assert backup.source_slug(source) == slug
+    assert layout.source_slug(source) == slug
 
 
 def test_names_of_other_hosts_sources_or_partials_are_not_archives() -> None:
     slugs = ["etc"]
-    assert backup.parse_archive_name("server2-etc.20261128.master.tar.zst", HOST, slugs) is None
-    assert backup.parse_archive_name("server1-var.20261128.master.tar.zst", HOST, slugs) is None
-    partial = backup.partial_name("server1-etc.20261128.master.tar.zst")
-    assert backup.parse_archive_name(partial, HOST, slugs) is None
+    assert layout.parse_archive_name("server2-etc.20261128.master.tar.zst", HOST, slugs) is None
+    assert layout.parse_archive_name("server1-var.20261128.master.tar.zst", HOST, slugs) is None
+    partial = layout.partial_name("server1-etc.20261128.master.tar.zst")
+    assert layout.parse_archive_name(partial, HOST, slugs) is None
 
 
 def test_a_host_name_with_dashes_still_parses() -> None:
-    name = backup.archive_name("web-1", "var_lib", "20261128-101500", MASTER, "zstd")
-    parsed = backup.parse_archive_name(name, "web-1", ["var", "var_lib"])
+    name = layout.archive_name("web-1", "var_lib", "20261128-101500", MASTER, "zstd")
+    parsed = layout.parse_archive_name(name, "web-1", ["var", "var_lib"])
     assert parsed is not None
     assert (parsed.slug, parsed.stamp, parsed.kind) == ("var_lib", "20261128-101500", MASTER)
 
 
 def test_the_first_run_of_a_day_gets_the_date_and_later_ones_the_time() -> None:
     now = dt.datetime(2026, 11, 28, 9, 30, 0)
-    assert backup.new_stamp(now, []) == "20261128"
-    assert backup.new_stamp(now, ["20261128"]) == "20261128-093000"
-    assert backup.new_stamp(now, ["20261128", "20261128-093000"]) == "20261128-093000-2"
+    assert layout.new_stamp(now, []) == "20261128"
+    assert layout.new_stamp(now, ["20261128"]) == "20261128-093000"
+    assert layout.new_stamp(now, ["20261128", "20261128-093000"]) == "20261128-093000-2"
 
 
 def test_stamps_sort_in_time_order() -> None:
     stamps = ["20261129", "20261128-093000-2", "20261128", "20261128-093000"]
-    assert sorted(stamps, key=backup.stamp_key) == [
+    assert sorted(stamps, key=layout.stamp_key) == [
         "20261128",
         "20261128-093000",
         "20261128-093000-2",
@@ -232,9 +232,9 @@ def test_long_commands_run_at_idle_io_and_low_cpu_priority() -> None:
 
 def test_manifests_of_a_host_whose_name_extends_ours_are_not_read_as_ours(tmp_path: Path) -> None:
     for host, stamp in ((HOST, "20261123"), (f"{HOST}.lan", "20261124")):
-        name = backup.archive_name(host, "etc", stamp, MASTER, "zstd")
-        entry = backup.ArchiveEntry(name, "/etc", MASTER, name, 1, "0" * 64)
-        document = backup.manifest_json(host, stamp, dt.datetime(2026, 11, 23), [entry])
-        (tmp_path / backup.manifest_name(host, stamp)).write_bytes(document)
-    assert list(backup.run_manifests(tmp_path, HOST)) == ["20261123"]
-    assert list(backup.read_manifests(tmp_path, HOST)) == ["server1-etc.20261123.master.tar.zst"]
+        name = layout.archive_name(host, "etc", stamp, MASTER, "zstd")
+        entry = layout.ArchiveEntry(name, "/etc", MASTER, name, 1, "0" * 64)
+        document = layout.manifest_json(host, stamp, dt.datetime(2026, 11, 23), [entry])
+        (tmp_path / layout.manifest_name(host, stamp)).write_bytes(document)
+    assert list(layout.run_manifests(tmp_path, HOST)) == ["20261123"]
+    assert list(layout.read_manifests(tmp_path, HOST)) == ["server1-etc.20261123.master.tar.zst"]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from keyforge import layout
 from keyforge.errors import FileError
-from keyforge.sender import backup
 
 NAME = "server1-etc.20261123.master.tar.zst"
-ENTRY = backup.ArchiveEntry(NAME, "/etc", backup.MASTER, NAME, 1234, "ab" * 32, ("w",))
+ENTRY = layout.ArchiveEntry(NAME, "/etc", layout.MASTER, NAME, 1234, "ab" * 32, ("w",))
 
 
 def _written(tmp_path: Path, document: object) -> Path:
@@ -24,9 +24,9 @@ def _written(tmp_path: Path, document: object) -> Path:
 def test_what_backup_writes_reads_back_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "server1.20261123.manifest.json"
     path.write_bytes(
-        backup.manifest_json("server1", "20261123", dt.datetime(2026, 11, 23), [ENTRY])
+        layout.manifest_json("server1", "20261123", dt.datetime(2026, 11, 23), [ENTRY])
     )
-    assert backup.load_manifest(path) == backup.Manifest("server1", (ENTRY,))
+    assert layout.load_manifest(path) == layout.Manifest("server1", (ENTRY,))
 
 
 @pytest.mark.parametrize(
@@ -48,18 +48,18 @@ def test_anything_else_is_refused_with_the_reason(
 ) -> None:
     path = _written(tmp_path, document)
     with pytest.raises(FileError, match=f"cannot read manifest {path}: .*{problem}"):
-        backup.load_manifest(path)
+        layout.load_manifest(path)
 
 
 def test_a_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / backup.MANIFEST_NAME
+    path = tmp_path / layout.MANIFEST_NAME
     path.write_bytes(b"")
     with pytest.raises(FileError, match="not JSON"):
-        backup.load_manifest(path)
+        layout.load_manifest(path)
 
 
 def test_archive_names_are_recognised_whatever_the_host() -> None:
-    assert backup.is_archive_name(NAME)
-    assert backup.is_archive_name("raspberrypi-var_lib.20261123-093000.incremental.tar.gz")
-    assert not backup.is_archive_name("junk0")
-    assert not backup.is_archive_name(f".{NAME}.partial")
+    assert layout.is_archive_name(NAME)
+    assert layout.is_archive_name("raspberrypi-var_lib.20261123-093000.incremental.tar.gz")
+    assert not layout.is_archive_name("junk0")
+    assert not layout.is_archive_name(f".{NAME}.partial")

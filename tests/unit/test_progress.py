@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 
+from keyforge import layout
 from keyforge.sender import backup, progress
 
-ENTRY = backup.ArchiveEntry(
+ENTRY = layout.ArchiveEntry(
     name="server1-etc.20261128.master.tar.zst",
     source="/etc",
     kind="master",
@@ -41,7 +42,7 @@ def test_under_cron_only_warnings_are_written() -> None:
 
 def test_the_summary_is_one_line_with_counts_size_pruning_warnings_and_time() -> None:
     plan = backup.BackupPlan("20261128", dt.datetime(2026, 11, 28), (), ())
-    incremental = backup.ArchiveEntry(
+    incremental = layout.ArchiveEntry(
         "server1-home.20261128.incremental.tar.zst", "/home", "incremental", "c", 1024, "0" * 64
     )
     old = backup.Chain("etc", ())

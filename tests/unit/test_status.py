@@ -7,8 +7,9 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from keyforge import layout
 from keyforge.config import Config, parse
-from keyforge.sender import backup, status
+from keyforge.sender import status
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -17,12 +18,12 @@ def _manifest(directory: Path, name: str, host: str, sources: list[str], when: d
     """A run manifest as keyforge backup writes it, dated ``when``."""
     entries = []
     for source in sources:
-        archive = backup.archive_name(
-            host, backup.source_slug(source), "20260301", "master", "zstd"
+        archive = layout.archive_name(
+            host, layout.source_slug(source), "20260301", "master", "zstd"
         )
-        entries.append(backup.ArchiveEntry(archive, source, "master", archive, 1000, "0" * 64))
+        entries.append(layout.ArchiveEntry(archive, source, "master", archive, 1000, "0" * 64))
     path = directory / name
-    path.write_bytes(backup.manifest_json(host, "20260301", when, entries))
+    path.write_bytes(layout.manifest_json(host, "20260301", when, entries))
     os.utime(path, (when.timestamp(), when.timestamp()))
 
 
