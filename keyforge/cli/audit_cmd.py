@@ -34,7 +34,7 @@ def audit_command(
     ] = False,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="Print the report as JSON (schema keyforge-audit/1)."),
+        options.as_json("Print the report as JSON (schema keyforge-audit/1)."),
     ] = False,
 ) -> None:
     """Report what each key in authorized_keys files may do, and what makes sshd ignore them.

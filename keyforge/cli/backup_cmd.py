@@ -29,7 +29,7 @@ def init_command(
     ] = False,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Print the config that would be written; write nothing."),
+        options.dry_run("Print the config that would be written; write nothing."),
     ] = False,
 ) -> None:
     """Write a config file with every default shown and commented.
@@ -59,7 +59,7 @@ def backup_command(
         bool, typer.Option("--full", help="Start a new chain with a full (master) backup now.")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the archives and commands; write nothing.")
+        bool, options.dry_run("Print the archives and commands; write nothing.")
     ] = False,
     allow_empty: Annotated[
         bool,
@@ -102,7 +102,7 @@ def prune_command(
     config_path: options.ConfigOption = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="List the chains that would be removed; remove nothing."),
+        options.dry_run("List the chains that would be removed; remove nothing."),
     ] = False,
 ) -> None:
     """Remove whole chains older than retention_days (every backup run does this too).
@@ -151,7 +151,7 @@ def restore_command(
     ] = False,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="List the archives that would be applied; change nothing."),
+        options.dry_run("List the archives that would be applied; change nothing."),
     ] = False,
 ) -> None:
     """Rebuild a source as it was at a date: its master, then each incremental in order.

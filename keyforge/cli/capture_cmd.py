@@ -105,7 +105,7 @@ def capture_show_command(
     ] = False,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="JSON, with the command exactly as captured."),
+        options.as_json("JSON, with the command exactly as captured."),
     ] = False,
 ) -> None:
     """Print the latest captured command and the client address it came from.
@@ -169,7 +169,7 @@ def capture_local_command(
             help="Your rsync command line, after '--', exactly as cron would run it.",
         ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: Annotated[bool, options.as_json("Print the result as JSON.")] = False,
 ) -> None:
     """Show the command your rsync would ask the receiving host to run, connecting nowhere.
 

@@ -17,19 +17,12 @@ def sync_command(
     config_path: options.ConfigOption = None,
     target: Annotated[
         str | None,
-        typer.Option(
-            "--target",
-            "-t",
-            metavar="NAME",
-            show_default=False,
-            help="Sync only the [[targets]] entry with this name. Default: every target.",
-        ),
+        options.target("Sync only the [[targets]] entry with this name. Default: every target."),
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option(
-            "--dry-run",
-            help="Check the source and the targets, print each rsync command, connect nowhere.",
+        options.dry_run(
+            "Check the source and the targets, print each rsync command, connect nowhere."
         ),
     ] = False,
     wait: Annotated[
@@ -125,7 +118,7 @@ def schedule_command(
     ] = False,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="With --install: show what would change; write nothing."),
+        options.dry_run("With --install: show what would change; write nothing."),
     ] = False,
     dest: Annotated[
         Path | None,
@@ -185,7 +178,7 @@ def schedule_command(
 
 def status_command(
     config_path: options.ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    as_json: Annotated[bool, options.as_json("Print the status as JSON.")] = False,
     max_age: Annotated[
         float,
         typer.Option(
@@ -225,12 +218,8 @@ def check_command(
     config_path: options.ConfigOption = None,
     target: Annotated[
         str | None,
-        typer.Option(
-            "--target",
-            "-t",
-            metavar="NAME",
-            show_default=False,
-            help="Check only the [[targets]] entry with this name. Default: every remote target.",
+        options.target(
+            "Check only the [[targets]] entry with this name. Default: every remote target."
         ),
     ] = None,
 ) -> None:

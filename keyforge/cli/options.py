@@ -51,9 +51,6 @@ AuthorizedKeysOption = Annotated[
     ),
 ]
 
-DiffDryRunOption = Annotated[
-    bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
-]
 
 CAPTURE_LOG_HELP = (
     "The capture log. Default: ~/.ssh/keyforge/capture.log in the home of the authorized_keys "
@@ -74,6 +71,9 @@ def target(help_text: str) -> Any:
 
 def as_json(help_text: str) -> Any:
     return typer.Option("--json", help=help_text)
+
+
+DiffDryRunOption = Annotated[bool, dry_run("Print the change as a unified diff; write nothing.")]
 
 
 # --- what the values mean ------------------------------------------------------------------

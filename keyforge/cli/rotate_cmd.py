@@ -15,13 +15,7 @@ def rotate_command(
     config_path: options.ConfigOption = None,
     target: Annotated[
         str | None,
-        typer.Option(
-            "--target",
-            "-t",
-            metavar="NAME",
-            show_default=False,
-            help="The [[targets]] entry whose key rotates. Default: the only one.",
-        ),
+        options.target("The [[targets]] entry whose key rotates. Default: the only one."),
     ] = None,
     admin: Annotated[
         str | None,
@@ -89,7 +83,7 @@ def rotate_command(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Print the steps that would run; change nothing."),
+        options.dry_run("Print the steps that would run; change nothing."),
     ] = False,
 ) -> None:
     """Replace the target's backup key with a new pair; backups keep working at every moment.

@@ -15,10 +15,9 @@ def snapshot_command(
     config_path: options.ConfigOption = None,
     dry_run: Annotated[
         bool,
-        typer.Option(
-            "--dry-run",
-            help="Run the checks, then print the snapshot it would make, the rsync command and "
-            "what retention would remove; write nothing.",
+        options.dry_run(
+            "Run the checks, then print the snapshot it would make, the rsync command and "
+            "what retention would remove; write nothing."
         ),
     ] = False,
     list_: Annotated[
