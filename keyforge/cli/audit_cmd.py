@@ -69,24 +69,13 @@ def explain_command(
     ] = None,
     key: Annotated[
         str | None,
-        typer.Option(
-            "--key",
-            "-k",
-            metavar="PUBFILE|-",
-            show_default=False,
-            help="Explain the line(s) holding this public key instead of LINE.",
-        ),
+        options.key("Explain the line(s) holding this public key instead of LINE."),
     ] = None,
     authorized_keys: Annotated[
         Path | None,
-        typer.Option(
-            "--authorized-keys",
-            "-f",
-            metavar="PATH",
-            show_default=False,
-            readable=False,  # keyforge's own one-line error says why
-            help="With --key: the authorized_keys file to search. Default: "
-            "~/.ssh/authorized_keys of the user running keyforge. Only read.",
+        options.authorized_keys(
+            "With --key: the authorized_keys file to search. Default: "
+            "~/.ssh/authorized_keys of the user running keyforge. Only read."
         ),
     ] = None,
 ) -> None:

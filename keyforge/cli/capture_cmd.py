@@ -92,13 +92,7 @@ def capture_show_command(
     ] = None,
     key: Annotated[
         str | None,
-        typer.Option(
-            "--key",
-            "-k",
-            metavar="PUBFILE|-",
-            show_default=False,
-            help="Only the records for this public key.",
-        ),
+        options.key("Only the records for this public key."),
     ] = None,
     show_all: Annotated[
         bool, typer.Option("--all", help="Every record, oldest first, one per line.")

@@ -31,25 +31,11 @@ _KEY_HELP = (
     "The backup key's PUBLIC half: a .pub file holding one line 'type base64 comment', or - to "
     "read it from standard input. A private key is refused."
 )
-KeyOption = Annotated[
-    str, typer.Option("--key", "-k", metavar="PUBFILE|-", help=_KEY_HELP, show_default=False)
-]
 
 _AUTHORIZED_KEYS_HELP = (
     "The authorized_keys file to edit. Default: ~/.ssh/authorized_keys of the user running "
     "keyforge (run it as the user the backups log in as)."
 )
-AuthorizedKeysOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--authorized-keys",
-        "-f",
-        metavar="PATH",
-        show_default=False,
-        help=_AUTHORIZED_KEYS_HELP,
-        readable=False,  # keyforge's own one-line error says why
-    ),
-]
 
 
 CAPTURE_LOG_HELP = (
@@ -72,6 +58,25 @@ def target(help_text: str) -> Any:
 def as_json(help_text: str) -> Any:
     return typer.Option("--json", help=help_text)
 
+
+def key(help_text: str) -> Any:
+    return typer.Option("--key", "-k", metavar="PUBFILE|-", show_default=False, help=help_text)
+
+
+def authorized_keys(help_text: str) -> Any:
+    return typer.Option(
+        "--authorized-keys",
+        "-f",
+        metavar="PATH",
+        show_default=False,
+        help=help_text,
+        readable=False,  # keyforge's own one-line error says why
+    )
+
+
+# install, revoke and capture start: the key and the file they edit
+KeyOption = Annotated[str, key(_KEY_HELP)]
+AuthorizedKeysOption = Annotated[Path | None, authorized_keys(_AUTHORIZED_KEYS_HELP)]
 
 DiffDryRunOption = Annotated[bool, dry_run("Print the change as a unified diff; write nothing.")]
 
