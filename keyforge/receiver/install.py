@@ -8,6 +8,10 @@ Three layers, each usable alone:
   byte-identical and in place, and a result that does not parse back is refused;
 * ``install_key`` / ``revoke_key`` do the side effects under a lock: backup, atomic write,
   modes, and warnings about anything that would make sshd ignore the file or widen a key.
+
+On top of them, ``InstallRequest`` and ``perform_install`` compose the line the four ways
+'keyforge install' can (plain, ``--from-capture``, ``--gate``, ``--like``) and check which
+options go together, so the library can do every install the command line can.
 """
 
 from __future__ import annotations
@@ -756,3 +760,258 @@ def install_key_like(
         dry_run=dry_run,
         create_dir=False,
     )
+
+
+# --- one install request: the four ways to compose the line -----------------------------------
+# A plain install names its command; --from-capture takes it from the capture log; --gate locks
+# the key to 'keyforge gate' (a named or captured command becomes its --expect); --like copies an
+# old line's options. Which options go together is decided here, so the library refuses exactly
+# what the command line refuses and can do every install it can. Errors name the options as
+# 'keyforge install' spells them.
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """Everything 'keyforge install' can be asked, one field per option.
+
+    ``key`` is the public key, or the .pub file to read it from (read only once the options
+    are known to go together). ``authorized_keys`` None is the caller's own file.
+    """
+
+    key: ak.Entry | Path
+    authorized_keys: Path | None = None
+    from_patterns: Sequence[str] | None = None
+    any_source: bool = False
+    command: str | None = None
+    restrict: bool = True
+    dropbear: bool = False
+    expiry_time: str | None = None
+    environment: Sequence[str] = ()
+    from_capture: bool = False
+    from_captured_address: bool = False
+    allow_any_command: bool = False
+    keep_tilde: bool = False
+    capture_log: Path | None = None
+    record: int | None = None
+    like: str | None = None  # OLD: a .pub file or a SHA256:... fingerprint
+    gate: Path | None = None
+    exact: bool = False
+    gate_log: Path | None = None
+    gate_program: str | None = None
+    allow_unconfined: bool = False
+
+
+# Each option that shapes the line, as the CLI spells it, and whether a request gives it; the
+# order is the order the errors list them in.
+_SHAPING: tuple[tuple[str, Callable[[InstallRequest], bool]], ...] = (
+    ("--from", lambda r: bool(r.from_patterns)),
+    ("--any-source", lambda r: r.any_source),
+    ("--command", lambda r: r.command is not None),
+    ("--no-restrict", lambda r: not r.restrict),
+    ("--dropbear", lambda r: r.dropbear),
+    ("--expiry-time", lambda r: r.expiry_time is not None),
+    ("--environment", lambda r: bool(r.environment)),
+    ("--from-capture", lambda r: r.from_capture),
+    ("--from-captured-address", lambda r: r.from_captured_address),
+    ("--allow-any-command", lambda r: r.allow_any_command),
+    ("--keep-tilde", lambda r: r.keep_tilde),
+    ("--capture-log", lambda r: r.capture_log is not None),
+    ("--record", lambda r: r.record is not None),
+    ("--gate", lambda r: r.gate is not None),
+    ("--exact", lambda r: r.exact),
+    ("--gate-log", lambda r: r.gate_log is not None),
+    ("--gate-program", lambda r: r.gate_program is not None),
+    ("--allow-unconfined", lambda r: r.allow_unconfined),
+)
+_CAPTURE_ONLY = (
+    "--from-captured-address",
+    "--allow-any-command",
+    "--keep-tilde",
+    "--capture-log",
+    "--record",
+)
+_GATE_ONLY = ("--exact", "--gate-log", "--gate-program", "--allow-unconfined")
+
+
+def _given(request: InstallRequest, names: Sequence[str]) -> list[str]:
+    return [name for name, given in _SHAPING if name in names and given(request)]
+
+
+def check_request(request: InstallRequest) -> None:
+    """Refuse options that do not go together, before anything is read."""
+    if request.like is not None:
+        used = _given(request, [name for name, _ in _SHAPING])
+        if used:
+            raise UsageError(
+                f"--like copies the old line's options; {', '.join(used)} cannot be given with it"
+            )
+        return
+    if not request.from_capture:
+        used = _given(request, _CAPTURE_ONLY)
+        if used:
+            raise UsageError(f"{', '.join(used)} only make sense with --from-capture")
+    elif request.command is not None:
+        raise UsageError("--command and --from-capture contradict each other; give one")
+    elif request.from_captured_address and (request.from_patterns or request.any_source):
+        raise UsageError("--from-captured-address replaces --from and --any-source; give one")
+    if request.gate is None:
+        used = _given(request, _GATE_ONLY)
+        if used:
+            raise UsageError(f"{', '.join(used)} only make sense with --gate")
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the admin should read about an install: a note, or a warning."""
+
+    text: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What ``perform_install`` did (or, with dry_run, would do), and what it had to say."""
+
+    result: Result
+    key: ak.Entry  # the key as it stands on the line
+    notes: tuple[Note, ...]
+
+
+def _required_command(command: str | None) -> str:
+    if command is None:
+        raise UsageError("--command is required: the one command this key may run")
+    return command
+
+
+def perform_install(
+    request: InstallRequest,
+    *,
+    dry_run: bool = False,
+    tell: Callable[[Note], None] | None = None,
+) -> Installed:
+    """Compose the line ``request`` asks for, check it, and install it (nothing with dry_run).
+
+    Each note is also given to ``tell`` the moment it arises, so a caller printing them shows
+    what was learnt (a captured command, say) even when a later step refuses the install.
+    """
+    notes: list[Note] = []
+
+    def note(item: Note) -> None:
+        notes.append(item)
+        if tell is not None:
+            tell(item)
+
+    check_request(request)
+    path = request.authorized_keys or default_authorized_keys()
+    if request.like is not None:
+        old = parse_old_key(request.like)
+        new_key = _request_key(request)
+        return Installed(install_key_like(path, new_key, old, dry_run=dry_run), new_key, ())
+    if request.from_captured_address:
+        patterns = None
+    else:
+        patterns = source_patterns(request.from_patterns, any_source=request.any_source)
+    plain = not request.from_capture and request.gate is None
+    forced = _required_command(request.command) if plain else None
+    key = _request_key(request)
+    if request.from_capture:
+        forced, patterns = _from_capture(request, key, path, patterns, note)
+    elif forced is not None:
+        _warn_forbidden_destinations(forced, path, note)
+    if request.gate is not None:
+        expect = forced if request.from_capture else request.command
+        forced = _gate_command(request, request.gate, path, expect, note)
+    entry = locked_entry(
+        key,
+        from_patterns=patterns,
+        command=_required_command(forced),
+        restrict=request.restrict,
+        dropbear=request.dropbear,
+        expiry_time=request.expiry_time,
+        environment=request.environment,
+    )
+    return Installed(install_key(path, entry, dry_run=dry_run), entry, tuple(notes))
+
+
+def _request_key(request: InstallRequest) -> ak.Entry:
+    key = request.key
+    return key if isinstance(key, ak.Entry) else read_public_key(key)
+
+
+def _warn_forbidden_destinations(command: str, path: Path, note: Callable[[Note], None]) -> None:
+    """A plain --command: the same destinations --from-capture refuses, said out loud."""
+    from keyforge.receiver import capture  # noqa: PLC0415 - capture imports this module
+
+    home = capture.home_for(path)
+    for reason in capture.forbidden_destinations(command, home=home, authorized_keys=path):
+        note(
+            Note(
+                f"the command's path {reason}: whoever holds the key could write what sshd or "
+                "the login shell reads there (or read the keys kept there) and get a shell; "
+                "lock it to a directory of its own",
+                warning=True,
+            )
+        )
+
+
+def _from_capture(
+    request: InstallRequest,
+    key: ak.Entry,
+    path: Path,
+    patterns: list[str] | None,
+    note: Callable[[Note], None],
+) -> tuple[str, list[str] | None]:
+    """--from-capture: the forced command, and the from= patterns to use.
+
+    With --gate the command is kept exactly as captured (the gate's --expect, compared with
+    what the client sends), not rewritten for use as command=.
+    """
+    from keyforge.receiver import capture  # noqa: PLC0415 - capture imports this module
+
+    plan = capture.install_plan_from_capture(
+        path,
+        key,
+        log=request.capture_log,
+        allow_any_command=request.allow_any_command,
+        keep_tilde=request.keep_tilde,
+        record_number=request.record,
+    )
+    record = plan.record
+    raw = request.gate is not None
+    note(Note(f"captured at {record.time} from {record.client}: {record.command or ''}"))
+    for line in plan.captured.notes:
+        if not (raw and line.startswith("rewrote ")):
+            note(Note(line))
+    if request.from_captured_address:
+        patterns = capture.captured_address(plan)
+    if raw and record.command is not None:
+        return record.command, patterns
+    return plan.captured.command, patterns
+
+
+def _gate_command(
+    request: InstallRequest,
+    directory: Path,
+    path: Path,
+    expect: str | None,
+    note: Callable[[Note], None],
+) -> str:
+    """--gate: the forced command running 'keyforge gate', its setup checked first."""
+    # capture imports this module; the gate is needed by --gate only
+    from keyforge.receiver import capture, gate  # noqa: PLC0415
+
+    config = gate.GateConfig(
+        str(directory.absolute()),
+        home=str(capture.home_for(path)),
+        expect=expect,
+        exact=request.exact,
+        log=str(request.gate_log.absolute()) if request.gate_log is not None else None,
+        rsync=gate.rsync_program(),
+    )
+    config.confine = gate.rsync_can_confine(config.rsync)
+    setup_notes = gate.check_setup(config, allow_unconfined=request.allow_unconfined)
+    if not config.confine:
+        note(Note(f"the gate will run {gate.UNCONFINED_RISK}", warning=True))
+    for line in setup_notes:
+        note(Note(line))
+    return gate.gate_command(gate.gate_program(request.gate_program), config)

@@ -1,0 +1,225 @@
+"""``keyforge init``, ``backup``, ``prune``, ``restore``, ``verify``: the local backups, on the
+sending server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from keyforge.cli import options
+from keyforge.cli.output import say, warn
+from keyforge.errors import KeyforgeError, UsageError
+
+
+def init_command(
+    config_path: options.ConfigOption = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="Name of this server in archive names. Default: the short host name.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing config file.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        options.dry_run("Print the config that would be written; write nothing."),
+    ] = False,
+) -> None:
+    """Write a config file with every default shown and commented.
+
+    Sources default to /etc, /home, /var, /boot and /root; archives go to /mnt/backups/<host>.
+    An existing config is never overwritten unless --force is given. The file is made 0600.
+    """
+    from keyforge import config
+    from keyforge.infra import fsutil
+
+    path = config.resolve_path(config_path)
+    text = config.render_default(host)
+    if dry_run:
+        typer.echo(text, nl=False)
+        return
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        fsutil.ensure_private_dir(path.parent)
+    fsutil.atomic_write(path, text.encode(), mode=0o600, exclusive=not force)
+    say(f"wrote {path}")
+
+
+def backup_command(
+    config_path: options.ConfigOption = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Start a new chain with a full (master) backup now.")
+    ] = False,
+    dry_run: Annotated[
+        bool, options.dry_run("Print the archives and commands; write nothing.")
+    ] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="No warning for a source that is empty or shrank since its last master.",
+        ),
+    ] = False,
+) -> None:
+    """Archive every source with GNU tar --listed-incremental, then apply retention.
+
+    One archive per source per run: a master on the configured day (full_every) or when a source
+    has none, an incremental relative to the previous run otherwise. Archives appear only once
+    complete; a manifest records each one's size, sha256 and chain. A source that fails leaves
+    nothing behind and the others are still backed up; the run then fails naming each one and
+    prunes nothing. A source that is empty or shrank by more than shrink_warn_percent since its
+    last master is warned about. Shows progress in a terminal and logs one line otherwise.
+    """
+    from keyforge.sender import backup, progress
+
+    cfg = options.load_config(config_path)
+    interactive = sys.stderr.isatty()
+    reporter = progress.TerminalReporter() if interactive else progress.LogReporter()
+    try:
+        report = backup.run_backup(
+            cfg, force_full=full, dry_run=dry_run, allow_empty=allow_empty, reporter=reporter
+        )
+    except backup.SourcesFailedError as err:
+        if err.report.entries:
+            say(progress.summary_line(cfg.host, err.report))
+        raise
+    if dry_run:
+        for line in backup.describe_plan(report.plan):
+            say(line)
+        return
+    say(progress.summary_line(cfg.host, report))
+
+
+def prune_command(
+    config_path: options.ConfigOption = None,
+    dry_run: Annotated[
+        bool,
+        options.dry_run("List the chains that would be removed; remove nothing."),
+    ] = False,
+) -> None:
+    """Remove whole chains older than retention_days (every backup run does this too).
+
+    A chain goes only when its newest archive is older than the window, and the newest full
+    backup of each source is never removed.
+    """
+    from keyforge.sender import backup
+
+    cfg = options.load_config(config_path)
+    doomed = backup.run_prune(cfg, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for chain in doomed:
+        say(f"{verb} chain {chain.name} ({len(chain.archives)} archives)")
+    if not doomed:
+        say("nothing to prune")
+
+
+def restore_command(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source", metavar="PATH", help="The configured source to restore, e.g. /etc."
+        ),
+    ],
+    to: Annotated[
+        Path, typer.Option("--to", metavar="DIR", help="Empty (or new) directory to restore into.")
+    ],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="DATE",
+            show_default=False,
+            help="Restore the state at the end of this day (YYYY-MM-DD). Default: latest.",
+        ),
+    ] = None,
+    config_path: options.ConfigOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Restore into a non-empty DIR (files the backup says "
+            "were deleted are deleted there).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        options.dry_run("List the archives that would be applied; change nothing."),
+    ] = False,
+) -> None:
+    """Rebuild a source as it was at a date: its master, then each incremental in order.
+
+    GNU tar's incremental extraction also deletes files that were deleted between runs, so the
+    result is the tree as it stood, not a union of every version. Run as root to give files
+    their recorded owners back; anyone else gets them as their own (tar --no-same-owner), and
+    is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
+    lock is there) does restore take that lock.
+    """
+    from keyforge.sender import restore
+
+    cfg = options.load_config(config_path)
+    day = restore.parse_at(at) if at else None
+    notice = restore.owner_notice()
+    if notice:
+        warn(notice)
+    archives = restore.run_restore(cfg, source, to, at=day, force=force, dry_run=dry_run)
+    verb = "would apply" if dry_run else "applied"
+    for record in archives:
+        say(f"{verb} {record.name}")
+    if not dry_run:
+        say(f"restored {source} into {to}")
+
+
+def verify_command(
+    config_path: options.ConfigOption = None,
+    scratch: Annotated[
+        Path | None,
+        typer.Option(
+            "--scratch",
+            metavar="DIR",
+            show_default=False,
+            help="Restore for the check into a new directory inside DIR (removed afterwards; "
+            "nothing else in DIR is touched). Default: .verify-scratch in the backup directory "
+            "where keyforge backup writes, the system's temporary directory for a synced copy.",
+        ),
+    ] = None,
+) -> None:
+    """Prove the backups restore: check every archive's sha256 against the manifests, then
+    restore the latest chain of each source and compare content, modes, owners, mtimes,
+    symlinks, hard links and xattrs with what the archives record.
+
+    Owners are compared only when run as root (no one else can restore them). On a synced
+    copy nothing is written into it: no lock, and the trial restores go to --scratch or the
+    system's temporary directory."""
+    from keyforge.sender import restore
+
+    cfg = options.load_config(config_path)
+    notice = restore.owner_notice(verify=True)
+    if notice:
+        warn(notice)
+    report = restore.run_verify(cfg, scratch=scratch)
+    for verdict in report.sources:
+        state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
+        count = len(verdict.archives)
+        say(f"{verdict.source}: {count} archive(s), {verdict.entries} entries, {state}")
+    if not report.ok:
+        problems = [*report.problems]
+        for verdict in report.sources:
+            problems += [f"{verdict.source}: {p}" for p in verdict.problems]
+        raise KeyforgeError(f"verify failed: {restore.summarize_problems(problems)}")
+    say(f"verify ok: {report.checked_archives} archive(s) match their manifests and restore")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init_command)
+    app.command("backup")(backup_command)
+    app.command("prune")(prune_command)
+    app.command("restore")(restore_command)
+    app.command("verify")(verify_command)

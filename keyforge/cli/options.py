@@ -1,0 +1,134 @@
+"""The options several commands share, declared once so their spelling, short form and help
+cannot drift apart, and what their values mean (a config loaded, a key read, a default file).
+
+Short options mean one thing on every command: ``-c`` is ``--config``, ``-t`` is ``--target``,
+``-k`` is ``--key``, ``-f`` is ``--authorized-keys``. Where an older release gave one of them
+another meaning on one command, :func:`deprecated_spelling` keeps it working for one release.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from keyforge.cli.output import warn
+from keyforge.errors import UsageError
+
+if TYPE_CHECKING:
+    from keyforge.config import Config
+    from keyforge.ssh.authorized_keys import Entry
+
+_CONFIG_HELP = "The config file. Default: $KEYFORGE_CONFIG, else /etc/keyforge/keyforge.toml."
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", metavar="PATH", help=_CONFIG_HELP, show_default=False),
+]
+
+_KEY_HELP = (
+    "The backup key's PUBLIC half: a .pub file holding one line 'type base64 comment', or - to "
+    "read it from standard input. A private key is refused."
+)
+
+_AUTHORIZED_KEYS_HELP = (
+    "The authorized_keys file to edit. Default: ~/.ssh/authorized_keys of the user running "
+    "keyforge (run it as the user the backups log in as)."
+)
+
+
+CAPTURE_LOG_HELP = (
+    "The capture log. Default: ~/.ssh/keyforge/capture.log in the home of the authorized_keys "
+    "file's user."
+)
+
+
+# Options whose spelling is shared but whose help says what they do for each command.
+
+
+def dry_run(help_text: str) -> Any:
+    return typer.Option("--dry-run", help=help_text)
+
+
+def target(help_text: str) -> Any:
+    return typer.Option("--target", "-t", metavar="NAME", show_default=False, help=help_text)
+
+
+def as_json(help_text: str) -> Any:
+    return typer.Option("--json", help=help_text)
+
+
+def key(help_text: str) -> Any:
+    return typer.Option("--key", "-k", metavar="PUBFILE|-", show_default=False, help=help_text)
+
+
+def authorized_keys(help_text: str) -> Any:
+    return typer.Option(
+        "--authorized-keys",
+        "-f",
+        metavar="PATH",
+        show_default=False,
+        help=help_text,
+        readable=False,  # keyforge's own one-line error says why
+    )
+
+
+# install, revoke and capture start: the key and the file they edit
+KeyOption = Annotated[str, key(_KEY_HELP)]
+AuthorizedKeysOption = Annotated[Path | None, authorized_keys(_AUTHORIZED_KEYS_HELP)]
+
+DiffDryRunOption = Annotated[bool, dry_run("Print the change as a unified diff; write nothing.")]
+
+
+# --- what the values mean ------------------------------------------------------------------
+
+
+def load_config(path: Path | None) -> Config:
+    from keyforge import config
+
+    return config.load(config.resolve_path(path))
+
+
+def authorized_keys_path(option: Path | None) -> Path:
+    from keyforge.receiver import install
+
+    return option if option is not None else install.default_authorized_keys()
+
+
+def read_key(spec: str) -> Entry:
+    """The public key a ``--key PUBFILE|-`` option names."""
+    from keyforge.receiver import install
+
+    if spec == "-":
+        return install.public_key_from_text(sys.stdin.read(), source="<stdin>")
+    return install.read_public_key(Path(spec))
+
+
+# what each short option means everywhere, for the warning about an old spelling
+_SHORT_MEANING = {"-c": "--config", "-t": "--target"}
+
+
+def deprecated_spelling(
+    ctx: typer.Context, *, old: str, new: str, param: str, old_value: Any, value: Any
+) -> Any:
+    """The value of an option an older release also spelt ``old``, kept for one release.
+
+    ``param`` names the parameter of the current spelling ``new``: given both ways at once is
+    a usage error, given the old way only gets a warning on stderr.
+    """
+    if old_value is None:
+        return value
+    source = ctx.get_parameter_source(param)
+    if source is not None and source.name == "COMMANDLINE":
+        raise UsageError(f"{old} and {new} are the same option here; give {new}")
+    warn(
+        f"'keyforge {ctx.info_name} {old}' is deprecated and stops working in the next "
+        f"release: write {new} ({old} means {_SHORT_MEANING[old]} on every other command)"
+    )
+    return old_value
+
+
+def split_patterns(values: list[str] | None) -> list[str] | None:
+    """--from: each value may hold several patterns, comma-separated."""
+    return [pattern for value in values for pattern in value.split(",")] if values else None
