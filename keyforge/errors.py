@@ -84,6 +84,13 @@ class FileError(KeyforgeError):
         return cls(f"cannot {action} {os.fspath(path)}: {reason}")
 
 
+class CaptureError(KeyforgeError):
+    """No usable capture: missing or empty log, or none for the key asked about; or rsync
+    started no remote shell for 'capture local'."""
+
+    exit_code = 4
+
+
 class CommandError(KeyforgeError):
     """An external command (tar, rsync, ssh) failed."""
 
