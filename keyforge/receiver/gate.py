@@ -613,10 +613,110 @@ def decide_and_log(config: GateConfig, environ: Mapping[str, str]) -> Decision:
 
 # --- the gate's own command line ------------------------------------------------------------
 
-USAGE = """\
-usage: keyforge gate --dir DIR [--expect COMMAND [--exact]] [--log PATH] [--rsync PATH]
-                     [--no-munge-links] [--confine]
+class GateOption:
+    """One of the gate's own options: ``metavar`` for one that takes a value (else a flag that
+    sets ``field`` to ``sets``), the GateConfig keyword it fills, where GateConfig keeps it
+    (``attr``) and its default, which the renderer leaves out; ``help`` is USAGE's lines."""
 
+    __slots__ = ("attr", "default", "field", "flag", "help", "metavar", "sets", "within")
+
+    def __init__(
+        self,
+        flag: str,
+        field: str,
+        help: tuple[str, ...],
+        *,
+        metavar: str | None = None,
+        attr: str | None = None,
+        default: object = None,
+        sets: bool = True,
+        within: str | None = None,
+    ) -> None:
+        self.flag = flag
+        self.metavar = metavar
+        self.field = field
+        self.attr = attr or field
+        self.default = default
+        self.sets = sets
+        self.help = help
+        self.within = within  # the option it only makes sense with, for the usage line
+
+    def synopsis(self) -> str:
+        return f"{self.flag} {self.metavar}" if self.metavar else self.flag
+
+
+# The gate's own options, once: USAGE, parse_gate_args and gate_command are made from this.
+GATE_OPTIONS = (
+    GateOption(
+        "--dir",
+        "directory",
+        ("the only directory pushes may write to (absolute, or relative to home)",),
+        metavar="DIR",
+    ),
+    GateOption(
+        "--expect",
+        "expect",
+        (
+            "the command captured for this key; another command that passes the",
+            "checks still runs, and the first push with each new text is logged as",
+            "\"drift\" with both texts and a hint to run 'keyforge capture' again",
+        ),
+        metavar="COMMAND",
+    ),
+    GateOption(
+        "--exact",
+        "exact",
+        ("run only the exact --expect text (the strict comparison)",),
+        default=False,
+        within="--expect",
+    ),
+    GateOption(
+        "--log",
+        "log",
+        ("the JSON-lines log (default ~/.ssh/keyforge/gate.log, mode 0600)",),
+        metavar="PATH",
+        attr="log_option",
+    ),
+    GateOption(
+        "--rsync",
+        "rsync",
+        ("the rsync to exec (default /usr/bin/rsync)",),
+        metavar="PATH",
+        default=DEFAULT_RSYNC,
+    ),
+    GateOption(
+        "--no-munge-links",
+        "munge_links",
+        (
+            "do not add --munge-links. By default rsync stores pushed symbolic",
+            "links munged (prefixed with /rsyncd-munged/), so a link pushed by one",
+            "run cannot lead a later run out of DIR; rsync --munge-links",
+            "on the side sending them back (-M--munge-links when that is",
+            "this host) restores them",
+        ),
+        default=True,
+        sets=False,
+    ),
+    GateOption(
+        "--confine",
+        "confine",
+        (
+            "pass --confine-root=DIR and --drop-D (rsync 3.5 and later;",
+            "'keyforge install --gate' adds it when this host's rsync has them):",
+            "paths rsync resolves itself, such as filter merge files named",
+            "inside the protocol, stay in DIR. Without it the gate passes",
+            "--no-specials (and --no-devices as root: a device node in the",
+            "pushed tree then stalls the push) and logs a warning line with",
+            "each push: a client can make rsync read a file outside DIR as",
+            "a merge file",
+        ),
+        default=False,
+    ),
+)
+_BY_FLAG = {option.flag: option for option in GATE_OPTIONS}
+_REQUIRED = "--dir"
+
+_ABOUT = """\
 The forced command (authorized_keys command=) for a backup key: reads SSH_ORIGINAL_COMMAND
 and lets it run only as an rsync receive into DIR, through an argument list, never a shell.
 
@@ -629,79 +729,69 @@ links on this host (-K -L -k) or hide the destination (-s), and any unquoted she
 read as rrsync reads them, a relative path from DIR (so --link-dest=prev into DIR/cur/ is
 DIR/prev), and must stay inside DIR; a --partial-dir without a '/' stays rsync's name made in
 each directory (as --delay-updates needs). No device or special file is ever made.
-
-  --dir DIR          the only directory pushes may write to (absolute, or relative to home)
-  --expect COMMAND   the command captured for this key; another command that passes the
-                     checks still runs, and the first push with each new text is logged as
-                     "drift" with both texts and a hint to run 'keyforge capture' again
-  --exact            run only the exact --expect text (the strict comparison)
-  --log PATH         the JSON-lines log (default ~/.ssh/keyforge/gate.log, mode 0600)
-  --rsync PATH       the rsync to exec (default /usr/bin/rsync)
-  --no-munge-links   do not add --munge-links. By default rsync stores pushed symbolic
-                     links munged (prefixed with /rsyncd-munged/), so a link pushed by one
-                     run cannot lead a later run out of DIR; rsync --munge-links
-                     on the side sending them back (-M--munge-links when that is
-                     this host) restores them
-  --confine          pass --confine-root=DIR and --drop-D (rsync 3.5 and later;
-                     'keyforge install --gate' adds it when this host's rsync has them):
-                     paths rsync resolves itself, such as filter merge files named
-                     inside the protocol, stay in DIR. Without it the gate passes
-                     --no-specials (and --no-devices as root: a device node in the
-                     pushed tree then stalls the push) and logs a warning line with
-                     each push: a client can make rsync read a file outside DIR as
-                     a merge file
 """
 
 
-_VALUE_FLAGS = {"--dir": "directory", "--expect": "expect", "--log": "log", "--rsync": "rsync"}
+def _usage() -> str:
+    """USAGE, from GATE_OPTIONS: the usage line (wrapped), what the gate does, each option."""
+    parts = []
+    for option in GATE_OPTIONS:
+        if option.within is not None:
+            continue
+        inner = "".join(f" [{o.synopsis()}]" for o in GATE_OPTIONS if o.within == option.flag)
+        text = option.synopsis() + inner
+        parts.append(text if option.flag == _REQUIRED else f"[{text}]")
+    lines, line = [], "usage: keyforge gate"
+    for part in parts:
+        if len(line) + 1 + len(part) > 96:
+            lines.append(line)
+            line = " " * 20
+        line += " " + part
+    lines.append(line)
+    options = []
+    for option in GATE_OPTIONS:
+        first, *rest = option.help
+        options.append(f"  {option.synopsis():<19}{first}")
+        options.extend(" " * 21 + more for more in rest)
+    return "\n".join(lines) + "\n\n" + _ABOUT + "\n" + "\n".join(options) + "\n"
+
+
+USAGE = _usage()
 
 
 def parse_gate_args(args: Sequence[str], *, home: str) -> GateConfig | None:
-    """The gate's options, or None for --help (a hand-written loop: argparse would cost
-    start-up time on every connection)."""
-    values: dict[str, str] = {}
-    exact = False
-    munge_links = True
-    confine = False
+    """The gate's options (GATE_OPTIONS), or None for --help (a hand-written loop: argparse
+    would cost start-up time on every connection)."""
+    values: dict[str, object] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         name, has_value, value = arg.partition("=")
         i += 1
-        if name in _VALUE_FLAGS:
+        option = _BY_FLAG.get(name)
+        if option is not None and option.metavar is not None:
             if not has_value:
                 if i >= len(args):
                     raise GateUsageError(f"{name} needs a value")
                 value = args[i]
                 i += 1
-            values[_VALUE_FLAGS[name]] = value
-        elif arg == "--exact":
-            exact = True
-        elif arg == "--no-munge-links":
-            munge_links = False
-        elif arg == "--confine":
-            confine = True
+            values[option.field] = value
+        elif option is not None and not has_value:
+            values[option.field] = option.sets
         elif arg in ("-h", "--help"):
             return None
         else:
             raise GateUsageError(f"unknown argument {arg!r}")
     if not values.get("directory"):
         raise GateUsageError("--dir is required: the directory pushes may write to")
-    if exact and "expect" not in values:
+    if values.get("exact") and "expect" not in values:
         raise GateUsageError("--exact needs --expect COMMAND: the one command to allow")
     rsync = values.get("rsync", DEFAULT_RSYNC)
-    if not rsync.startswith("/"):
+    if not isinstance(rsync, str) or not rsync.startswith("/"):
         raise GateUsageError("--rsync needs an absolute path")
-    return GateConfig(
-        values["directory"],
-        home=home,
-        expect=values.get("expect"),
-        exact=exact,
-        log=values.get("log"),
-        rsync=rsync,
-        munge_links=munge_links,
-        confine=confine,
-    )
+    directory = str(values.pop("directory"))
+    # each field is a GateConfig keyword, holding a str (a value option) or a bool (a flag)
+    return GateConfig(directory, home=home, **values)  # type: ignore[arg-type]
 
 
 def _login_home() -> str:
@@ -778,24 +868,20 @@ def rsync_program() -> str:
 
 def gate_command(program: str, config: GateConfig) -> str:
     """The forced command that runs ``program``'s gate with ``config`` (what parse_gate_args
-    reads back), each argument shell-quoted (sshd runs command= through the user's shell)."""
+    reads back, from the same GATE_OPTIONS), each argument shell-quoted (sshd runs command=
+    through the user's shell); an option at its default is left out."""
     import shlex  # noqa: PLC0415
 
     if config.exact and config.expect is None:
         raise GateUsageError("--exact needs the command to compare with (--command or a capture)")
-    argv = [program, "gate", "--dir", config.directory]
-    if config.expect is not None:
-        argv += ["--expect", config.expect]
-    if config.exact:
-        argv.append("--exact")
-    if config.log_option is not None:
-        argv += ["--log", config.log_option]
-    if config.rsync != DEFAULT_RSYNC:
-        argv += ["--rsync", config.rsync]
-    if not config.munge_links:
-        argv.append("--no-munge-links")
-    if config.confine:
-        argv.append("--confine")
+    argv = [program, "gate"]
+    for option in GATE_OPTIONS:
+        value = getattr(config, option.attr)
+        if option.metavar is not None:
+            if option.flag == _REQUIRED or value != option.default:
+                argv += [option.flag, value]
+        elif value == option.sets and value != option.default:
+            argv.append(option.flag)
     return shlex.join(argv)
 
 
