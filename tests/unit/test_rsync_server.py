@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyforge.receiver import capture, gate
+from keyforge.receiver import capture, explain, gate
 from keyforge.ssh import rsync_server
 
 HOME = Path("/home/foo")
@@ -82,6 +82,12 @@ def test_a_quoted_destination_is_read_alike(tmp_path: Path) -> None:
     server = capture.parse_server_command(command)
     assert server.texts[-1] == "srvbackups/my dir"
     assert [word.text for word in gate.split_command(command)] == list(server.texts)
+
+
+def test_explain_calls_no_command_with_shell_syntax_an_rsync_server() -> None:
+    said = explain.describe_command("rsync --server -a . /srv/x;sh -i")
+    assert "an rsync server" not in said
+    assert "whatever the client asks for" in said
 
 
 # --- the option table -----------------------------------------------------------------------
