@@ -613,6 +613,7 @@ def decide_and_log(config: GateConfig, environ: Mapping[str, str]) -> Decision:
 
 # --- the gate's own command line ------------------------------------------------------------
 
+
 class GateOption:
     """One of the gate's own options: ``metavar`` for one that takes a value (else a flag that
     sets ``field`` to ``sets``), the GateConfig keyword it fills, where GateConfig keeps it

@@ -35,6 +35,13 @@ def _gate_words(command: str) -> list[str] | None:
         return None
 
 
+def _ssh_spacing(command: str) -> bool:
+    """Whether the blanks are the single spaces ssh joins words with: capture also refuses
+    others (rsync writes none), where the gate lets a shell's reading collapse them."""
+    words = gate.split_command(command)
+    return " ".join(word.raw for word in words) == command
+
+
 def _capture_words(command: str) -> list[str] | None:
     try:
         return list(capture.parse_server_command(command).texts)
@@ -55,7 +62,7 @@ def test_capture_and_the_gate_read_the_same_words_or_both_refuse(form: str, word
     # split idiom) a value rsync cannot read as an option, a rule both sides share
     shape = form.split(" ")
     at = next(i for i, part in enumerate(shape) if "{}" in part)
-    shaped = len(gate_words) == len(shape)
+    shaped = len(gate_words) == len(shape) and _ssh_spacing(command)
     if shaped and shape[at - 1] == "--link-dest":
         shaped = not (gate_words[at].startswith("-") or gate_words[at] == ".")
     if shaped:
