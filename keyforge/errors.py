@@ -134,7 +134,8 @@ class CommandError(KeyforgeError):
 
 
 class CaptureError(KeyforgeError):
-    """No usable capture: missing or empty log, or none for the key asked about."""
+    """No usable capture: missing or empty log, or none for the key asked about; or rsync
+    started no remote shell for 'capture local'."""
 
     exit_code = 9
 

@@ -175,9 +175,9 @@ def capture_local_command(
     import json
     import shlex
 
-    from keyforge.receiver import capture
+    from keyforge.sender import capture_local
 
-    result = capture.capture_local(rsync_argv)
+    result = capture_local.capture_local(rsync_argv)
     if as_json:
         shell = result.remote_shell
         say(

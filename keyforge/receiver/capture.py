@@ -5,13 +5,13 @@ Two ways to learn it:
 * on the receiving host, ``capture start`` makes a *recorder* the key's forced command. The next
   push is refused, and the recorder appends one record (time, client address, key, the command
   as ``SSH_ORIGINAL_COMMAND`` held it) to a 0600 log. The key stays restricted throughout.
-* on the sending server, ``capture local`` runs the user's rsync with a remote shell that
-  connects nowhere and writes down the arguments rsync gave it; joined with spaces, exactly as
-  ssh joins them, they are the command the receiving host would see.
+* on the sending server, ``capture local`` (keyforge.sender.capture_local) runs the user's
+  rsync with a remote shell that connects nowhere and writes down the command it would send.
 
 The rest is pure: decoding records (the command is stored hex-encoded, so no command text,
-however hostile, can pass for a second record), reading an ``rsync --server`` command, putting
-its cryptic flag string into words, and rewriting a leading ``~`` to an absolute home.
+however hostile, can pass for a second record), reading an ``rsync --server`` command (through
+keyforge.ssh.rsync_server, the one reader the gate uses too), putting its cryptic flag string
+into words, and rewriting a leading ``~`` to an absolute home.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import os
 import pwd
 import re
 import shlex
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +35,11 @@ from keyforge.errors import (
     ParseError,
     UsageError,
 )
-from keyforge.infra import fsutil, runner
+from keyforge.infra import fsutil
 from keyforge.infra.templating import render
 from keyforge.receiver import install
 from keyforge.ssh import authorized_keys as ak
-from keyforge.ssh import wire
+from keyforge.ssh import rsync_server, wire
 
 RECORD_TAG = "keyforge-capture-1"
 # 'capture start' writes one of these before any record: what follows it is this capture's
@@ -95,11 +93,11 @@ def key_id(blob: str | bytes) -> str:
 # --- the recorder ---------------------------------------------------------------------------
 
 
-# How the recorder answers on stderr; a sending server that reads either knows its push
-# reached the recorder, so trying again would only record it again.
-RECORDED_NOTICE = "keyforge: command recorded, not run"
-UNRECORDED_NOTICE = "keyforge: command not run"
-RECORDER_NOTICES = (RECORDED_NOTICE, UNRECORDED_NOTICE)
+# How the recorder answers on stderr (the sending server reads them too, so they live in the
+# shared rsync_server module).
+RECORDED_NOTICE = rsync_server.RECORDED_NOTICE
+UNRECORDED_NOTICE = rsync_server.UNRECORDED_NOTICE
+RECORDER_NOTICES = rsync_server.RECORDER_NOTICES
 
 
 def render_recorder(log: Path) -> str:
@@ -348,94 +346,19 @@ def latest_record(log: CaptureLog, key: str | None = None) -> Record:
     return mine[-1]
 
 
-# --- reading an rsync server command -------------------------------------------------------
+# --- reading an rsync server command: keyforge.ssh.rsync_server, the one reader ------------
 
-# rsync backslash-escapes these in the arguments it puts on the remote command line
-# (options.c, safe_arg), so an unescaped one means the command was not written by rsync.
-_SHELL_SPECIAL = set("!#$&;|<>(){}\"'` \t\\\n\r")
-# options the server takes with their value as the next word (rsync's "split idiom")
-_SPLIT_VALUE_OPTIONS = frozenset(
-    {
-        "--backup-dir",
-        "--partial-dir",
-        "--temp-dir",
-        "--files-from",
-        "--compare-dest",
-        "--copy-dest",
-        "--link-dest",
-    }
-)
-_FLAGS = re.compile(r"-([A-Za-z]*?)(?:e((?:\d+\.\d+|\.))([A-Za-z]*))?")
-
+# What capture and explain print for each option comes from the option table.
 SHORT_FLAGS = {
-    "s": "the file names travel inside the protocol (--secluded-args), not on this line",
-    "v": "verbose",
-    "q": "quiet",
-    "b": "make backups of replaced files (--backup)",
-    "u": "skip files that are newer on the receiver (--update)",
-    "n": "dry run: change nothing (--dry-run)",
-    "l": "copy symlinks as symlinks (--links)",
-    "d": "transfer directories without recursing (--dirs)",
-    "K": "treat symlinked directories on the receiver as directories (--keep-dirlinks)",
-    "m": "prune empty directories (--prune-empty-dirs)",
-    "O": "do not keep directory times (--omit-dir-times)",
-    "J": "do not keep symlink times (--omit-link-times)",
-    "y": "look for a similar file as the basis of a new one (--fuzzy)",
-    "L": "copy the files symlinks point to (--copy-links)",
-    "k": "copy the directories symlinks point to (--copy-dirlinks)",
-    "W": "copy whole files, no delta transfer (--whole-file)",
-    "H": "keep hard links (--hard-links)",
-    "o": "keep the owner (--owner)",
-    "g": "keep the group (--group)",
-    "D": "keep device and special files (--devices --specials)",
-    "t": "keep modification times (--times)",
-    "U": "keep access times (--atimes)",
-    "N": "keep creation times (--crtimes)",
-    "p": "keep permissions (--perms)",
-    "E": "keep the executable bit (--executability)",
-    "A": "keep ACLs (--acls)",
-    "X": "keep extended attributes (--xattrs)",
-    "r": "recurse into directories (--recursive)",
-    "c": "compare files by checksum, not size and time (--checksum)",
-    "C": "skip files the way CVS would (--cvs-exclude)",
-    "I": "do not skip files that match in size and time (--ignore-times)",
-    "R": "use relative path names (--relative)",
-    "x": "do not cross file system boundaries (--one-file-system)",
-    "S": "handle sparse files efficiently (--sparse)",
-    "z": "compress data in transit (--compress)",
-}
-CAPABILITIES = {
-    "i": "incremental recursion",
-    "L": "setting symlink times",
-    "s": "symlink name conversion (iconv)",
-    "f": "safe file-list error handling",
-    "x": "no xattr hard-link optimisation",
-    "C": "the checksum seed order fix",
-    "I": "--inplace with --partial-dir",
-    "v": "varint file-list flags and checksum negotiation",
-    "u": "names for uid 0 and gid 0 in the id map",
+    letter: option.meaning
+    for letter, option in rsync_server.SHORT.items()
+    if option.meaning is not None
 }
 LONG_OPTIONS = {
-    "--delete": "delete files on this host that the sender no longer has",
-    "--delete-before": "delete vanished files before the transfer",
-    "--delete-during": "delete vanished files during the transfer",
-    "--delete-delay": "delete vanished files after the transfer, found during it",
-    "--delete-after": "delete vanished files after the transfer",
-    "--delete-excluded": "also delete excluded files on this host",
-    "--partial": "keep partially transferred files",
-    "--inplace": "update files in place",
-    "--append": "append to shorter files",
-    "--numeric-ids": "keep numeric user and group ids, not names",
-    "--no-specials": "do not keep special files",
-    "--specials": "keep special files",
-    "--force": "delete non-empty directories when they are replaced",
-    "--size-only": "skip files that match in size",
-    "--existing": "update only files that already exist here",
-    "--ignore-existing": "skip files that already exist here",
-    "--mkpath": "create the destination's missing path components",
-    "--fsync": "fsync every written file",
+    f"--{name}": option.meaning
+    for name, option in rsync_server.LONG.items()
+    if option.meaning is not None
 }
-ARCHIVE_LETTERS = frozenset("rlptgoD")
 
 
 @dataclass(frozen=True)
@@ -451,6 +374,8 @@ class ServerCommand:
     paths: tuple[str, ...]
     # indexes in ``words`` of the file names (after ".") and the split-idiom option values
     path_indexes: tuple[int, ...] = field(default=(), repr=False)
+    # the words as the program gets them (quotes and escapes removed), one for each of ``words``
+    texts: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def secluded(self) -> bool:
@@ -461,43 +386,22 @@ class ServerCommand:
         return " ".join(self.words)
 
 
-def split_words(command: str) -> list[str]:
-    """The command's words, split on the single spaces ssh joined them with.
+def read_words(command: str) -> list[rsync_server.Word]:
+    """The command's words as the login shell will read them when it runs the forced command
+    (rsync_server.split_words), or a NotRsyncServerError naming what the shell would act on.
 
-    A word keeps its backslash escapes (``my\\ dir`` stays one word, as the shell reads it).
+    Globs are kept (a pull's sources may hold them); where else they stand is refused later.
+    Blanks must be the single spaces ssh joins the words with: rsync writes no others.
     """
-    words: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in command:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            current.append(char)
-            escaped = True
-        elif char == " ":
-            words.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    words.append("".join(current))
-    return words
-
-
-def _unescaped_special(word: str, *, allow_glob: bool) -> str | None:
-    """The first shell-special character in ``word`` that is not backslash-escaped."""
-    specials = _SHELL_SPECIAL if allow_glob else _SHELL_SPECIAL | set("*?[]")
-    i = 0
-    while i < len(word):
-        char = word[i]
-        if char == "\\" and i + 1 < len(word) and word[i + 1] not in "\n\r":
-            i += 2
-            continue
-        if char in specials or not char.isprintable():
-            return char
-        i += 1
-    return None
+    try:
+        read = rsync_server.split_words(command, globs=True)
+    except rsync_server.CommandSyntaxError as err:
+        if err.char is None:
+            raise NotRsyncServerError(err.reason) from None
+        raise NotRsyncServerError(f"{err.word!r} holds an unescaped {err.char!r}") from None
+    if not read or " ".join(word.raw for word in read) != command:
+        raise NotRsyncServerError("it has doubled, leading or trailing spaces")
+    return read
 
 
 @dataclass
@@ -509,25 +413,43 @@ class _Options:
     value_indexes: list[int] = field(default_factory=list)
 
 
-def _read_options(words: list[str], index: int) -> tuple[_Options, int]:
+def _cluster(text: str) -> rsync_server.Cluster | None:
+    try:
+        return rsync_server.read_cluster(text)
+    except rsync_server.CommandSyntaxError:
+        return None  # not the flag cluster: passed on as an option
+
+
+def _read_options(read: list[rsync_server.Word], index: int) -> tuple[_Options, int]:
     """The options between ``--server [--sender]`` and the ``.``; returns where they end."""
     found = _Options()
-    while index < len(words) and words[index] != ".":
-        word = words[index]
-        special = _unescaped_special(word, allow_glob=False)
-        if special is not None:
-            raise NotRsyncServerError(f"option {word!r} holds an unescaped {special!r}")
-        match = _FLAGS.fullmatch(word)
-        if match is not None and not found.flags and not found.options:
-            found.flags, found.protocol, found.capabilities = match.group(1, 2, 3)
-        elif word.startswith("-"):
-            found.options.append(word)
-            if word in _SPLIT_VALUE_OPTIONS and index + 1 < len(words):
+    while index < len(read) and read[index].text != ".":
+        word = read[index]
+        if word.glob is not None:
+            raise NotRsyncServerError(f"option {word.raw!r} holds an unescaped {word.glob!r}")
+        cluster = _cluster(word.text) if not found.flags and not found.options else None
+        if cluster is not None:
+            found.flags = cluster.letters
+            found.protocol, found.capabilities = cluster.protocol, cluster.capabilities
+        elif word.text.startswith("-"):
+            found.options.append(word.raw)
+            if word.text.startswith("--") and rsync_server.takes_next_word(word.text):
+                try:
+                    rsync_server.next_value((w.text for w in read[index + 1 :]), word.text)
+                except rsync_server.CommandSyntaxError as err:
+                    raise NotRsyncServerError(err.reason) from None
                 index += 1
-                found.options.append(words[index])
-                found.value_indexes.append(index)
+                value = read[index]
+                if value.glob is not None:
+                    raise NotRsyncServerError(
+                        f"path {value.raw!r} holds an unescaped {value.glob!r}"
+                    )
+                found.options.append(value.raw)
+                option = rsync_server.long_option(word.text)[1]
+                if option is not None and option.path:
+                    found.value_indexes.append(index)
         else:
-            raise NotRsyncServerError(f"unexpected word {word!r} before the '.'")
+            raise NotRsyncServerError(f"unexpected word {word.raw!r} before the '.'")
         index += 1
     return found, index
 
@@ -538,27 +460,28 @@ def parse_server_command(command: str) -> ServerCommand:
     Anything else (shell syntax, another program, a missing path) is a NotRsyncServerError
     naming what is wrong.
     """
-    words = split_words(command)
-    if any(word == "" for word in words):
-        raise NotRsyncServerError("it has doubled, leading or trailing spaces")
-    if Path(words[0]).name != "rsync" or len(words) < 2 or words[1] != "--server":
+    read = read_words(command)
+    words = [word.raw for word in read]
+    texts = [word.text for word in read]
+    if texts[0].rsplit("/", 1)[-1] != "rsync" or len(texts) < 2 or texts[1] != "--server":
         raise NotRsyncServerError(
             f"it does not start with 'rsync --server' ({shlex.quote(words[0])} ...)"
         )
-    sender = len(words) > 2 and words[2] == "--sender"
+    sender = len(texts) > 2 and texts[2] == "--sender"
     index = 3 if sender else 2
-    if index < len(words) and words[index] == "--daemon":
+    if index < len(texts) and texts[index] == "--daemon":
         raise NotRsyncServerError("it starts an rsync daemon, whose module the client chooses")
-    found, index = _read_options(words, index)
+    found, index = _read_options(read, index)
     path_indexes = list(found.value_indexes)
     if not ("s" in found.flags and index == len(words)):
         if index + 1 >= len(words):
             raise NotRsyncServerError("there is no '.' followed by a path")
         path_indexes.extend(range(index + 1, len(words)))
-    for i in path_indexes:
-        special = _unescaped_special(words[i], allow_glob=True)
-        if special is not None:
-            raise NotRsyncServerError(f"path {words[i]!r} holds an unescaped {special!r}")
+    if not sender:
+        # only a pull's sources are globbed on purpose (rsync leaves them unescaped)
+        for i in range(index + 1, len(words)):
+            if read[i].glob is not None:
+                raise NotRsyncServerError(f"path {words[i]!r} holds an unescaped {read[i].glob!r}")
     if not sender and len(words) - index - 1 > 1:
         raise NotRsyncServerError("a receiving rsync takes one destination, this has several")
     return ServerCommand(
@@ -570,6 +493,7 @@ def parse_server_command(command: str) -> ServerCommand:
         options=tuple(found.options),
         paths=tuple(words[index + 1 :]),
         path_indexes=tuple(path_indexes),
+        texts=tuple(texts),
     )
 
 
@@ -585,7 +509,7 @@ def explain(server: ServerCommand) -> list[str]:
         for letter in server.flags:
             meaning = SHORT_FLAGS.get(letter, "an option this keyforge does not know")
             lines.append(f"  -{letter}  {meaning}")
-        if set(server.flags) >= ARCHIVE_LETTERS:
+        if set(server.flags) >= rsync_server.ARCHIVE_LETTERS:
             lines.append("  (r l p t g o D together are what -a, archive mode, turns on)")
     if server.capabilities is not None:
         pre_release = f" (pre-release protocol {server.protocol})" if server.protocol != "." else ""
@@ -594,7 +518,9 @@ def explain(server: ServerCommand) -> list[str]:
             f"rsync announces its capabilities here{pre_release}:"
         )
         for letter in server.capabilities:
-            meaning = CAPABILITIES.get(letter, "a capability this keyforge does not know")
+            meaning = rsync_server.CAPABILITIES.get(
+                letter, "a capability this keyforge does not know"
+            )
             lines.append(f"  {letter}  {meaning}")
         lines.append(
             "  These letters pin the client rsync's version: after an rsync upgrade on either "
@@ -619,12 +545,7 @@ def explain(server: ServerCommand) -> list[str]:
 
 # --- ~ rewriting ----------------------------------------------------------------------------
 
-_ESCAPE_IN_PATH = _SHELL_SPECIAL | set("*?[]")
-
-
-def shell_escape_path(path: str) -> str:
-    """Backslash-escape a path the way rsync escapes the arguments it sends."""
-    return "".join("\\" + c if c in _ESCAPE_IN_PATH else c for c in path)
+shell_escape_path = rsync_server.rsync_escape
 
 
 def _tilde_home(word: str, home: Path) -> tuple[str, str] | None:
@@ -691,9 +612,8 @@ def _relation(path: Path, home: Path, authorized_keys: Path) -> str | None:
     return None
 
 
-def _absolute(word: str, home: Path, base: Path) -> Path:
-    """A path word of the command (rsync's backslash escapes, a leading ~) as an absolute path."""
-    text = re.sub(r"\\(.)", r"\1", word, flags=re.DOTALL)
+def _absolute(text: str, home: Path, base: Path) -> Path:
+    """A path of the command (as the program gets it, a leading ~ expanded) made absolute."""
     if text.startswith("~"):
         try:
             found = _tilde_home(text, home)
@@ -704,21 +624,32 @@ def _absolute(word: str, home: Path, base: Path) -> Path:
     return Path(os.path.normpath(base / text))
 
 
-def _path_words(command: str) -> tuple[list[str], list[str]]:
+Named = list[tuple[str, str]]  # (the word as written, the path it names)
+
+
+def _path_words(command: str) -> tuple[Named, Named]:
     """(file names of the command, directory options relative to its destination)."""
     try:
         server = parse_server_command(command)
     except NotRsyncServerError:
-        words = split_words(command)
-        return [w for w in words[1:] if w.startswith(("/", "~"))], []
+        # not one plain rsync command: every word that looks like a path, read as best we can
+        try:
+            read = rsync_server.split_words(command, globs=True)
+            pairs = [(word.raw, word.text) for word in read]
+        except rsync_server.CommandSyntaxError:
+            pairs = [(word, word) for word in command.split(" ")]
+        return [(raw, text) for raw, text in pairs[1:] if text.startswith(("/", "~"))], []
+    dot = len(server.words) - len(server.paths) - 1
+    paths = list(zip(server.words[dot + 1 :], server.texts[dot + 1 :], strict=True))
     options = []
-    for option in server.options:
-        name, has_value, value = option.partition("=")
-        if has_value and name in _SPLIT_VALUE_OPTIONS and name != "--files-from":
-            options.append(value)
-    values = [server.words[i] for i in server.path_indexes if i < len(server.words)]
-    split = [v for v in values if v not in server.paths]
-    return list(server.paths), [*options, *split]
+    for raw, text in zip(server.words[:dot], server.texts[:dot], strict=True):
+        _, option, joined, value = rsync_server.long_option(text)
+        # a directory option's value counts from the destination (not --files-from's list)
+        confined = option is not None and option.gate == rsync_server.CONFINED
+        if text.startswith("--") and joined and confined:
+            options.append((raw.partition("=")[2], value))
+    split = [(server.words[i], server.texts[i]) for i in server.path_indexes if i < dot]
+    return paths, [*options, *split]
 
 
 def forbidden_destinations(command: str, *, home: Path, authorized_keys: Path) -> list[str]:
@@ -728,9 +659,9 @@ def forbidden_destinations(command: str, *, home: Path, authorized_keys: Path) -
     home = Path(os.path.normpath(home.absolute()))
     keys_file = Path(os.path.normpath(authorized_keys.absolute()))
     paths, options = _path_words(command)
-    named = [(word, _absolute(word, home, home)) for word in paths]
+    named = [(word, _absolute(text, home, home)) for word, text in paths]
     destination = named[-1][1] if named else home
-    named += [(word, _absolute(word, home, destination)) for word in options]
+    named += [(word, _absolute(text, home, destination)) for word, text in options]
     found = []
     for word, path in named:
         for candidate in dict.fromkeys((path, Path(os.path.realpath(path)))):
@@ -826,279 +757,6 @@ def command_from_record(
                 "shell, and an absolute path does not depend on it (--keep-tilde keeps ~)"
             )
     return CapturedCommand(command, server, tuple(notes))
-
-
-# --- capture local: the sending server's side ------------------------------------------------
-
-# rsync's options that take a value (rsync --help shows them with =VALUE); their value may be
-# the next word, which must then not be mistaken for -e or --rsh
-_VALUE_LONG_NAMES = """
-    info debug stderr backup-dir suffix confine-root chmod checksum-choice cc rsync-path
-    max-delete max-size min-size max-alloc partial-dir usermap groupmap chown timeout contimeout
-    compare-dest copy-dest link-dest compress-choice zc compress-level zl compress-threads
-    skip-compress exclude exclude-from include include-from files-from copy-as address port
-    sockopts outbuf out-format log-format log-file log-file-format password-file early-input
-    bwlimit stop-after time-limit stop-at write-batch only-write-batch read-batch protocol iconv
-    checksum-seed block-size modify-window temp-dir filter remote-option"""
-_RSYNC_VALUE_LONG = frozenset(_VALUE_LONG_NAMES.split())
-_RSYNC_VALUE_SHORT = frozenset("B@TfM")
-_SSH_VALUE_FLAGS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
-
-
-def split_remote_shell(text: str) -> list[str]:
-    """Split an ``--rsh`` value into words exactly as rsync does (main.c, do_cmd).
-
-    Words are separated by spaces only; '...' and "..." quote, and a doubled quote character
-    inside quotes stands for itself. There are no backslash escapes.
-    """
-    words: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        if text[i] == " ":
-            i += 1
-            continue
-        word: list[str] = []
-        quote = ""
-        while i < n and (text[i] != " " or quote):
-            char = text[i]
-            if char in "'\"":
-                if not quote:
-                    quote = char
-                    i += 1
-                    continue
-                if char == quote:
-                    i += 1
-                    if i >= n or text[i] != quote:
-                        quote = ""
-                        continue
-            word.append(text[i])
-            i += 1
-        if quote:
-            raise UsageError(f"missing trailing {quote} in the remote shell command {text!r}")
-        words.append("".join(word))
-    return words
-
-
-def quote_for_remote_shell(word: str) -> str:
-    """Quote one word so rsync's remote-shell splitter reads it back unchanged."""
-    return "'" + word.replace("'", "''") + "'"
-
-
-@dataclass(frozen=True)
-class RsyncArgv:
-    """The user's rsync command line with its remote-shell options taken out."""
-
-    argv: tuple[str, ...]
-    rsh: str | None
-    positionals: tuple[str, ...] = ()
-
-
-def extract_rsh(argv: Sequence[str]) -> RsyncArgv:
-    """Take ``-e``/``--rsh`` out of an rsync argv (the last one wins, as in rsync)."""
-    kept: list[str] = [argv[0]]
-    positionals: list[str] = []
-    rsh: str | None = None
-    i = 1
-    while i < len(argv):
-        word = argv[i]
-        following = argv[i + 1] if i + 1 < len(argv) else ""
-        if word == "--":
-            kept.extend(argv[i:])
-            positionals.extend(argv[i + 1 :])
-            break
-        takes_next = False
-        if word.startswith("--"):
-            name, has_value, value = word[2:].partition("=")
-            takes_next = not has_value and (name == "rsh" or name in _RSYNC_VALUE_LONG)
-            if name == "rsh":
-                rsh = value if has_value else following
-            else:
-                kept.extend([word, following] if takes_next else [word])
-        elif word.startswith("-") and len(word) > 1:
-            cluster = _value_in_cluster(word, following)
-            if cluster is None:
-                kept.append(word)
-            elif word[cluster[0]] == "e":
-                pos, rsh, takes_next = cluster
-                if pos > 1:
-                    kept.append(word[:pos])  # the flags before -e, e.g. -az of -aze
-            else:
-                takes_next = cluster[2]
-                kept.extend([word, following] if takes_next else [word])
-        else:
-            kept.append(word)
-            positionals.append(word)
-        if takes_next and i + 1 >= len(argv):
-            raise UsageError(f"rsync option {word} needs a value")
-        i += 2 if takes_next else 1
-    return RsyncArgv(tuple(kept), rsh, tuple(positionals))
-
-
-def _value_in_cluster(word: str, following: str) -> tuple[int, str, bool] | None:
-    """In a short-option cluster like ``-aze`` or ``-essh``: where the first option that takes
-    a value is, its value, and whether that value is the next word."""
-    for pos in range(1, len(word)):
-        if word[pos] == "e" or word[pos] in _RSYNC_VALUE_SHORT:
-            rest = word[pos + 1 :]
-            if rest:
-                return pos, rest, False
-            return pos, following, True
-    return None
-
-
-@dataclass(frozen=True)
-class RemoteShell:
-    """The user's remote shell, reported but never run."""
-
-    command: str
-    origin: str
-    words: tuple[str, ...]
-    port: str | None = None
-    identities: tuple[str, ...] = ()
-    user: str | None = None
-    other_options: tuple[str, ...] = ()
-
-    def describe(self) -> list[str]:
-        lines = [f"remote shell ({self.origin}), not run: {self.command}"]
-        if self.port:
-            lines.append(f"  port: {self.port}")
-        lines.extend(f"  identity (key): {identity}" for identity in self.identities)
-        if self.user:
-            lines.append(f"  login user: {self.user}")
-        if self.other_options:
-            lines.append(f"  other options: {' '.join(self.other_options)}")
-        return lines
-
-
-def describe_remote_shell(command: str, origin: str) -> RemoteShell:
-    """Pick out the port, key and user from an ssh-style remote shell command."""
-    words = tuple(split_remote_shell(command))
-    if not words:
-        raise UsageError("the remote shell command is empty")
-    port: str | None = None
-    identities: list[str] = []
-    user: str | None = None
-    others: list[str] = []
-    i = 1
-    while i < len(words):
-        word = words[i]
-        if word.startswith("-") and len(word) > 1 and word[1] in _SSH_VALUE_FLAGS:
-            letter = word[1]
-            value = word[2:]
-            if not value and i + 1 < len(words):
-                i += 1
-                value = words[i]
-            if letter == "p":
-                port = value
-            elif letter == "i":
-                identities.append(value)
-            elif letter == "l":
-                user = user or value  # ssh keeps the first -l
-            elif letter == "o" and value.lower().startswith("port="):
-                port = value.split("=", 1)[1]
-            elif letter == "o" and value.lower().startswith("identityfile="):
-                identities.append(value.split("=", 1)[1])
-            else:
-                others.append(f"-{letter} {value}")
-        else:
-            others.append(word)
-        i += 1
-    return RemoteShell(command, origin, words, port, tuple(identities), user, tuple(others))
-
-
-@dataclass(frozen=True)
-class LocalCapture:
-    command: str
-    host: str
-    user: str | None
-    remote_shell: RemoteShell
-
-
-def parse_rsh_call(args: Sequence[str], skip: int) -> tuple[str, str | None, str]:
-    """From the arguments rsync gave its remote shell: (host, -l user, command).
-
-    rsync calls ``RSH [its own options] [-l USER] [-4|-6] HOST COMMAND...``; ``skip`` is the
-    number of words the user's remote shell command put before ours. The command is the
-    remaining words joined with single spaces, which is exactly what ssh sends.
-    """
-    rest = list(args[skip:])
-    user: str | None = None
-    while rest and rest[0].startswith("-"):
-        if rest[0] == "-l" and len(rest) > 1:
-            user = rest[1]
-            rest = rest[2:]
-        else:
-            rest = rest[1:]
-    if len(rest) < 2:
-        raise CaptureError("rsync started its remote shell without a host and a command")
-    return rest[0], user, " ".join(rest[1:])
-
-
-def _is_remote_shell_spec(arg: str) -> bool:
-    """``[user@]host:path`` as rsync reads it: a ':' before any '/' (``[v6]:`` included)."""
-    host, colon, rest = arg.partition(":")
-    if not colon or not host or "/" in host:
-        return False
-    return not rest.startswith(":")
-
-
-def _require_remote_shell_transfer(positionals: Sequence[str]) -> None:
-    """Refuse what would run without the remote shell: it would really copy or connect."""
-    for arg in positionals:
-        if arg.lower().startswith("rsync://") or "::" in arg.partition("/")[0]:
-            raise UsageError(
-                f"{arg!r} names an rsync daemon, which rsync reaches without a remote shell; "
-                "capture local only handles HOST:PATH transfers over ssh"
-            )
-    if not any(_is_remote_shell_spec(arg) for arg in positionals):
-        raise UsageError(
-            "the rsync command names no HOST:PATH, so it would copy locally instead of "
-            "starting a remote shell; give the command cron runs for the push"
-        )
-
-
-def _recorder_name(program: str) -> str:
-    # rsync looks at the remote shell's name (it adds -4/-6 for "ssh"); keep that name
-    name = Path(program).name
-    return name if re.fullmatch(r"[A-Za-z0-9._+-]+", name) else "remote-shell"
-
-
-def capture_local(argv: Sequence[str], *, environ: dict[str, str] | None = None) -> LocalCapture:
-    """Run the user's rsync with a recording remote shell; return the command it would send."""
-    if not argv:
-        raise UsageError("give the rsync command after '--', e.g. -- rsync -az SRC HOST:DEST")
-    if Path(argv[0]).name != "rsync":
-        raise UsageError(f"the command after '--' must be rsync, not {argv[0]!r}")
-    env = os.environ if environ is None else environ
-    split = extract_rsh(argv)
-    _require_remote_shell_transfer(split.positionals)
-    if split.rsh is not None:
-        shell = describe_remote_shell(split.rsh, "--rsh")
-    elif env.get("RSYNC_RSH"):
-        shell = describe_remote_shell(env["RSYNC_RSH"], "RSYNC_RSH")
-    else:
-        shell = describe_remote_shell("ssh", "rsync's default")
-    workdir = Path(tempfile.mkdtemp(prefix="keyforge-capture-"))
-    try:
-        workdir.chmod(0o700)
-        out = workdir / "args"
-        fake = workdir / _recorder_name(shell.words[0])
-        fake.write_text(render("rsh_recorder.sh.j2", out_path=shlex.quote(str(out))))
-        fake.chmod(0o700)
-        rsh = " ".join(quote_for_remote_shell(w) for w in (str(fake), *shell.words[1:]))
-        result = runner.run([split.argv[0], f"--rsh={rsh}", *split.argv[1:]], check=False)
-        if not out.exists():
-            why = runner.first_error_line(
-                result.stderr, fallback=f"exit status {result.returncode}"
-            )
-            raise CaptureError(
-                f"rsync did not start a remote shell, so nothing was captured: {why}"
-            )
-        args = out.read_bytes().decode("utf-8", errors="surrogateescape").split("\0")[:-1]
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    host, user, command = parse_rsh_call(args, len(shell.words) - 1)
-    return LocalCapture(command, host, shell.user or user, shell)
 
 
 # --- the receiving host's steps --------------------------------------------------------------

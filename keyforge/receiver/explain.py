@@ -18,7 +18,7 @@ from pathlib import Path
 from keyforge.errors import FileError, ParseError, UsageError
 from keyforge.receiver import gate, install
 from keyforge.ssh import authorized_keys as ak
-from keyforge.ssh import keys, wire
+from keyforge.ssh import keys, rsync_server, wire
 from keyforge.ssh.authorized_keys import Permissions, effective_permissions, flag_change
 
 # Each of sshd's per-key permission flags (ak.PERMISSION_FLAGS), named in a sentence.
@@ -97,6 +97,15 @@ def gate_unconfined(command: str | None) -> bool:
     return "--confine" not in (_gate_arguments(command) or [])
 
 
+def _plain_words(command: str) -> list[str]:
+    """The command's words through the one reader of ``rsync --server`` (rsync_server), or none
+    when the shell would do more than run one program: such a command is no mere rsync server."""
+    try:
+        return [word.text for word in rsync_server.split_words(command, globs=True)]
+    except rsync_server.CommandSyntaxError:
+        return []
+
+
 def describe_command(command: str | None) -> str:
     if command is None:
         return (
@@ -122,7 +131,7 @@ def describe_command(command: str | None) -> str:
         if gate_unconfined(command):
             text += f"; a weaker lock, {gate.UNCONFINED_RISK}"
         return text
-    words = command.split()
+    words = _plain_words(command)
     if words and words[0].rsplit("/", 1)[-1] == "rsync" and "--server" in words:
         way = (
             "sends files to the client (--sender: the client can read them)"

@@ -43,6 +43,7 @@ import os
 import sys
 
 from keyforge.errors import GateRefusalError, GateUsageError
+from keyforge.ssh import rsync_server
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,8 +51,7 @@ if TYPE_CHECKING:
 
 DEFAULT_RSYNC = "/usr/bin/rsync"
 LOG_NAME = "gate.log"
-# A real server command is a few hundred characters; anything far longer is not one.
-MAX_COMMAND = 16384
+MAX_COMMAND = rsync_server.MAX_COMMAND
 # What a log record keeps of a command: enough to see the attack, not enough to flood the disk.
 LOG_COMMAND_LIMIT = 2048
 DRIFT_HINT = (
@@ -69,209 +69,25 @@ UNCONFINED_RISK = (
 )
 
 
-# --- reading the command as a shell would ---------------------------------------------------
+# --- reading the command: keyforge.ssh.rsync_server, the one reader -------------------------
 
-# Outside quotes, each of these would make the shell do something other than pass a word on:
-# run another command, redirect, expand a variable, a glob or a brace list, start a subshell.
-_SHELL_SYNTAX = frozenset(";&|<>()$`*?[{}!")
-_NAMES = {
-    ";": "';' (a second command)",
-    "&": "'&' (a background command)",
-    "|": "'|' (a pipe)",
-    "<": "'<' (a redirection)",
-    ">": "'>' (a redirection)",
-    "(": "'(' (a subshell)",
-    ")": "')' (a subshell)",
-    "$": "'$' (an expansion)",
-    "`": "a backquote (command substitution)",
-    "*": "'*' (a glob)",
-    "?": "'?' (a glob)",
-    "[": "'[' (a glob)",
-    "{": "'{' (brace expansion)",
-    "}": "'}' (brace expansion)",
-    "!": "'!' (history or negation)",
-}
-
-
-class Word:
-    """One word of the command after quote removal; ``tilde`` when it began with a bare ``~``."""
-
-    __slots__ = ("text", "tilde")
-
-    def __init__(self, text: str, tilde: bool = False) -> None:
-        self.text = text
-        self.tilde = tilde
-
-    def __repr__(self) -> str:
-        return f"Word({self.text!r}, tilde={self.tilde})"
-
-
-def _refuse_control_characters(command: str) -> None:
-    for char in command:
-        code = ord(char)
-        if code < 32 or code == 127:
-            raise GateRefusalError(f"the command holds a control character ({char!r})")
-
-
-def _double_quoted(command: str, start: int, out: list[str]) -> int:
-    """Read a "..." run starting after its opening quote; return the index after the closing."""
-    i, n = start, len(command)
-    while i < n:
-        char = command[i]
-        if char == '"':
-            return i + 1
-        if char in "$`":
-            raise GateRefusalError(
-                f"{_NAMES[char]} inside double quotes: the shell would expand it"
-            )
-        if char == "\\" and i + 1 < n and command[i + 1] in '$`"\\':
-            out.append(command[i + 1])
-            i += 2
-            continue
-        out.append(char)
-        i += 1
-    raise GateRefusalError("an unclosed double quote")
+Word = rsync_server.Word
 
 
 def split_command(command: str) -> list[Word]:
-    """The words a POSIX shell would pass to the program, or a GateRefusalError.
-
-    Quotes and backslashes are removed as the shell removes them; anything the shell would act
-    on instead (see ``_SHELL_SYNTAX``, a ``#`` starting a word) is refused, never interpreted.
-    """
-    if len(command) > MAX_COMMAND:
-        raise GateRefusalError(
-            f"the command is {len(command)} characters long, not an rsync command"
-        )
-    _refuse_control_characters(command)
-    words: list[Word] = []
-    out: list[str] = []
-    in_word = False
-    tilde = False
-    i, n = 0, len(command)
-    while i < n:
-        if command[i] == " ":
-            if in_word:
-                words.append(Word("".join(out), tilde))
-                out, in_word, tilde = [], False, False
-            i += 1
-            continue
-        if not in_word and command[i] == "~":
-            tilde = True
-        i = _read_piece(command, i, out, starts_word=not in_word)
-        in_word = True
-    if in_word:
-        words.append(Word("".join(out), tilde))
-    return words
+    """The words a POSIX shell would pass to the program, or a GateRefusalError naming what the
+    shell would have acted on instead (see rsync_server.split_words: globs are refused too)."""
+    try:
+        return rsync_server.split_words(command)
+    except rsync_server.CommandSyntaxError as err:
+        raise GateRefusalError(err.reason) from None
 
 
-def _read_piece(command: str, i: int, out: list[str], *, starts_word: bool) -> int:
-    """Read one character, escape or quoted run at ``i`` into ``out``; return where it ends."""
-    char = command[i]
-    if char == "\\":
-        if i + 1 >= len(command):
-            raise GateRefusalError("a backslash at the end of the command")
-        out.append(command[i + 1])
-        return i + 2
-    if char == "'":
-        end = command.find("'", i + 1)
-        if end < 0:
-            raise GateRefusalError("an unclosed single quote")
-        out.append(command[i + 1 : end])
-        return end + 1
-    if char == '"':
-        return _double_quoted(command, i + 1, out)
-    if char in _SHELL_SYNTAX:
-        raise GateRefusalError(f"an unquoted shell metacharacter {_NAMES[char]}")
-    if char == "#" and starts_word:
-        raise GateRefusalError("an unquoted '#' starting a word (a shell comment)")
-    out.append(char)
-    return i + 1
-
-
-# --- rsync's server arguments ---------------------------------------------------------------
-
-
-def _names(text: str) -> list[str]:
-    return text.split()
-
-
-# Short options a receiving rsync may get. Left out on purpose: s (the file names would travel
-# inside the protocol, unchecked), K L k (follow symbolic links on this side), T (a temporary
-# directory anywhere), and every letter a client never sends to a server.
-SHORT_ALLOWED = frozenset("ACDEHIJNORSUWXbcdglmnopqrtuvxyz")
-SHORT_REFUSED = {
-    "s": "-s (--secluded-args) sends the destination inside the protocol, where it cannot be "
-    "checked",
-    "K": "-K (--keep-dirlinks) follows symbolic links to directories on this host",
-    "L": "-L (--copy-links) follows symbolic links on this host",
-    "k": "-k (--copy-dirlinks) follows symbolic links on this host",
-    "T": "-T (--temp-dir) names a directory outside the checked ones",
-}
-# Long options without a value that a receive may carry.
-LONG_FLAGS = frozenset(
-    _names("""
-    append append-verify backup checksum delay-updates delete delete-after delete-before
-    delete-delay delete-during delete-excluded delete-missing-args dirs existing fake-super
-    force from0 fsync fuzzy group hard-links ignore-errors ignore-existing ignore-missing-args
-    ignore-times inplace links mkpath msgs2stderr munge-links new-compress no-W
-    no-implied-dirs no-i-r no-inc-recursive no-msgs2stderr no-r no-relative no-specials
-    numeric-ids old-compress omit-dir-times omit-link-times one-file-system open-noatime owner
-    partial perms preallocate prune-empty-dirs recursive relative remove-source-files
-    safe-links size-only sparse specials stats super times update use-qsort whole-file
-    """)
-)
-# Long options with a value that only tunes the transfer.
-LONG_VALUES = frozenset(
-    _names("""
-    block-size bwlimit checksum-choice checksum-seed compress-choice compress-level
-    compress-threads groupmap iconv info log-format max-alloc max-delete max-size min-size
-    modify-window out-format skip-compress stderr suffix timeout usermap
-    """)
-)
-# Long options whose value is a directory rsync reads or writes. They are read as rrsync reads
-# them: a relative path starts at the gate's directory, not at the destination (which may lie
-# below it: the rotating layout pushes into cur/ with --link-dest=prev), an absolute one must lie
-# in the directory too, and rsync gets the resolved absolute path.
-LONG_CONFINED = frozenset(
-    _names("backup-dir compare-dest copy-dest link-dest partial-dir temp-dir")
-)
-# Except a --partial-dir without a '/': rsync makes that name inside each directory it writes
-# to, which --delay-updates relies on, so it stays a name, checked where the destination is.
-# One partial directory (a path) with --delay-updates makes rsync discard every file and exit
-# 0, so the gate refuses that pair.
-PER_DIRECTORY = "partial-dir"
-LONG_REFUSED = {
-    "sender": "a pull (--sender): this key may only push into the directory",
-    "daemon": "an rsync daemon (--daemon), whose modules the client would choose",
-    "server": "a second --server",
-    "files-from": "--files-from reads a list of files from a path the client chooses",
-    "log-file": "--log-file writes to a path the client chooses",
-    "log-file-format": "--log-file-format belongs to --log-file, which is refused",
-    "write-batch": "--write-batch writes a file the client names",
-    "only-write-batch": "--only-write-batch writes a file the client names",
-    "read-batch": "--read-batch reads a file the client names",
-    "write-devices": "--write-devices writes into device files",
-    "copy-devices": "--copy-devices reads device files",
-    "remove-sent-files": "--remove-sent-files: a backup push never moves files away",
-    "list-only": "--list-only lists files, which only a pull does",
-    "secluded-args": "--secluded-args sends the destination inside the protocol, where it "
-    "cannot be checked",
-    "protect-args": "--protect-args sends the destination inside the protocol, where it cannot "
-    "be checked",
-    "keep-dirlinks": "--keep-dirlinks follows symbolic links to directories on this host",
-    "copy-links": "--copy-links follows symbolic links on this host",
-    "copy-dirlinks": "--copy-dirlinks follows symbolic links on this host",
-    "copy-unsafe-links": "--copy-unsafe-links follows symbolic links on this host",
-    "no-munge-links": "--no-munge-links would let a pushed symbolic link lead out",
-    "copy-as": "--copy-as switches to another user",
-    "debug": "--debug prints rsync's internals to the client",
-    "config": "--config reads a daemon configuration",
-}
+# --- rsync's server arguments, judged by the option table (rsync_server.LONG and SHORT) -------
 
 
 class OptionPath:
-    """A LONG_CONFINED option's value and where it stands among the option words."""
+    """A CONFINED option's value and where it stands among the option words."""
 
     __slots__ = ("index", "joined", "name", "value")
 
@@ -297,41 +113,25 @@ class ServerArgs:
         self.destination = destination
 
 
-_CAPABILITY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-def _check_capabilities(word: str, rest: str) -> None:
-    """``e.LETTERS`` or ``eN.MLETTERS`` (a pre-release protocol), the end of a cluster."""
-    dot = rest.find(".")
-    if dot < 0:
-        raise GateRefusalError(f"option {word!r}: a capability string without its '.'")
-    version, letters = rest[:dot], rest[dot + 1 :]
-    if version:
-        minor = letters
-        letters = letters.lstrip("0123456789")
-        minor = minor[: len(minor) - len(letters)]
-        if not (version.isdigit() and minor.isdigit()):
-            raise GateRefusalError(f"option {word!r}: a malformed protocol version")
-    if not set(letters) <= _CAPABILITY_CHARS:
-        raise GateRefusalError(f"option {word!r}: a malformed capability string")
-
-
 def _check_short_cluster(word: str) -> None:
-    """``-logDtprze.iLsfxCIvu``: letters, then ``e`` and the capabilities to the end."""
-    if len(word) > 2 and word[1] in "B@":
-        number = word[2:].removeprefix("-") if word[1] == "@" else word[2:]
-        if number.isdigit() and number.isascii():
+    """``-logDtprze.iLsfxCIvu``: letters the gate allows, then ``e`` and the capabilities."""
+    number = rsync_server.number_option(word)
+    if number is not None:
+        if number:
             return
         raise GateRefusalError(f"option {word!r}: -{word[1]} takes a number")
-    for pos in range(1, len(word)):
-        letter = word[pos]
-        if letter == "e":
-            _check_capabilities(word, word[pos + 1 :])
-            return
-        if letter in SHORT_REFUSED:
-            raise GateRefusalError(SHORT_REFUSED[letter])
-        if letter not in SHORT_ALLOWED:
+    end = word.find("e", 1)
+    for letter in word[1 : end if end > 0 else len(word)]:
+        option = rsync_server.SHORT.get(letter)
+        if option is not None and option.gate == rsync_server.REFUSED:
+            raise GateRefusalError(option.reason or f"-{letter} is refused")
+        if option is None or option.gate != rsync_server.ALLOWED:
             raise GateRefusalError(f"unknown or refused short option -{letter} (in {word!r})")
+    if end > 0:
+        try:
+            rsync_server.read_cluster(word)
+        except rsync_server.CommandSyntaxError as err:
+            raise GateRefusalError(err.reason) from None
 
 
 def _check_value(name: str, value: str) -> None:
@@ -344,30 +144,29 @@ def _read_long_option(
 ) -> int:
     """Check ``words[index - 1]``, a long option, and its value; return the next index."""
     word = words[index - 1].text
-    name, has_value, value = word[2:].partition("=")
-    if name in LONG_REFUSED:
-        raise GateRefusalError(LONG_REFUSED[name])
-    if name in LONG_FLAGS:
+    name, option, has_value, value = rsync_server.long_option(word)
+    kind = option.gate if option is not None else None
+    if option is not None and kind == rsync_server.REFUSED:
+        raise GateRefusalError(option.reason or f"--{name} is refused")
+    if kind == rsync_server.ALLOWED:
         if has_value:
             raise GateRefusalError(f"--{name} takes no value")
         options.append(word)
         return index
-    if name not in LONG_VALUES and name not in LONG_CONFINED:
+    if kind not in (rsync_server.TUNING, rsync_server.CONFINED):
         raise GateRefusalError(f"unknown or refused option --{name[:60]}")
     at = len(options)
     if has_value:
         options.append(word)
     else:
-        if index >= len(words) or words[index].text == ".":
-            raise GateRefusalError(f"--{name} has no value")
-        value = words[index].text
-        if value.startswith("-"):
-            # rsync could read it as the next option: judge no word two ways
-            raise GateRefusalError(f"--{name} takes the next word, {value[:60]!r}, as its value")
+        try:
+            value = rsync_server.next_value((w.text for w in words[index:]), f"--{name}")
+        except rsync_server.CommandSyntaxError as err:
+            raise GateRefusalError(err.reason) from None
         options.extend((word, value))
         at, index = at + 1, index + 1
     _check_value(name, value)
-    if name in LONG_CONFINED:
+    if kind == rsync_server.CONFINED:
         confined.append(OptionPath(name, value, at, joined=bool(has_value)))
     return index
 
@@ -453,8 +252,13 @@ def _inside_or_refuse(what: str, path: str, root: str) -> str:
 
 
 def option_path(option: OptionPath, destination: str, root: str) -> str:
-    """The value rsync gets for a LONG_CONFINED option: where the directory is once resolved
-    (see LONG_CONFINED), or the --partial-dir name as it is; a GateRefusalError if it leads out.
+    """The value rsync gets for a CONFINED option, or the --partial-dir name as it is; a
+    GateRefusalError if it leads out.
+
+    Read as rrsync reads them: a relative path starts at the gate's directory, not at the
+    destination (which may lie below it: the rotating layout pushes into cur/ with
+    --link-dest=prev), an absolute one must lie in the directory too, and rsync gets the
+    resolved absolute path.
 
     ``destination`` is the destination with its links resolved, ``root`` the gate's directory.
     """
@@ -466,7 +270,7 @@ def option_path(option: OptionPath, destination: str, root: str) -> str:
         )
     if _has_dotdot(value):
         raise GateRefusalError(f"{what} holds a '..' component")
-    if option.name == PER_DIRECTORY and "/" not in value:
+    if option.name == rsync_server.PER_DIRECTORY and "/" not in value:
         _inside_or_refuse(what, os.path.join(destination, value), root)
         return value
     start = "" if value.startswith("/") else root + "/"
@@ -582,7 +386,7 @@ def _meaning(command: str, config: GateConfig, root: str) -> tuple[tuple[str, ..
     for option in server.confined:
         resolved = option_path(option, real, root)
         if (
-            option.name == PER_DIRECTORY
+            option.name == rsync_server.PER_DIRECTORY
             and resolved.startswith("/")
             and "--delay-updates" in options
         ):
@@ -797,10 +601,111 @@ def decide_and_log(config: GateConfig, environ: Mapping[str, str]) -> Decision:
 
 # --- the gate's own command line ------------------------------------------------------------
 
-USAGE = """\
-usage: keyforge gate --dir DIR [--expect COMMAND [--exact]] [--log PATH] [--rsync PATH]
-                     [--no-munge-links] [--confine]
 
+class GateOption:
+    """One of the gate's own options: ``metavar`` for one that takes a value (else a flag that
+    sets ``field`` to ``sets``), the GateConfig keyword it fills, where GateConfig keeps it
+    (``attr``) and its default, which the renderer leaves out; ``help`` is USAGE's lines."""
+
+    __slots__ = ("attr", "default", "field", "flag", "help", "metavar", "sets", "within")
+
+    def __init__(
+        self,
+        flag: str,
+        field: str,
+        help: tuple[str, ...],
+        *,
+        metavar: str | None = None,
+        attr: str | None = None,
+        default: object = None,
+        sets: bool = True,
+        within: str | None = None,
+    ) -> None:
+        self.flag = flag
+        self.metavar = metavar
+        self.field = field
+        self.attr = attr or field
+        self.default = default
+        self.sets = sets
+        self.help = help
+        self.within = within  # the option it only makes sense with, for the usage line
+
+    def synopsis(self) -> str:
+        return f"{self.flag} {self.metavar}" if self.metavar else self.flag
+
+
+# The gate's own options, once: USAGE, parse_gate_args and gate_command are made from this.
+GATE_OPTIONS = (
+    GateOption(
+        "--dir",
+        "directory",
+        ("the only directory pushes may write to (absolute, or relative to home)",),
+        metavar="DIR",
+    ),
+    GateOption(
+        "--expect",
+        "expect",
+        (
+            "the command captured for this key; another command that passes the",
+            "checks still runs, and the first push with each new text is logged as",
+            "\"drift\" with both texts and a hint to run 'keyforge capture' again",
+        ),
+        metavar="COMMAND",
+    ),
+    GateOption(
+        "--exact",
+        "exact",
+        ("run only the exact --expect text (the strict comparison)",),
+        default=False,
+        within="--expect",
+    ),
+    GateOption(
+        "--log",
+        "log",
+        ("the JSON-lines log (default ~/.ssh/keyforge/gate.log, mode 0600)",),
+        metavar="PATH",
+        attr="log_option",
+    ),
+    GateOption(
+        "--rsync",
+        "rsync",
+        ("the rsync to exec (default /usr/bin/rsync)",),
+        metavar="PATH",
+        default=DEFAULT_RSYNC,
+    ),
+    GateOption(
+        "--no-munge-links",
+        "munge_links",
+        (
+            "do not add --munge-links. By default rsync stores pushed symbolic",
+            "links munged (prefixed with /rsyncd-munged/), so a link pushed by one",
+            "run cannot lead a later run out of DIR; rsync --munge-links",
+            "on the side sending them back (-M--munge-links when that is",
+            "this host) restores them",
+        ),
+        default=True,
+        sets=False,
+    ),
+    GateOption(
+        "--confine",
+        "confine",
+        (
+            "pass --confine-root=DIR and --drop-D (rsync 3.5 and later;",
+            "'keyforge install --gate' adds it when this host's rsync has them):",
+            "paths rsync resolves itself, such as filter merge files named",
+            "inside the protocol, stay in DIR. Without it the gate passes",
+            "--no-specials (and --no-devices as root: a device node in the",
+            "pushed tree then stalls the push) and logs a warning line with",
+            "each push: a client can make rsync read a file outside DIR as",
+            "a merge file",
+        ),
+        default=False,
+    ),
+)
+_BY_FLAG = {option.flag: option for option in GATE_OPTIONS}
+_REQUIRED = "--dir"
+
+_ABOUT = """\
 The forced command (authorized_keys command=) for a backup key: reads SSH_ORIGINAL_COMMAND
 and lets it run only as an rsync receive into DIR, through an argument list, never a shell.
 
@@ -813,79 +718,69 @@ links on this host (-K -L -k) or hide the destination (-s), and any unquoted she
 read as rrsync reads them, a relative path from DIR (so --link-dest=prev into DIR/cur/ is
 DIR/prev), and must stay inside DIR; a --partial-dir without a '/' stays rsync's name made in
 each directory (as --delay-updates needs). No device or special file is ever made.
-
-  --dir DIR          the only directory pushes may write to (absolute, or relative to home)
-  --expect COMMAND   the command captured for this key; another command that passes the
-                     checks still runs, and the first push with each new text is logged as
-                     "drift" with both texts and a hint to run 'keyforge capture' again
-  --exact            run only the exact --expect text (the strict comparison)
-  --log PATH         the JSON-lines log (default ~/.ssh/keyforge/gate.log, mode 0600)
-  --rsync PATH       the rsync to exec (default /usr/bin/rsync)
-  --no-munge-links   do not add --munge-links. By default rsync stores pushed symbolic
-                     links munged (prefixed with /rsyncd-munged/), so a link pushed by one
-                     run cannot lead a later run out of DIR; rsync --munge-links
-                     on the side sending them back (-M--munge-links when that is
-                     this host) restores them
-  --confine          pass --confine-root=DIR and --drop-D (rsync 3.5 and later;
-                     'keyforge install --gate' adds it when this host's rsync has them):
-                     paths rsync resolves itself, such as filter merge files named
-                     inside the protocol, stay in DIR. Without it the gate passes
-                     --no-specials (and --no-devices as root: a device node in the
-                     pushed tree then stalls the push) and logs a warning line with
-                     each push: a client can make rsync read a file outside DIR as
-                     a merge file
 """
 
 
-_VALUE_FLAGS = {"--dir": "directory", "--expect": "expect", "--log": "log", "--rsync": "rsync"}
+def _usage() -> str:
+    """USAGE, from GATE_OPTIONS: the usage line (wrapped), what the gate does, each option."""
+    parts = []
+    for option in GATE_OPTIONS:
+        if option.within is not None:
+            continue
+        inner = "".join(f" [{o.synopsis()}]" for o in GATE_OPTIONS if o.within == option.flag)
+        text = option.synopsis() + inner
+        parts.append(text if option.flag == _REQUIRED else f"[{text}]")
+    lines, line = [], "usage: keyforge gate"
+    for part in parts:
+        if len(line) + 1 + len(part) > 96:
+            lines.append(line)
+            line = " " * 20
+        line += " " + part
+    lines.append(line)
+    options = []
+    for option in GATE_OPTIONS:
+        first, *rest = option.help
+        options.append(f"  {option.synopsis():<19}{first}")
+        options.extend(" " * 21 + more for more in rest)
+    return "\n".join(lines) + "\n\n" + _ABOUT + "\n" + "\n".join(options) + "\n"
+
+
+USAGE = _usage()
 
 
 def parse_gate_args(args: Sequence[str], *, home: str) -> GateConfig | None:
-    """The gate's options, or None for --help (a hand-written loop: argparse would cost
-    start-up time on every connection)."""
-    values: dict[str, str] = {}
-    exact = False
-    munge_links = True
-    confine = False
+    """The gate's options (GATE_OPTIONS), or None for --help (a hand-written loop: argparse
+    would cost start-up time on every connection)."""
+    values: dict[str, object] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         name, has_value, value = arg.partition("=")
         i += 1
-        if name in _VALUE_FLAGS:
+        option = _BY_FLAG.get(name)
+        if option is not None and option.metavar is not None:
             if not has_value:
                 if i >= len(args):
                     raise GateUsageError(f"{name} needs a value")
                 value = args[i]
                 i += 1
-            values[_VALUE_FLAGS[name]] = value
-        elif arg == "--exact":
-            exact = True
-        elif arg == "--no-munge-links":
-            munge_links = False
-        elif arg == "--confine":
-            confine = True
+            values[option.field] = value
+        elif option is not None and not has_value:
+            values[option.field] = option.sets
         elif arg in ("-h", "--help"):
             return None
         else:
             raise GateUsageError(f"unknown argument {arg!r}")
     if not values.get("directory"):
         raise GateUsageError("--dir is required: the directory pushes may write to")
-    if exact and "expect" not in values:
+    if values.get("exact") and "expect" not in values:
         raise GateUsageError("--exact needs --expect COMMAND: the one command to allow")
     rsync = values.get("rsync", DEFAULT_RSYNC)
-    if not rsync.startswith("/"):
+    if not isinstance(rsync, str) or not rsync.startswith("/"):
         raise GateUsageError("--rsync needs an absolute path")
-    return GateConfig(
-        values["directory"],
-        home=home,
-        expect=values.get("expect"),
-        exact=exact,
-        log=values.get("log"),
-        rsync=rsync,
-        munge_links=munge_links,
-        confine=confine,
-    )
+    directory = str(values.pop("directory"))
+    # each field is a GateConfig keyword, holding a str (a value option) or a bool (a flag)
+    return GateConfig(directory, home=home, **values)  # type: ignore[arg-type]
 
 
 def _login_home() -> str:
@@ -958,24 +853,20 @@ def rsync_program() -> str:
 
 def gate_command(program: str, config: GateConfig) -> str:
     """The forced command that runs ``program``'s gate with ``config`` (what parse_gate_args
-    reads back), each argument shell-quoted (sshd runs command= through the user's shell)."""
+    reads back, from the same GATE_OPTIONS), each argument shell-quoted (sshd runs command=
+    through the user's shell); an option at its default is left out."""
     import shlex  # noqa: PLC0415
 
     if config.exact and config.expect is None:
         raise GateUsageError("--exact needs the command to compare with (--command or a capture)")
-    argv = [program, "gate", "--dir", config.directory]
-    if config.expect is not None:
-        argv += ["--expect", config.expect]
-    if config.exact:
-        argv.append("--exact")
-    if config.log_option is not None:
-        argv += ["--log", config.log_option]
-    if config.rsync != DEFAULT_RSYNC:
-        argv += ["--rsync", config.rsync]
-    if not config.munge_links:
-        argv.append("--no-munge-links")
-    if config.confine:
-        argv.append("--confine")
+    argv = [program, "gate"]
+    for option in GATE_OPTIONS:
+        value = getattr(config, option.attr)
+        if option.metavar is not None:
+            if option.flag == _REQUIRED or value != option.default:
+                argv += [option.flag, value]
+        elif value == option.sets and value != option.default:
+            argv.append(option.flag)
     return shlex.join(argv)
 
 

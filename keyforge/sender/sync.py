@@ -303,7 +303,7 @@ def judge(exit_code: int, stderr: str, settings: SyncConfig) -> Verdict:
             message="the receiving host refused the key (ssh: Permission denied); "
             "is it installed there, and does its from= allow this address?",
         )
-    from keyforge.receiver.capture import RECORDER_NOTICES  # noqa: PLC0415 - only a refused push reads it
+    from keyforge.ssh.rsync_server import RECORDER_NOTICES  # noqa: PLC0415 - only a refused push reads it
 
     recorder = next(
         (ln.strip() for ln in stderr.splitlines() if ln.strip().startswith(RECORDER_NOTICES)), None
@@ -706,13 +706,13 @@ def server_commands(
     so the line to lock the key to matches what ``keyforge sync`` sends, flags included. Works
     before the first backup: nothing is sent, so the manifest guard has nothing to guard.
     """
-    from keyforge.receiver import capture  # noqa: PLC0415 - only this path needs the recorder
+    from keyforge.sender import capture_local  # noqa: PLC0415 - only this path needs the recorder
 
     the_plan = plan(config, target_name, tools)
     remote = [(t, argv) for t, argv in the_plan.commands if isinstance(t, RemoteTarget)]
     if not remote:
         raise UsageError("no remote [[targets]]: a local target runs no rsync server")
-    return [(target, capture.capture_local(argv).command) for target, argv in remote]
+    return [(target, capture_local.capture_local(argv).command) for target, argv in remote]
 
 
 def sync(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from keyforge.config import Config, parse
 from keyforge.lab import sshd
-from keyforge.receiver import capture, install
-from keyforge.sender import sync
+from keyforge.receiver import install
+from keyforge.sender import capture_local, sync
 from keyforge.ssh import authorized_keys, keys
 
 
@@ -139,7 +139,7 @@ def locked_receiver(root: Path, *, max_delete: int | None = None) -> Iterator[La
         config = lab.config(**settings)
         [target] = sync.select_targets(config.targets, None)
         argv = sync.rsync_argv(sync.find_tools(), source, target, config.sync)
-        forced = capture.capture_local(argv).command
+        forced = capture_local.capture_local(argv).command
         server.authorized_keys.write_text(locked_key_line(pair.public_line, forced) + "\n")
         server.authorized_keys.chmod(0o600)
         yield dataclasses.replace(lab, forced_command=forced)

@@ -23,8 +23,7 @@ from sync_lab import Lab, locked_key_line, locked_receiver, make_backup_dir, run
 
 from keyforge import config, layout
 from keyforge.infra import fsutil
-from keyforge.receiver import capture
-from keyforge.sender import status, sync
+from keyforge.sender import capture_local, status, sync
 
 pytestmark = [
     pytest.mark.slow,
@@ -403,7 +402,7 @@ def test_a_file_error_on_the_receiver_is_reported_as_such_not_as_a_refused_key(
         cfg = config.load(path)
         [remote] = sync.select_targets(cfg.targets, None)
         argv = sync.rsync_argv(sync.find_tools(), source, remote, cfg.sync)
-        forced = capture.capture_local(argv).command
+        forced = capture_local.capture_local(argv).command
         drop = f"setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups "
         public = subprocess.run(
             ["ssh-keygen", "-y", "-f", str(lab.key)], capture_output=True, text=True, check=True

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from keyforge.cli import app
 from keyforge.errors import UsageError
 from keyforge.receiver import capture
+from keyforge.sender import capture_local
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 
@@ -61,7 +62,7 @@ def test_capture_local_prints_what_the_recorder_logs(receiving, options):
     ]  # fmt: skip
 
     logged = push_through_the_recorder(recorder, ssh, argv)
-    local = capture.capture_local(argv)
+    local = capture_local.capture_local(argv)
 
     assert logged.startswith("rsync --server ")
     assert local.command == logged
@@ -111,7 +112,7 @@ def test_the_users_remote_shell_is_never_run(tmp_path):
     source.mkdir()
     argv = ["rsync", "-a", "-e", f"sh -c 'touch {canary}'", str(source), "h:/x/"]
 
-    local = capture.capture_local(argv)
+    local = capture_local.capture_local(argv)
 
     assert not canary.exists()
     assert local.command.startswith("rsync --server ")
@@ -124,7 +125,7 @@ def test_a_local_only_rsync_is_refused_before_it_copies_anything(tmp_path):
     dest = tmp_path / "dest"
 
     with pytest.raises(UsageError, match="names no HOST:PATH"):
-        capture.capture_local(["rsync", "-a", str(source), str(dest)])
+        capture_local.capture_local(["rsync", "-a", str(source), str(dest)])
 
     assert not dest.exists()
 
@@ -132,9 +133,9 @@ def test_a_local_only_rsync_is_refused_before_it_copies_anything(tmp_path):
 @pytest.mark.parametrize("remote", ["rsync://h/mod/", "h::mod/"])
 def test_an_rsync_daemon_target_is_refused_before_rsync_connects(tmp_path, remote):
     with pytest.raises(UsageError, match="names an rsync daemon"):
-        capture.capture_local(["rsync", "-a", str(tmp_path), remote])
+        capture_local.capture_local(["rsync", "-a", str(tmp_path), remote])
 
 
 def test_rsync_failing_before_its_remote_shell_is_an_error_saying_so(tmp_path):
     with pytest.raises(capture.CaptureError, match=r"did not start a remote shell.*no-such-opt"):
-        capture.capture_local(["rsync", "--no-such-opt", str(tmp_path), "h:/x/"])
+        capture_local.capture_local(["rsync", "--no-such-opt", str(tmp_path), "h:/x/"])

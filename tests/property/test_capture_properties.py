@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keyforge.receiver import capture
+from keyforge.sender import capture_local
 
 KEY = "SHA256:Csfupk9ZSMNx/NIcVmCNs8TBLc6tJfwyCJrLB38TvuM"
 # what an environment variable can hold: any bytes but NUL, read the way keyforge reads them
@@ -25,9 +26,9 @@ def test_any_command_round_trips_through_a_record_and_stays_one_line(command):
 
 @given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\0")), min_size=1))
 def test_remote_shell_words_survive_quoting_and_rsyncs_splitting(words):
-    text = " ".join(capture.quote_for_remote_shell(word) for word in words)
+    text = " ".join(capture_local.quote_for_remote_shell(word) for word in words)
 
-    assert capture.split_remote_shell(text) == words
+    assert capture_local.split_remote_shell(text) == words
 
 
 # printable: keyforge refuses control characters in a command path, even escaped
