@@ -83,6 +83,13 @@ def _check_absolute_path(value: Any) -> str | None:
     return _check_absolute_paths((value,))
 
 
+def _check_mountpoint(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    problem = _check_absolute_path(value)
+    return f"must be true, false or the disk's mount point: {problem}" if problem else None
+
+
 def _check_excludes(value: Any) -> str | None:
     for item in value:
         if not item or "\n" in item or "\0" in item:
@@ -161,9 +168,10 @@ class BackupConfig:
     one_file_system: bool = _field(False)
     nice: int = _field(10, _in_range(0, 19))
     ionice: str = _field("idle", _one_of(*IONICE_CLASSES))
-    # refuse to run unless the directory lies on a mounted filesystem other than "/": an
-    # unmounted disk must not become a fresh, empty history on the root filesystem
-    require_mountpoint: bool = _field(False)
+    # refuse to run unless the directory lies on a mounted filesystem: an unmounted disk must
+    # not become a fresh, empty history on the filesystem below it. true: any but "/"; a path:
+    # exactly the filesystem mounted there (a disk under a separate /var is caught too)
+    require_mountpoint: bool | str = _field(False, _check_mountpoint)
     # warn when a source holds this many percent fewer bytes than at its last master (0: never)
     shrink_warn_percent: int = _field(50, _in_range(0, 100))
     # sources meant to be empty: no warning when they are
@@ -429,6 +437,13 @@ def load(path: Path) -> Config:
     return dataclasses.replace(config, path=path)
 
 
+def mount_point_to_require(directory: Path) -> str | None:
+    """The mount point 'init' pins for ``directory``, as a TOML string: the filesystem it lies
+    on now, unless that is the root filesystem (then there is no disk to insist on)."""
+    mount = fsutil.mount_point_of(directory)
+    return None if mount == Path("/") else toml_string(str(mount))
+
+
 def render_default(host: str | None = None, directory: str | None = None) -> str:
     """The commented default config that 'keyforge init' writes; ``directory`` is the backup
     directory (default /mnt/backups/<host>), whose filesystem decides require_mountpoint."""
@@ -445,7 +460,7 @@ def render_default(host: str | None = None, directory: str | None = None) -> str
         sources=", ".join(toml_string(s) for s in defaults.sources),
         directory=toml_string(directory),
         # a disk mounted there now is what the guard later insists on
-        require_mountpoint=fsutil.mount_point_of(Path(directory)) != Path("/"),
+        mount_point=mount_point_to_require(Path(directory)),
         shrink_warn_percent=defaults.shrink_warn_percent,
         full_every=toml_string(str(defaults.full_every)),
         retention_days=defaults.retention_days,

@@ -43,6 +43,23 @@ def mount_point_of(path: Path) -> Path:
     return current
 
 
+def lies_on_mount(path: Path, mount: Path) -> bool:
+    """Whether a filesystem is mounted on ``mount`` and ``path`` (or, while it is missing, its
+    nearest existing parent) lies inside it, on that same filesystem."""
+    if not os.path.ismount(mount):
+        return False
+    mount = mount.resolve()
+    current = path.resolve()
+    if current != mount and mount not in current.parents:
+        return False
+    while not current.exists() and current != mount:
+        current = current.parent
+    try:
+        return current.stat().st_dev == mount.stat().st_dev
+    except OSError:
+        return False
+
+
 def ensure_private_dir(path: Path) -> bool:
     """Create ``path`` with mode 0700 when missing; return True when it was created.
 

@@ -433,15 +433,25 @@ def check_backup_disk(backup: BackupConfig) -> None:
     Without this guard an unmounted disk is a plain directory on the root filesystem: the run
     would make fresh masters there, a new history the next sync would push over the old one.
     """
-    if not backup.require_mountpoint:
+    required = backup.require_mountpoint
+    if required is False:
         return
     directory = Path(backup.directory)
-    if fsutil.mount_point_of(directory) != Path("/"):
-        return
+    found = fsutil.mount_point_of(directory)
     state = "does not exist" if not directory.exists() else "is not on a mounted filesystem"
+    if required is True:
+        if found != Path("/"):
+            return
+        raise KeyforgeError(
+            f"refusing to back up: {directory} {state}, it would lie on the root filesystem "
+            "(require_mountpoint = true); mount the backup disk"
+        )
+    if fsutil.lies_on_mount(directory, Path(required)):
+        return
     raise KeyforgeError(
-        f"refusing to back up: {directory} {state}, it would lie on the root filesystem "
-        "(require_mountpoint = true); mount the backup disk"
+        f"refusing to back up: {directory} {state}: nothing is mounted on {required}, it would "
+        f"lie on the filesystem of {found} (require_mountpoint = {required!r}); mount the "
+        "backup disk"
     )
 
 

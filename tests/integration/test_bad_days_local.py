@@ -22,6 +22,7 @@ import pytest
 from sync_lab import Lab, locked_key_line, locked_receiver, make_backup_dir, run_keyforge, tree
 
 from keyforge import config, layout
+from keyforge.errors import ConfigError
 from keyforge.infra import fsutil
 from keyforge.sender import capture_local, status, sync
 
@@ -185,11 +186,45 @@ def test_init_turns_require_mountpoint_on_for_a_directory_on_its_own_filesystem(
     disk: Path,
 ) -> None:
     mounted = config.render_default("server1", str(disk / "backups" / "server1"))
-    assert "\nrequire_mountpoint = true\n" in mounted
-    assert config.parse(_toml(mounted)).backup.require_mountpoint
+    assert f'\nrequire_mountpoint = "{disk}"\n' in mounted
+    assert config.parse(_toml(mounted)).backup.require_mountpoint == str(disk)
     on_root = config.render_default("server1", "/var/backups-keyforge-nowhere/server1")
     assert "\n#require_mountpoint = false\n" in on_root
     assert not config.parse(_toml(on_root)).backup.require_mountpoint
+
+
+def test_a_pinned_mount_point_refuses_a_disk_unmounted_under_another_filesystem(
+    tmp_path: Path, disk: Path
+) -> None:
+    # /var on a filesystem of its own, the backup disk mounted at /var/backups: unmounted, the
+    # directory falls onto /var's filesystem, which is not "/", so 'true' cannot tell
+    inner = disk / "backups"
+    inner.mkdir()
+    _mount(inner, "16m")
+    try:
+        sources = _data(tmp_path)
+        directory = inner / "server1"
+        pinned = f'require_mountpoint = "{inner}"'
+        path = _config_text(tmp_path, sources, directory, backup_lines=(pinned,))
+        first = run_keyforge("backup", "--config", str(path))
+        assert first.returncode == 0, first.stderr
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
+    refused = run_keyforge("backup", "--config", str(path))
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"keyforge: error: refusing to back up: {directory} does not exist: nothing is "
+        f"mounted on {inner}, it would lie on the filesystem of {disk} "
+        f"(require_mountpoint = '{inner}'); mount the backup disk\n"
+    )
+    assert list(inner.iterdir()) == []  # no new history was started
+    loose = _config_text(tmp_path, sources, directory, backup_lines=("require_mountpoint = true",))
+    assert run_keyforge("backup", "--config", str(loose), "--dry-run").returncode == 0
+
+
+def test_require_mountpoint_must_be_a_switch_or_an_absolute_path() -> None:
+    with pytest.raises(ConfigError, match="require_mountpoint must be true, false or the disk"):
+        config.parse({"backup": {"require_mountpoint": "mnt/backups"}})
 
 
 def _toml(text: str) -> dict[str, object]:
