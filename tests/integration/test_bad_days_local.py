@@ -448,7 +448,9 @@ def test_a_file_error_on_the_receiver_is_reported_as_such_not_as_a_refused_key(
             first = run_keyforge("sync", "--config", str(path))
             assert first.returncode == 0, first.stderr
             os.chown(copy / layout.SNAPSHOT_DIR, 0, 0)
-            (source / layout.SNAPSHOT_DIR / "server1-etc.snar").write_text("2\n")
+            # another size, so rsync's quick check (size and mtime) sees a change even within
+            # the second the first push ran in
+            (source / layout.SNAPSHOT_DIR / "server1-etc.snar").write_text("changed\n")
             failed = run_keyforge("sync", "--config", str(path))
         finally:
             lab.server.authorized_keys.write_text(saved)
