@@ -16,7 +16,7 @@ import socket
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -32,6 +32,10 @@ DEFAULT_STATE_DIR = Path("/var/lib/keyforge")
 STATE_ENV = "KEYFORGE_STATE_DIR"
 
 DEFAULT_SOURCES = ("/etc", "/home", "/var", "/boot", "/root")
+# What a new user's first backup of /var would otherwise fill with copies of nothing worth
+# keeping: caches that rebuild themselves, scratch space, Docker's image store (pulled again,
+# never data: volumes belong in a source or a dump of their own) and fsck's lost+found.
+DEFAULT_EXCLUDES = ("/var/cache", "/var/tmp", "/var/lib/docker", "lost+found")  # noqa: S108
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 COMPRESSIONS = ("zstd", "gzip", "pigz")
 IONICE_CLASSES = ("idle", "best-effort", "none")
@@ -94,7 +98,26 @@ def _check_excludes(value: Any) -> str | None:
     for item in value:
         if not item or "\n" in item or "\0" in item:
             return f"must hold non-empty patterns without newlines, got {item!r}"
+        if not item.startswith("/") and "/" in item:
+            # a name glob is matched against one name, which never holds a '/'
+            return (
+                f"pattern {item!r} can never match: a pattern without a leading '/' matches "
+                f"one name; for a path write {'/' + item.lstrip('./')!r}"
+            )
     return None
+
+
+def unreachable_excludes(sources: Sequence[str], patterns: Iterable[str]) -> list[str]:
+    """The absolute exclude paths that lie strictly under none of ``sources``: tar would be
+    told to leave out something it never reads, so the exclude silently does nothing."""
+    found = []
+    for pattern in patterns:
+        if not pattern.startswith("/"):
+            continue
+        path = Path(pattern)
+        if not any(path != Path(s) and path.is_relative_to(s) for s in sources):
+            found.append(pattern)
+    return found
 
 
 def _check_full_every(value: Any) -> str | None:
@@ -158,7 +181,7 @@ class BackupConfig:
     """[backup]: the daily local tarball-incremental backup."""
 
     sources: tuple[str, ...] = _field(DEFAULT_SOURCES, _check_absolute_paths)
-    exclude: tuple[str, ...] = _field((), _check_excludes)
+    exclude: tuple[str, ...] = _field(DEFAULT_EXCLUDES, _check_excludes)
     directory: str = _field("", _check_absolute_path)  # "" means /mnt/backups/<host>
     full_every: str | int = _field("sunday", _check_full_every)
     retention_days: int = _field(14, _at_least(1))
@@ -261,6 +284,60 @@ class SnapshotConfig:
     wipe_loss_percent: int = _field(50, _in_range(1, 100))
 
 
+# a [[dumps]] name: it goes into archive names as it is, and '.' separates a name's parts
+_DUMP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+DUMP_KINDS = ("postgresql", "mariadb", "sqlite", "command")
+
+
+def is_dump_name(value: str) -> bool:
+    return _DUMP_NAME_RE.match(value) is not None
+
+
+def _check_dump_name(value: Any) -> str | None:
+    if is_dump_name(value):
+        return None
+    return "must be a short name (letters, digits, '_', '-'), got " + repr(value)
+
+
+def _check_argv(value: Any) -> str | None:
+    if any(not item or "\0" in item for item in value):
+        return "must be a list of non-empty arguments without NUL bytes"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpConfig:
+    """One [[dumps]] entry: a database (or any command's output) archived beside the sources.
+
+    Which keys a kind needs is checked by keyforge.sender.dumps, which knows the kinds.
+    """
+
+    name: str = _field("", _unless_empty(_check_dump_name))
+    kind: str = _field("", _unless_empty(_one_of(*DUMP_KINDS)))
+    # postgresql, mariadb: the databases; ["all"] is every one (postgresql: and its roles)
+    databases: tuple[str, ...] = _field(("all",), _check_argv)
+    # postgresql: the role (default postgres); mariadb: the account (default: the client's)
+    user: str = _field("")
+    # postgresql, mariadb: a host name, or a socket directory (postgresql); "" the local default
+    host: str = _field("")
+    port: int = _field(0, _in_range(0, 65535))  # 0: the client's default
+    socket: str = _field("", _unless_empty(_check_absolute_path))  # mariadb: the server's socket
+    path: str = _field("", _unless_empty(_check_absolute_path))  # sqlite: the database file
+    command: tuple[str, ...] = _field((), _check_argv)  # command: its stdout is the dump
+    # extra arguments for pg_dump / mariadb-dump, e.g. ["--exclude-table=audit_log"]
+    options: tuple[str, ...] = _field((), _check_argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class HooksConfig:
+    """[hooks]: commands run around each backup (argv lists: a shell only if written)."""
+
+    before: tuple[str, ...] = _field((), _check_argv)  # failing, it stops the backup
+    after: tuple[str, ...] = _field((), _check_argv)  # after a run that succeeded
+    on_error: tuple[str, ...] = _field((), _check_argv)  # after a run that failed
+    timeout: int = _field(300, _at_least(1))  # seconds; a hook still running is killed
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     general: GeneralConfig
@@ -270,6 +347,8 @@ class Config:
     path: Path | None = None
     schedule: ScheduleConfig = ScheduleConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    dumps: tuple[DumpConfig, ...] = ()
+    hooks: HooksConfig = HooksConfig()
     # the sections the file holds: 'keyforge schedule' picks a host's jobs by them
     sections: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
@@ -290,6 +369,8 @@ SECTIONS: Mapping[str, tuple[type[Any], bool]] = {
     "targets": (TargetConfig, True),
     "schedule": (ScheduleConfig, False),
     "snapshot": (SnapshotConfig, False),
+    "dumps": (DumpConfig, True),
+    "hooks": (HooksConfig, False),
 }
 
 
@@ -372,6 +453,19 @@ def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
         backup = dataclasses.replace(backup, directory=f"/mnt/backups/{general.host}")
     if isinstance(backup.full_every, str):
         backup = dataclasses.replace(backup, full_every=backup.full_every.lower())
+    # only the patterns the file lists: a default that lies under no source just stays unused
+    given = data.get("backup", {}).get("exclude", ())
+    unreachable = unreachable_excludes(backup.sources, given)
+    if unreachable:
+        raise ConfigError(
+            f"{source}: [backup] exclude {unreachable[0]!r} lies under none of the sources "
+            f"({', '.join(backup.sources)}), so it can never match"
+        )
+    dumps = sections.get("dumps", ())
+    names = [d.name for d in dumps]
+    twice = sorted({n for n in names if names.count(n) > 1 and n})
+    if twice:
+        raise ConfigError(f"{source}: [[dumps]] name {twice[0]!r} is used twice")
     return Config(
         general=general,
         backup=backup,
@@ -379,6 +473,8 @@ def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
         targets=sections.get("targets", ()),
         schedule=sections.get("schedule", ScheduleConfig()),
         snapshot=sections.get("snapshot", SnapshotConfig()),
+        dumps=dumps,
+        hooks=sections.get("hooks", HooksConfig()),
         sections=frozenset(sections),
     )
 

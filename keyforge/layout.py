@@ -55,6 +55,13 @@ _ARCHIVE_RE = re.compile(
 )
 
 
+# a [[dumps]] archive: one compressed stream, a whole dump each run (never a chain of its own)
+DUMP = "dump"
+
+
+_DUMP_RE = re.compile(rf"^(?P<prefix>.+)\.{_STAMP_RE}\.{DUMP}\.(?P<ext>zst|gz)\Z")
+
+
 _MANIFEST_RE = re.compile(rf"^(?P<host>.+)\.{_STAMP_RE}\.manifest\.json\Z")
 
 
@@ -95,6 +102,29 @@ def new_stamp(now: dt.datetime, taken: Iterable[str]) -> str:
 
 def archive_name(host: str, slug: str, stamp: str, kind: str, compression: str) -> str:
     return f"{host}-{slug}.{stamp}.{kind}.tar.{EXTENSIONS[compression]}"
+
+
+def dump_name(host: str, unit: str, stamp: str, compression: str) -> str:
+    """server1-appdb.20261128.dump.zst: the dump ``unit`` of a [[dumps]] entry, one run."""
+    return f"{host}-{unit}.{stamp}.{DUMP}.{EXTENSIONS[compression]}"
+
+
+def dump_source(unit: str) -> str:
+    """What a manifest entry of a dump records as its source (a source is a path, this never)."""
+    return f"{DUMP}:{unit}"
+
+
+def parse_dump_name(name: str, host: str) -> ArchiveRecord | None:
+    """The record of a dump of ``host``, its unit as slug, or None for any other name. A dump
+    is whole on its own, so its record is a master: retention keeps each unit's newest."""
+    match = _DUMP_RE.match(name)
+    if match is None or not match["prefix"].startswith(f"{host}-"):
+        return None
+    unit = match["prefix"][len(host) + 1 :]
+    if "." in unit or not unit:
+        return None
+    stamp = name[len(match["prefix"]) + 1 :].split(".", 1)[0]
+    return ArchiveRecord(stamp_key(stamp), dump_source(unit), MASTER, name, stamp)
 
 
 def manifest_name(host: str, stamp: str) -> str:
@@ -144,12 +174,11 @@ def archive_records(names: Iterable[str]) -> list[ArchiveRecord]:
     archives, whose sources it does not know)."""
     records = []
     for name in names:
-        match = _ARCHIVE_RE.match(name)
+        match = _ARCHIVE_RE.match(name) or _DUMP_RE.match(name)
         if match is not None:
             stamp = name[len(match["prefix"]) + 1 :].split(".", 1)[0]
-            records.append(
-                ArchiveRecord(stamp_key(stamp), match["prefix"], match["kind"], name, stamp)
-            )
+            kind = match.groupdict().get("kind") or MASTER  # a dump is whole: a master
+            records.append(ArchiveRecord(stamp_key(stamp), match["prefix"], kind, name, stamp))
     return sorted(records)
 
 
@@ -228,7 +257,7 @@ class Manifest:
 
 def is_archive_name(name: str) -> bool:
     """Whether ``name`` is named like an archive keyforge backup writes (any host, any source)."""
-    return _ARCHIVE_RE.match(name) is not None
+    return _ARCHIVE_RE.match(name) is not None or _DUMP_RE.match(name) is not None
 
 
 def load_manifest(path: Path) -> Manifest:

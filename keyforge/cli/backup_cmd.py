@@ -78,23 +78,31 @@ def backup_command(
     prunes nothing. A source that is empty or shrank by more than shrink_warn_percent since its
     last master is warned about. Shows progress in a terminal and logs one line otherwise.
     """
-    from keyforge.sender import backup, progress
+    from keyforge.sender import backup, dbguard, hooks, progress
 
     cfg = options.load_config(config_path)
     interactive = sys.stderr.isatty()
     reporter = progress.TerminalReporter() if interactive else progress.LogReporter()
+    if dry_run:
+        report = backup.run_backup(cfg, force_full=full, dry_run=True, reporter=reporter)
+        for line in [*backup.describe_plan(report.plan), *backup.describe_dumps(cfg)]:
+            say(line)
+        for line in dbguard.warnings(cfg):
+            warn(line)
+        return
+
+    def run(log: hooks.RunLog) -> backup.BackupReport:
+        logged = hooks.LoggingReporter(reporter, log)
+        for line in dbguard.warnings(cfg):
+            logged.warn(line)
+        return backup.run_backup(cfg, force_full=full, allow_empty=allow_empty, reporter=logged)
+
     try:
-        report = backup.run_backup(
-            cfg, force_full=full, dry_run=dry_run, allow_empty=allow_empty, reporter=reporter
-        )
+        report = hooks.with_hooks(cfg, run)
     except backup.SourcesFailedError as err:
         if err.report.entries:
             say(progress.summary_line(cfg.host, err.report))
         raise
-    if dry_run:
-        for line in backup.describe_plan(report.plan):
-            say(line)
-        return
     say(progress.summary_line(cfg.host, report))
 
 
@@ -123,14 +131,34 @@ def prune_command(
 
 def restore_command(
     source: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--source", metavar="PATH", help="The configured source to restore, e.g. /etc."
+            "--source",
+            metavar="PATH",
+            show_default=False,
+            help="The configured source to restore, e.g. /etc.",
         ),
-    ],
+    ] = None,
     to: Annotated[
-        Path, typer.Option("--to", metavar="DIR", help="Empty (or new) directory to restore into.")
-    ],
+        Path | None,
+        typer.Option(
+            "--to",
+            metavar="DIR",
+            show_default=False,
+            help="Empty (or new) directory to restore into; with --dump the file to write "
+            "(default, or '-': standard output).",
+        ),
+    ] = None,
+    dump: Annotated[
+        str | None,
+        typer.Option(
+            "--dump",
+            metavar="NAME",
+            show_default=False,
+            help="Restore this [[dumps]] stream instead of a source: the dump as its tool "
+            "made it, for pg_restore, mariadb or sqlite3 to load.",
+        ),
+    ] = None,
     at: Annotated[
         str | None,
         typer.Option(
@@ -146,7 +174,7 @@ def restore_command(
         typer.Option(
             "--force",
             help="Restore into a non-empty DIR (files the backup says "
-            "were deleted are deleted there).",
+            "were deleted are deleted there); with --dump, replace an existing file.",
         ),
     ] = False,
     dry_run: Annotated[
@@ -160,12 +188,33 @@ def restore_command(
     result is the tree as it stood, not a union of every version. Run as root to give files
     their recorded owners back; anyone else gets them as their own (tar --no-same-owner), and
     is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
-    lock is there) does restore take that lock.
+    lock is there) does restore take that lock. With --dump NAME, writes that dump (checked
+    against its manifest's sha256) to --to FILE or to standard output.
     """
     from keyforge.sender import restore
 
     cfg = options.load_config(config_path)
     day = restore.parse_at(at) if at else None
+    if dump is not None:
+        if source is not None:
+            raise UsageError("--dump and --source each name what to restore: give one")
+        to_stdout = to is None or str(to) == "-"
+        record = restore.run_dump_restore(
+            cfg,
+            dump,
+            None if to_stdout else to,
+            at=day,
+            force=force,
+            dry_run=dry_run,
+            stdout=None if dry_run or not to_stdout else _stdout_fd(),
+        )
+        if dry_run:
+            say(f"would write {record.name}")
+        elif not to_stdout:
+            say(f"restored dump {dump} ({record.name}) into {to}")
+        return
+    if source is None or to is None:
+        raise UsageError("restore needs --source PATH and --to DIR (or --dump NAME)")
     notice = restore.owner_notice()
     if notice:
         warn(notice)
@@ -175,6 +224,13 @@ def restore_command(
         say(f"{verb} {record.name}")
     if not dry_run:
         say(f"restored {source} into {to}")
+
+
+def _stdout_fd() -> int:
+    """Standard output's descriptor, flushed: the dump goes there straight from the
+    decompressor, never through keyforge."""
+    sys.stdout.flush()
+    return sys.stdout.fileno()
 
 
 def verify_command(

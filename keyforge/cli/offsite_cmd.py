@@ -200,10 +200,13 @@ def status_command(
     """
     from datetime import UTC, datetime
 
-    from keyforge.sender import status
+    from keyforge.sender import dbguard, status
 
     cfg = options.load_config(config_path)
     result = status.assess(cfg, datetime.now(UTC), max_age)
+    if not status.reads_copy(cfg):
+        for line in dbguard.warnings(cfg):
+            warn(line)
     if as_json:
         say(status.as_json(result))
     else:
@@ -230,9 +233,11 @@ def check_command(
     stops at the first unreadable byte, before any file or deletion). Prints what each probe
     saw and exits 1 when the key is less restricted than expected.
     """
-    from keyforge.sender import check
+    from keyforge.sender import check, dbguard
 
     cfg = options.load_config(config_path)
+    for line in dbguard.warnings(cfg):
+        warn(line)
     findings = check.run_checks(cfg, target)
     loose = []
     for name, results in findings.items():

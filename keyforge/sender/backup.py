@@ -50,6 +50,7 @@ from keyforge.layout import (
     manifest_name,
     new_stamp,
     parse_archive_name,
+    parse_dump_name,
     partial_name,
     read_manifests,
     run_manifests,
@@ -57,6 +58,7 @@ from keyforge.layout import (
     stamp_key,
     work_snapshot_of,
 )
+from keyforge.sender import dumps
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -207,7 +209,11 @@ def exclude_options(source: str, backup_dir: str, patterns: Sequence[str]) -> li
     if anchored:
         options += ["--anchored", "--no-wildcards"] + [f"--exclude={a}" for a in anchored]
     if globs:
+        # --no-wildcards again after them: GNU tar 1.34 also matches the "." operand in
+        # wildcard mode, and with --listed-incremental it then leaves out every directory
+        # entry (their modes, owners and mtimes), though it still archives the files
         options += ["--no-anchored", "--wildcards"] + [f"--exclude={g}" for g in globs]
+        options.append("--no-wildcards")
     return options
 
 
@@ -336,15 +342,18 @@ class BackupReport:
     seconds: float
     # one line per source that failed ("/var: No space left on device")
     failures: tuple[str, ...] = ()
+    # the [[dumps]] streams tried (each database of an entry is one)
+    dumps_tried: int = 0
 
 
 class SourcesFailedError(KeyforgeError):
     """Some sources could not be backed up; the others were. ``report`` says what was made."""
 
     def __init__(self, report: BackupReport, first: KeyforgeError) -> None:
-        total = len(report.plan.archives)
+        total = len(report.plan.archives) + report.dumps_tried
+        what = "source(s) and dump(s)" if report.dumps_tried else "source(s)"
         super().__init__(
-            f"backup failed for {len(report.failures)} of {total} source(s): "
+            f"backup failed for {len(report.failures)} of {total} {what}: "
             + "; ".join(report.failures)
         )
         self.report = report
@@ -360,7 +369,9 @@ def scan_archives(config: Config) -> list[ArchiveRecord]:
         return []
     except OSError as err:
         raise FileError.from_os_error("read", config.backup_dir, err) from err
-    records = (parse_archive_name(n, config.host, slugs) for n in names)
+    records = [parse_archive_name(n, config.host, slugs) for n in names]
+    # dumps by their own names: an entry removed from the config still ages out
+    records += [parse_dump_name(n, config.host) for n in names]
     return sorted(r for r in records if r is not None)
 
 
@@ -684,6 +695,60 @@ def _write_checked(
     return tar, size, follower.digest.hexdigest()
 
 
+def write_produced(
+    config: Config, producer: Sequence[str], partial: Path, tick: Callable[[int], None]
+) -> tuple[runner.Result, int, int, str]:
+    """The archive pipeline for any producer: its stdout compressed into ``partial`` (created
+    0600, never there before), hashed and tested as it grows, flushed and fsynced.
+
+    Returns the producer's result and byte count, and the file's size and sha256; the caller
+    judges the producer and renames the file. The compressor's or the check's failure raises.
+    """
+    priority = priority_of(config.backup)
+    checker = (
+        runner.wrap_priority(test_stdin_argv(config.backup.compression), priority)
+        if config.backup.test_archives
+        else None
+    )
+    name = partial.name
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, fsutil.PRIVATE_FILE)
+    except OSError as err:
+        raise FileError.from_os_error("write in", partial.parent, err) from err
+    with (
+        os.fdopen(fd, "rb", buffering=0),
+        _ArchiveFollower(fd, checker) as follower,
+        _flushing(fd),
+    ):
+        result = runner.run_counted_pipe(
+            runner.wrap_priority(producer, priority),
+            runner.wrap_priority(
+                compress_argv(config.backup.compression, config.backup.compression_level),
+                priority,
+            ),
+            stdout=fd,
+            on_tick=lambda: tick(os.fstat(fd).st_size),
+        )
+        if result.second.returncode != 0:
+            raise CommandError(
+                f"{config.backup.compression} failed: "
+                + runner.first_error_line(
+                    result.second.stderr, fallback=f"exit status {result.second.returncode}"
+                )
+            )
+        check = follower.finish()
+        if check is not None and check.returncode != 0 and result.first.returncode == 0:
+            raise CommandError(
+                f"{name} does not decompress: "
+                + runner.first_error_line(check.stderr, fallback="test failed")
+            )
+        size = os.fstat(fd).st_size
+        if follower.size != size:
+            raise CommandError(f"{name} changed while it was hashed")
+        os.fsync(fd)
+    return result.first, result.count, size, follower.digest.hexdigest()
+
+
 class _ArchiveFollower:
     """Reads the archive file while another process appends to it: one thread hashes and
     counts every byte; with a ``checker`` argv (``zstd -t -``) another sends the same bytes to
@@ -871,6 +936,7 @@ def run_backup(
     reporter = reporter or SilentReporter()
     now = now or dt.datetime.now()
     check_sources(config.backup)
+    dumps.check_dumps(config)
     check_backup_disk(config.backup)
     backup_dir = config.backup_dir
     started = time.monotonic()
@@ -889,6 +955,7 @@ def run_backup(
         run = _SourceRun(config, plan, now, reporter, allow_empty=allow_empty)
         for item in plan.archives:
             run.archive(item)
+        run.dump_all()
         warnings += run.warnings
         pruned: list[Chain] = []
         if run.first_error is None:
@@ -905,9 +972,10 @@ def run_backup(
         tuple(warnings),
         time.monotonic() - started,
         tuple(run.failures),
+        run.tried - len(plan.archives),
     )
-    if run.first_error is not None and len(plan.archives) == 1 and not run.entries:
-        raise run.first_error  # the one source: its own error says it all
+    if run.first_error is not None and run.tried == 1 and not run.entries:
+        raise run.first_error  # the one source (or dump): its own error says it all
     if run.first_error is not None:
         raise SourcesFailedError(report, run.first_error)
     return report
@@ -937,6 +1005,7 @@ class _SourceRun:
         self.warnings: list[str] = []
         self.failures: list[str] = []
         self.first_error: KeyforgeError | None = None
+        self.tried = len(plan.archives)
 
     def _failed(self, what: str, err: KeyforgeError) -> None:
         self.first_error = self.first_error or err
@@ -970,6 +1039,49 @@ class _SourceRun:
         except KeyforgeError as err:
             # the archive is complete and its run manifest lists it; only the index lags
             self._failed(MANIFEST_NAME, err)
+
+    def commit(self, entry: ArchiveEntry) -> None:
+        """List a finished archive in the run manifest and the index."""
+        fsutil.atomic_write(
+            self.manifest,
+            manifest_json(self.config.host, self.plan.stamp, self.now, [*self.entries, entry]),
+            mode=fsutil.PRIVATE_FILE,
+        )
+        self.entries.append(entry)
+        self.warnings += entry.warnings
+        try:
+            write_index(self.config, self.now)
+        except KeyforgeError as err:
+            self._failed(MANIFEST_NAME, err)
+
+    def dump_all(self) -> None:
+        """Every [[dumps]] entry, after the sources, into the same run and manifest."""
+        if not self.config.dumps:
+            return
+
+        def pipeline(
+            argv: Sequence[str], partial: Path, tick: Callable[[int], None]
+        ) -> tuple[runner.Result, int, int, str]:
+            return write_produced(self.config, argv, partial, tick)
+
+        def committed(entry: ArchiveEntry) -> None:
+            self.commit(entry)
+            for warning in entry.warnings:
+                self.reporter.warn(warning)
+            self.reporter.archive_done(entry, 0.0)
+
+        outcome = dumps.run_dumps(
+            self.config,
+            self.plan.stamp,
+            pipeline,
+            committed,
+            on_progress=self.reporter.progress,
+        )
+        self.tried += outcome.tried
+        for err in outcome.failures:
+            self.first_error = self.first_error or err
+            self.failures.append(str(err))
+            self.reporter.warn(f"not backed up: {err}")
 
 
 def _last_masters(config: Config) -> dict[str, dict[str, Any]]:
@@ -1039,3 +1151,9 @@ def describe_plan(plan: BackupPlan) -> list[str]:
     for chain in plan.prune:
         lines.append(f"  prune chain {chain.name} ({len(chain.archives)} archives)")
     return lines
+
+
+def describe_dumps(config: Config) -> list[str]:
+    """--dry-run's lines for the [[dumps]] entries (checked first, as a run checks them)."""
+    dumps.check_dumps(config)
+    return dumps.describe(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from keyforge.layout import ArchiveEntry
+from keyforge.layout import DUMP, ArchiveEntry
 from keyforge.sender.backup import BackupReport, human_size
 
 
@@ -59,10 +59,13 @@ class LogReporter:
 def summary_line(host: str, report: BackupReport) -> str:
     """The one line a run logs: what it made, how big, what retention removed, how long."""
     masters = sum(1 for e in report.entries if e.kind == "master")
+    dumps = sum(1 for e in report.entries if e.kind == DUMP)
     size = sum(e.size for e in report.entries)
+    counts = f"{masters} master, {len(report.entries) - masters - dumps} incremental"
+    if dumps:
+        counts += f", {dumps} dump"
     parts = [
-        f"backup {host} {report.plan.stamp}: {len(report.entries)} archives "
-        f"({masters} master, {len(report.entries) - masters} incremental)",
+        f"backup {host} {report.plan.stamp}: {len(report.entries)} archives ({counts})",
         human_size(size),
     ]
     if report.pruned:

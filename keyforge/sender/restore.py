@@ -562,3 +562,86 @@ def summarize_problems(problems: Iterable[str]) -> str:
     head = "; ".join(items[:MAX_PROBLEMS_SHOWN])
     more = len(items) - MAX_PROBLEMS_SHOWN
     return head + (f"; and {more} more" if more > 0 else "")
+
+
+# --- restore --dump --------------------------------------------------------------------------
+
+
+def plan_dump_restore(config: Config, unit: str, at: dt.date | None) -> ArchiveRecord:
+    """The newest archive of dump ``unit`` made on or before the end of day ``at``."""
+    wanted = layout.dump_source(unit)
+    records = backup.scan_archives(config)
+    found = [r for r in records if r.slug == wanted and (at is None or r.when.date() <= at)]
+    if found:
+        return found[-1]
+    prefix = layout.dump_source("")
+    units = sorted({r.slug[len(prefix) :] for r in records if r.slug.startswith(prefix)})
+    when = f" on or before {at.isoformat()}" if at else ""
+    known = f" (dumps there: {', '.join(units)})" if units else ""
+    raise FileError(f"no dump {unit}{when} in {config.backup_dir}{known}")
+
+
+def run_dump_restore(
+    config: Config,
+    unit: str,
+    target: Path | None,
+    *,
+    at: dt.date | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    stdout: int | None = None,
+) -> ArchiveRecord:
+    """Write dump ``unit`` as the database's tool made it, to ``target`` or to ``stdout``.
+
+    Its sha256 is checked against the manifest first: a damaged dump fed to pg_restore or
+    mariadb would fail half-way through a reload. A file appears whole or not at all (written
+    beside it 0600, renamed when complete); an existing one is replaced only with ``force``.
+    """
+    record = plan_dump_restore(config, unit, at)
+    if dry_run:
+        return record
+    if target is not None:
+        target = target.absolute()
+        if target.exists() and not force:
+            raise UsageError(f"{target} exists; pass --force to replace it")
+    archive = config.backup_dir / record.name
+    with reading_lock(config.backup_dir):
+        _, problems = check_checksums(config, [record])
+        if problems:
+            raise KeyforgeError(f"cannot restore dump {unit}: {problems[0]}")
+        if target is None:
+            _decompress_into(archive, stdout if stdout is not None else 1)
+            return record
+        partial = staging_path(target)
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, fsutil.PRIVATE_FILE)
+        except OSError as err:
+            raise FileError.from_os_error("write", partial, err) from err
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _decompress_into(archive, out.fileno())
+                os.fsync(out.fileno())
+            partial.replace(target)
+            fsutil.fsync_dir(target.parent)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise FileError.from_os_error("write", target, err) from err
+        except BaseException:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
+    return record
+
+
+def _decompress_into(archive: Path, fd: int) -> None:
+    with tempfile.TemporaryFile() as err:
+        proc = runner.spawn(backup.decompress_argv(archive), stdout=fd, stderr=err)
+        proc.wait()
+        if proc.returncode != 0:
+            err.seek(0)
+            detail = err.read().decode("utf-8", "replace")
+            raise CommandError(
+                f"cannot read {archive.name}: "
+                + runner.first_error_line(detail, fallback=f"exit {proc.returncode}")
+            )

@@ -201,6 +201,7 @@ def test_the_backup_directory_inside_a_source_is_excluded() -> None:
         "--no-anchored",
         "--wildcards",
         "--exclude=*.tmp",
+        "--no-wildcards",
     ]
     assert backup.exclude_options("/etc", "/mnt/backups/server1", []) == []
 
