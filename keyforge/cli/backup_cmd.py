@@ -206,7 +206,7 @@ def restore_command(
             at=day,
             force=force,
             dry_run=dry_run,
-            stdout=None if dry_run or not to_stdout else _stdout_fd(),
+            stdout=_stdout_fd,
         )
         if dry_run:
             say(f"would write {record.name}")

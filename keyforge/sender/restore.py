@@ -20,7 +20,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -589,13 +589,15 @@ def run_dump_restore(
     at: dt.date | None = None,
     force: bool = False,
     dry_run: bool = False,
-    stdout: int | None = None,
+    stdout: Callable[[], int] | None = None,
 ) -> ArchiveRecord:
     """Write dump ``unit`` as the database's tool made it, to ``target`` or to ``stdout``.
 
     Its sha256 is checked against the manifest first: a damaged dump fed to pg_restore or
     mariadb would fail half-way through a reload. A file appears whole or not at all (written
     beside it 0600, renamed when complete); an existing one is replaced only with ``force``.
+    Without ``target`` the dump goes to the descriptor ``stdout`` returns (default 1), asked
+    for only once there is a dump to write.
     """
     record = plan_dump_restore(config, unit, at)
     if dry_run:
@@ -610,7 +612,7 @@ def run_dump_restore(
         if problems:
             raise KeyforgeError(f"cannot restore dump {unit}: {problems[0]}")
         if target is None:
-            _decompress_into(archive, stdout if stdout is not None else 1)
+            _decompress_into(archive, stdout() if stdout is not None else 1)
             return record
         partial = staging_path(target)
         try:
