@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from tests.integration.conftest import docker_is_required
 
 START_TIMEOUT = 60
