@@ -569,6 +569,8 @@ def render_default(host: str | None = None, directory: str | None = None) -> str
         sync_log=toml_string(sync.log),
         snapshot=snapshot,
         snapshot_store=toml_string(snapshot.directory),
+        excludes=", ".join(toml_string(e) for e in defaults.exclude),
+        hooks=HooksConfig(),
     )
 
 
