@@ -27,6 +27,7 @@ python=${PYTHON:-python3}
 venv=${KEYFORGE_VENV:-$root/.venv}
 dockerd_log=${KEYFORGE_DOCKERD_LOG:-/tmp/keyforge-dockerd.log}
 apt_packages=(docker.io docker-compose mmdebstrap openssh-client openssh-server rsync zstd acl attr
+    postgresql mariadb-server mariadb-client sqlite3
     iptables)
 
 export DEBIAN_FRONTEND=noninteractive

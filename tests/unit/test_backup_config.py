@@ -11,7 +11,7 @@ import pytest
 
 from keyforge import config
 from keyforge.errors import ConfigError
-from keyforge.sender import sync
+from keyforge.sender import dumps, sync
 
 
 def test_an_empty_file_gives_the_posts_defaults() -> None:
@@ -115,25 +115,65 @@ def test_the_rendered_default_config_parses_to_exactly_the_default_config() -> N
 
 
 def _uncomment_every_setting(text: str) -> str:
-    setting = re.compile(r"^#(\[\[targets\]\]|\[snapshot\]|[a-z_]+ = .*)$")
-    return "\n".join(line[1:] if setting.match(line) else line for line in text.splitlines())
+    """Every setting and example uncommented; where an example shows a key again (exclude),
+    the example's line wins, as a user's edit of it would."""
+    setting = re.compile(r"^#(\[\[(?:targets|dumps)\]\]|\[snapshot\]|\[hooks\]|([a-z_]+) = .*)$")
+    lines: list[str] = []
+    shown: dict[str, int] = {}  # key -> its uncommented line, in the current table
+    for line in text.splitlines():
+        match = setting.match(line)
+        if line.startswith(("[", "#[")):
+            shown = {}
+        if match is None:
+            lines.append(line)
+            continue
+        key = match[2]
+        if key in shown:
+            lines[shown[key]] = "#" + lines[shown[key]]
+        if key:
+            shown[key] = len(lines)
+        lines.append(line[1:])
+    return "\n".join(lines)
 
 
-def test_uncommenting_every_shown_default_changes_nothing_but_the_examples() -> None:
+def _uncomment_defaults(text: str) -> str:
+    """Every "#key = value" line the template shows as a default, and the section headers,
+    never the lines of an example (from a comment saying "Example" to the next blank line)."""
+    setting = re.compile(r"^#(\[snapshot\]|\[hooks\]|[a-z_]+ = .*)$")
+    lines, in_example = [], False
+    for line in text.splitlines():
+        if not line.strip():
+            in_example = False
+        elif line.startswith("# ") and "Example" in line:
+            in_example = True
+        lines.append(line[1:] if setting.match(line) and not in_example else line)
+    return "\n".join(lines)
+
+
+def test_uncommenting_every_line_shown_as_a_default_changes_nothing() -> None:
+    text = _uncomment_defaults(config.render_default("server1", "/mnt/backups/server1"))
+    cfg = config.parse(tomllib.loads(text))
+    # state_dir shows root's default, the value "" stands for
+    defaults = config.parse({"general": {"host": "server1", "state_dir": "/var/lib/keyforge"}})
+    assert dataclasses.replace(cfg, sections=frozenset()) == dataclasses.replace(
+        defaults, sections=frozenset()
+    )
+    assert cfg.backup.exclude == config.DEFAULT_EXCLUDES
+
+
+def test_uncommenting_the_examples_too_changes_only_what_they_show() -> None:
     text = _uncomment_every_setting(config.render_default("server1"))
     cfg = config.parse(tomllib.loads(text))
     defaults = config.parse({"general": {"host": "server1"}})
-    # the only values shown that are not defaults are the examples: exclude, allow_empty, sync
-    # source, the two [[targets]] tables, snapshot_at (its default's value for the default
-    # sync_at) and the snapshot source
     assert cfg.backup == dataclasses.replace(
         defaults.backup,
-        exclude=("/var/cache", "/var/tmp", "lost+found"),
+        exclude=(*config.DEFAULT_EXCLUDES, "/home/*/.cache", "*.tmp"),
         allow_empty=("/srv/spool",),
     )
     assert cfg.sync == dataclasses.replace(defaults.sync, source="/home/foo/srvbackups")
     assert cfg.schedule == dataclasses.replace(defaults.schedule, snapshot_at="05:30")
     assert cfg.snapshot == dataclasses.replace(defaults.snapshot, source="/home/foo/srvbackups")
+    assert cfg.hooks.before == ("mount", "/mnt/backups")
     assert len(cfg.targets) == 2
 
 
@@ -146,15 +186,14 @@ def test_the_example_targets_in_the_default_config_are_complete_and_valid() -> N
     assert external.require_mountpoint
 
 
-def test_every_uncommented_backup_line_still_parses() -> None:
+def test_the_example_dumps_in_the_default_config_are_complete_and_valid() -> None:
     text = config.render_default("server1")
-    section = "[backup]" + text.split("[backup]", 1)[1].split("\n[", 1)[0]
-    uncommented = "\n".join(
-        line[1:] if line.startswith("#") and " = " in line else line
-        for line in section.splitlines()
-    )
-    cfg = config.parse(tomllib.loads(uncommented))
-    assert cfg.backup.exclude == ("/var/cache", "/var/tmp", "lost+found")
+    examples = re.findall(r"^#(\[\[dumps\]\]\n(?:#[a-z_]+ = .*\n)+)", text, re.MULTILINE)
+    assert len(examples) == 4
+    entries = [tomllib.loads(e.replace("\n#", "\n"))["dumps"][0] for e in examples]
+    cfg = config.parse({"dumps": entries})
+    dumps.check_dumps(cfg)
+    assert [d.kind for d in cfg.dumps] == ["postgresql", "mariadb", "sqlite", "command"]
 
 
 @pytest.mark.parametrize(
