@@ -15,7 +15,6 @@ import select
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
@@ -199,90 +198,6 @@ def run_pipe(
             Result(tuple(first), p1.returncode, b"", _read_back(err1)),
             Result(tuple(second), p2.returncode, b"", _read_back(err2)),
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class CountedPipeResult:
-    first: Result
-    second: Result
-    # the bytes ``first`` wrote: a producer that wrote nothing made no dump, however the
-    # compressed file looks (a compressor writes a header even for no input)
-    count: int
-
-
-SPLICE_CHUNK = 1 << 20
-
-
-def run_counted_pipe(
-    first: Sequence[str],
-    second: Sequence[str],
-    *,
-    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
-    on_tick: Callable[[], None] | None = None,
-    tick_seconds: float = 0.5,
-) -> CountedPipeResult:
-    """``first | second`` as run_pipe runs it, counting the bytes between them.
-
-    A thread moves the bytes from one pipe to the other with splice(2), inside the kernel, so
-    they are counted without passing through keyforge's memory.
-    """
-    with contextlib.ExitStack() as stack:
-        err1, err2 = (stack.enter_context(tempfile.TemporaryFile()) for _ in range(2))
-        procs: list[subprocess.Popen[bytes]] = []
-        counted = [0]
-        failures: list[BaseException] = []
-        try:
-            p1 = spawn(first, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err1)
-            procs.append(p1)
-            p2 = spawn(second, stdin=subprocess.PIPE, stdout=stdout, stderr=err2)
-            procs.append(p2)
-            assert p1.stdout is not None and p2.stdin is not None
-            mover = threading.Thread(
-                target=_splice_all,
-                args=(p1.stdout, p2.stdin, counted, failures),
-                name="keyforge-splice",
-                daemon=True,
-            )
-            mover.start()
-            while p2.poll() is None or p1.poll() is None:
-                if on_tick is not None:
-                    on_tick()
-                _wait_either(p1, p2, tick_seconds)
-            mover.join()
-        except BaseException:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
-            raise
-        if failures:
-            raise CommandError(f"cannot pass {_command_name(first)}'s output on: {failures[0]}")
-        return CountedPipeResult(
-            Result(tuple(first), p1.returncode, b"", _read_back(err1)),
-            Result(tuple(second), p2.returncode, b"", _read_back(err2)),
-            counted[0],
-        )
-
-
-def _splice_all(
-    source: IO[bytes], sink: IO[bytes], counted: list[int], failures: list[BaseException]
-) -> None:
-    """Move everything from ``source`` to ``sink`` (both pipes), then close both ends, so the
-    consumer sees the end of its input and a producer still writing gets SIGPIPE."""
-    try:
-        while True:
-            moved = os.splice(source.fileno(), sink.fileno(), SPLICE_CHUNK)
-            if moved == 0:
-                return
-            counted[0] += moved
-    except BrokenPipeError:
-        return  # the consumer exited: its status says why
-    except OSError as err:
-        failures.append(err)
-    finally:
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.close()
 
 
 def _wait_either(p1: subprocess.Popen[bytes], p2: subprocess.Popen[bytes], seconds: float) -> None:

@@ -697,11 +697,11 @@ def _write_checked(
 
 def write_produced(
     config: Config, producer: Sequence[str], partial: Path, tick: Callable[[int], None]
-) -> tuple[runner.Result, int, int, str]:
+) -> tuple[runner.Result, int, str]:
     """The archive pipeline for any producer: its stdout compressed into ``partial`` (created
     0600, never there before), hashed and tested as it grows, flushed and fsynced.
 
-    Returns the producer's result and byte count, and the file's size and sha256; the caller
+    Returns the producer's result, and the file's size and sha256; the caller
     judges the producer and renames the file. The compressor's or the check's failure raises.
     """
     priority = priority_of(config.backup)
@@ -720,7 +720,7 @@ def write_produced(
         _ArchiveFollower(fd, checker) as follower,
         _flushing(fd),
     ):
-        result = runner.run_counted_pipe(
+        result = runner.run_pipe(
             runner.wrap_priority(producer, priority),
             runner.wrap_priority(
                 compress_argv(config.backup.compression, config.backup.compression_level),
@@ -746,7 +746,7 @@ def write_produced(
         if follower.size != size:
             raise CommandError(f"{name} changed while it was hashed")
         os.fsync(fd)
-    return result.first, result.count, size, follower.digest.hexdigest()
+    return result.first, size, follower.digest.hexdigest()
 
 
 class _ArchiveFollower:
@@ -1061,7 +1061,7 @@ class _SourceRun:
 
         def pipeline(
             argv: Sequence[str], partial: Path, tick: Callable[[int], None]
-        ) -> tuple[runner.Result, int, int, str]:
+        ) -> tuple[runner.Result, int, str]:
             return write_produced(self.config, argv, partial, tick)
 
         def committed(entry: ArchiveEntry) -> None:

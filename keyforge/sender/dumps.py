@@ -29,6 +29,7 @@ from keyforge.config import Config, DumpConfig
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
 from keyforge.infra import fsutil, runner, tools
 from keyforge.layout import DUMP, ArchiveEntry, dump_name, dump_source, partial_name
+from keyforge.sender import dump_producer
 
 ALL = "all"  # databases = ["all"]: every database of the server
 GLOBALS = "globals"  # the unit holding PostgreSQL's roles and tablespaces
@@ -219,23 +220,38 @@ def describe(config: Config) -> list[str]:
 # --- the edge: one stream into one archive -------------------------------------------------------
 
 # what the archive pipeline is given: the producer's argv, the archive's final path, and the
-# reporter's tick; it returns the producer's result, the bytes it wrote, and the archive's
-# size and sha256 (keyforge.sender.backup.write_produced)
-Produced = tuple[runner.Result, int, int, str]
+# reporter's tick; it returns the producer's result and the archive's size and sha256
+# (keyforge.sender.backup.write_produced)
+Produced = tuple[runner.Result, int, str]
 Pipeline = Callable[[Sequence[str], Path, Callable[[int], None]], Produced]
 
 
-def producer_failure(unit: DumpUnit, result: runner.Result, produced: int) -> str | None:
-    """Why a dump is no dump, or None: a non-zero exit, a signal, or nothing written."""
+def producer_failure(unit: DumpUnit, result: runner.Result) -> str | None:
+    """Why a dump is no dump, or None: a non-zero exit, a signal, or nothing written. The
+    producer stage (dump_producer) says how the dump ended and what it wrote."""
     name = runner_name(unit.argv)
-    if result.returncode < 0:
-        return f"dump {unit.unit}: {name} was killed (signal {-result.returncode})"
-    if result.returncode != 0:
-        detail = runner.first_error_line(result.stderr, fallback=f"exit {result.returncode}")
+    ended = dump_producer.read_trailer(result.stderr)
+    if ended is None:  # the counting stage itself died: killed with the whole run, say
+        code = result.returncode
+        return f"dump {unit.unit}: {name} was killed (exit {code})"
+    produced, returncode, stderr = ended
+    if returncode < 0:
+        return f"dump {unit.unit}: {name} was killed (signal {-returncode})"
+    if returncode == 127 and stderr.strip().endswith("command not found"):
+        return f"dump {unit.unit}: {runner.first_error_line(stderr, fallback=name)}"
+    if returncode != 0:
+        detail = runner.first_error_line(stderr, fallback=f"exit {returncode}")
         return f"dump {unit.unit}: {name} failed: {detail}"
     if produced == 0:
         return f"dump {unit.unit}: {name} wrote nothing"
     return None
+
+
+def producer_warnings(unit: DumpUnit, result: runner.Result) -> tuple[str, ...]:
+    """What a dump that succeeded said on stderr, each line a warning naming it."""
+    ended = dump_producer.read_trailer(result.stderr)
+    text = ended[2] if ended is not None else result.stderr
+    return tuple(f"dump {unit.unit}: {ln.strip()}" for ln in text.splitlines() if ln.strip())
 
 
 def runner_name(argv: Sequence[str]) -> str:
@@ -258,8 +274,9 @@ def make_dump(
     final = config.backup_dir / name
     partial = config.backup_dir / partial_name(name)
     try:
-        result, produced, size, sha256 = pipeline(unit.argv, partial, on_progress)
-        problem = producer_failure(unit, result, produced)
+        producer = dump_producer.argv(unit.argv)
+        result, size, sha256 = pipeline(producer, partial, on_progress)
+        problem = producer_failure(unit, result)
         if problem is not None:
             raise CommandError(problem)
         partial.replace(final)
@@ -272,9 +289,7 @@ def make_dump(
         if isinstance(err, KeyforgeError) and not str(err).startswith(f"dump {unit.unit}"):
             raise type(err)(f"dump {unit.unit}: {err}") from err
         raise
-    warnings = tuple(
-        f"dump {unit.unit}: {line.strip()}" for line in result.stderr.splitlines() if line.strip()
-    )
+    warnings = producer_warnings(unit, result)
     return ArchiveEntry(
         name=name,
         source=dump_source(unit.unit),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from keyforge import config, layout
 from keyforge.config import DumpConfig
 from keyforge.errors import ConfigError
-from keyforge.sender import backup, dbguard, dumps, hooks
+from keyforge.sender import backup, dbguard, dump_producer, dumps, hooks
 
 
 def pg(**values: object) -> DumpConfig:
@@ -122,15 +122,31 @@ def test_dumps_parse_from_the_config_and_names_are_checked() -> None:
 
 def test_a_dump_failure_is_one_line_naming_it() -> None:
     unit = dumps.DumpUnit("pg", "postgresql", "pg", ("runuser", "-u", "postgres", "--", "pg_dump"))
-    result = dumps.runner.Result(unit.argv, 1, b"", 'pg_dump: error: database "x" does not exist\n')
-    assert dumps.producer_failure(unit, result, 0) == (
+
+    def ended(stderr: str, count: int, code: int) -> dumps.runner.Result:
+        text = stderr + dump_producer.trailer(count, code) + "\n"
+        return dumps.runner.Result(unit.argv, code if code >= 0 else 128 - code, b"", text)
+
+    missing = ended('pg_dump: error: database "x" does not exist\n', 0, 1)
+    assert dumps.producer_failure(unit, missing) == (
         'dump pg: pg_dump failed: pg_dump: error: database "x" does not exist'
     )
-    killed = dumps.runner.Result(unit.argv, -9, b"", "")
-    assert dumps.producer_failure(unit, killed, 10) == "dump pg: pg_dump was killed (signal 9)"
-    empty = dumps.runner.Result(unit.argv, 0, b"", "")
-    assert dumps.producer_failure(unit, empty, 0) == "dump pg: pg_dump wrote nothing"
-    assert dumps.producer_failure(unit, empty, 1) is None
+    killed = ended("", 10, -9)
+    assert dumps.producer_failure(unit, killed) == "dump pg: pg_dump was killed (signal 9)"
+    assert dumps.producer_failure(unit, ended("", 0, 0)) == "dump pg: pg_dump wrote nothing"
+    fine = ended("pg_dump: warning: x\n", 1, 0)
+    assert dumps.producer_failure(unit, fine) is None
+    assert dumps.producer_warnings(unit, fine) == ("dump pg: pg_dump: warning: x",)
+    stage_killed = dumps.runner.Result(unit.argv, -15, b"", "")
+    assert dumps.producer_failure(unit, stage_killed) == "dump pg: pg_dump was killed (exit -15)"
+
+
+@given(count=st.integers(0, 2**50), code=st.integers(-64, 255), before=st.text())
+def test_the_producer_stages_last_line_reads_back(count: int, code: int, before: str) -> None:
+    stderr = before + ("\n" if before and not before.endswith("\n") else "")
+    read = dump_producer.read_trailer(stderr + dump_producer.trailer(count, code) + "\n")
+    assert read is not None
+    assert read[:2] == (count, code)
 
 
 # --- names -------------------------------------------------------------------------------------
