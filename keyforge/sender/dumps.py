@@ -149,7 +149,7 @@ def check_entry(entry: DumpConfig, where: str) -> None:
         raise ConfigError(f"{where} needs a name and a kind ({', '.join(needs)})")
     for key in needs[entry.kind]:
         if not getattr(entry, key):
-            raise ConfigError(f"{where} kind = {entry.kind!r} needs {key}")
+            raise ConfigError(f'{where} kind = "{entry.kind}" needs {key}')
     foreign = {
         "postgresql": ("path", "command", "socket"),
         "mariadb": ("path", "command"),
@@ -159,9 +159,9 @@ def check_entry(entry: DumpConfig, where: str) -> None:
     defaults = DumpConfig()
     for key in foreign:
         if getattr(entry, key) != getattr(defaults, key):
-            raise ConfigError(f"{where} {key} means nothing for kind = {entry.kind!r}")
+            raise ConfigError(f'{where} {key} means nothing for kind = "{entry.kind}"')
     if entry.kind in ("sqlite", "command") and entry.databases != defaults.databases:
-        raise ConfigError(f"{where} databases means nothing for kind = {entry.kind!r}")
+        raise ConfigError(f'{where} databases means nothing for kind = "{entry.kind}"')
     if ALL in entry.databases and len(entry.databases) > 1:
         raise ConfigError(f'{where} databases: "all" stands alone')
 

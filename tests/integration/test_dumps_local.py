@@ -143,12 +143,12 @@ def test_a_dump_that_fails_is_killed_or_writes_nothing_fails_alone(
 
 
 WRITER = """
-import sqlite3, sys, time
+import os, sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
 db.execute("PRAGMA journal_mode=DELETE")
 n = 0
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
+end = time.monotonic() + 120
+while time.monotonic() < end and not os.path.exists(sys.argv[2]):
     db.execute("BEGIN IMMEDIATE")
     db.execute("INSERT INTO ledger (amount) VALUES (?)", (n,))
     db.execute("UPDATE totals SET total = total + ?", (n,))
@@ -175,12 +175,15 @@ def test_a_sqlite_dump_taken_while_another_process_writes_is_consistent(tmp_path
         [_src(tmp_path)],
         dumps=[{"name": "app", "kind": "sqlite", "path": str(path)}],
     )
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "6"])
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(stop)])
     try:
         time.sleep(0.5)  # the writer is in full swing
         made = _backup(cfg)
         assert writer.poll() is None, "the writer stopped before the dump was taken"
+        time.sleep(0.2)  # and goes on after it
     finally:
+        stop.touch()
         writer.wait(timeout=60)
     assert made.exit_code == 0, made.output  # type: ignore[attr-defined]
     out = tmp_path / "restored.db"
@@ -320,3 +323,34 @@ def test_the_manifest_of_a_run_with_dumps_lists_sources_and_dumps(tmp_path: Path
     assert sources == sorted([str(tmp_path / "src"), "dump:pipe"])
     [dump] = _dumps(tmp_path, "pipe")
     assert {a["name"]: a["sha256"] for a in index["archives"]}[dump.name] == sha256_of(dump)
+
+
+def test_backup_dry_run_lists_each_dump_and_runs_none(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    cfg = write_config(
+        tmp_path,
+        [_src(tmp_path)],
+        dumps=[
+            {"name": "pipe", "kind": "command", "command": ["touch", str(marker)]},
+            {"name": "app", "kind": "sqlite", "path": str(tmp_path / "app.db")},
+        ],
+    )
+    dry = _backup(cfg, "--dry-run")
+    assert dry.exit_code == 0, dry.output  # type: ignore[attr-defined]
+    lines = dry.stdout.splitlines()  # type: ignore[attr-defined]
+    assert f"  dump pipe: touch {marker}" in lines
+    assert any(ln.startswith("  dump app: ") and "sqlite_online" in ln for ln in lines)
+    assert not marker.exists()
+    assert not (tmp_path / "backups").exists()
+
+
+def test_a_dump_entry_missing_what_its_kind_needs_stops_the_run_before_anything(
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(tmp_path, [_src(tmp_path)], dumps=[{"name": "app", "kind": "sqlite"}])
+    made = _backup(cfg)
+    assert made.exit_code == 6  # type: ignore[attr-defined]
+    assert made.stderr == (  # type: ignore[attr-defined]
+        'keyforge: error: [[dumps]] #1 (app): kind = "sqlite" needs path\n'
+    )
+    assert not (tmp_path / "backups").exists()
