@@ -696,13 +696,18 @@ def _write_checked(
 
 
 def write_produced(
-    config: Config, producer: Sequence[str], partial: Path, tick: Callable[[int], None]
+    config: Config,
+    producer: Sequence[str],
+    final: Path,
+    judge: Callable[[runner.Result], None],
+    tick: Callable[[int], None],
 ) -> tuple[runner.Result, int, str]:
-    """The archive pipeline for any producer: its stdout compressed into ``partial`` (created
-    0600, never there before), hashed and tested as it grows, flushed and fsynced.
+    """The archive pipeline for any producer: its stdout compressed into ``final``'s partial
+    name (created 0600, never there before), hashed and tested as it grows, fsynced, and
+    renamed to ``final`` once the compressor, the check and ``judge`` (which raises for the
+    producer's failure) all passed; on any failure nothing stays behind.
 
-    Returns the producer's result, and the file's size and sha256; the caller
-    judges the producer and renames the file. The compressor's or the check's failure raises.
+    Returns the producer's result, and the archive's size and sha256.
     """
     priority = priority_of(config.backup)
     checker = (
@@ -710,42 +715,52 @@ def write_produced(
         if config.backup.test_archives
         else None
     )
-    name = partial.name
+    partial = final.with_name(partial_name(final.name))
     try:
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, fsutil.PRIVATE_FILE)
     except OSError as err:
         raise FileError.from_os_error("write in", partial.parent, err) from err
-    with (
-        os.fdopen(fd, "rb", buffering=0),
-        _ArchiveFollower(fd, checker) as follower,
-        _flushing(fd),
-    ):
-        result = runner.run_pipe(
-            runner.wrap_priority(producer, priority),
-            runner.wrap_priority(
-                compress_argv(config.backup.compression, config.backup.compression_level),
-                priority,
-            ),
-            stdout=fd,
-            on_tick=lambda: tick(os.fstat(fd).st_size),
-        )
-        if result.second.returncode != 0:
-            raise CommandError(
-                f"{config.backup.compression} failed: "
-                + runner.first_error_line(
-                    result.second.stderr, fallback=f"exit status {result.second.returncode}"
+    try:
+        with (
+            os.fdopen(fd, "rb", buffering=0),
+            _ArchiveFollower(fd, checker) as follower,
+            _flushing(fd),
+        ):
+            result = runner.run_pipe(
+                runner.wrap_priority(producer, priority),
+                runner.wrap_priority(
+                    compress_argv(config.backup.compression, config.backup.compression_level),
+                    priority,
+                ),
+                stdout=fd,
+                on_tick=lambda: tick(os.fstat(fd).st_size),
+            )
+            compressor = result.second
+            if compressor.returncode != 0:
+                raise CommandError(
+                    f"{config.backup.compression} failed: "
+                    + runner.first_error_line(
+                        compressor.stderr, fallback=f"exit status {compressor.returncode}"
+                    )
                 )
-            )
-        check = follower.finish()
-        if check is not None and check.returncode != 0 and result.first.returncode == 0:
-            raise CommandError(
-                f"{name} does not decompress: "
-                + runner.first_error_line(check.stderr, fallback="test failed")
-            )
-        size = os.fstat(fd).st_size
-        if follower.size != size:
-            raise CommandError(f"{name} changed while it was hashed")
-        os.fsync(fd)
+            judge(result.first)
+            check = follower.finish()
+            if check is not None and check.returncode != 0:
+                raise CommandError(
+                    f"{final.name} does not decompress: "
+                    + runner.first_error_line(check.stderr, fallback="test failed")
+                )
+            size = os.fstat(fd).st_size
+            if follower.size != size:
+                raise CommandError(f"{final.name} changed while it was hashed")
+            os.fsync(fd)
+        partial.replace(final)
+        fsutil.fsync_dir(final.parent)
+    except BaseException as err:
+        _discard(partial)
+        if isinstance(err, OSError):
+            raise FileError.from_os_error("write", partial, err) from err
+        raise
     return result.first, size, follower.digest.hexdigest()
 
 
@@ -1060,9 +1075,12 @@ class _SourceRun:
             return
 
         def pipeline(
-            argv: Sequence[str], partial: Path, tick: Callable[[int], None]
+            argv: Sequence[str],
+            final: Path,
+            judge: Callable[[runner.Result], None],
+            tick: Callable[[int], None],
         ) -> tuple[runner.Result, int, str]:
-            return write_produced(self.config, argv, partial, tick)
+            return write_produced(self.config, argv, final, judge, tick)
 
         def committed(entry: ArchiveEntry) -> None:
             self.commit(entry)

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from keyforge.config import Config, DumpConfig
-from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
-from keyforge.infra import fsutil, runner, tools
-from keyforge.layout import DUMP, ArchiveEntry, dump_name, dump_source, partial_name
+from keyforge.errors import CommandError, ConfigError, KeyforgeError
+from keyforge.infra import runner, tools
+from keyforge.layout import DUMP, ArchiveEntry, dump_name, dump_source
 from keyforge.sender import dump_producer
 
 ALL = "all"  # databases = ["all"]: every database of the server
@@ -219,11 +219,13 @@ def describe(config: Config) -> list[str]:
 
 # --- the edge: one stream into one archive -------------------------------------------------------
 
-# what the archive pipeline is given: the producer's argv, the archive's final path, and the
-# reporter's tick; it returns the producer's result and the archive's size and sha256
-# (keyforge.sender.backup.write_produced)
+# what the archive pipeline is given: the producer's argv, the archive's final path, a judge
+# of the producer's result (it raises to discard the archive) and the reporter's tick; it
+# commits the archive under its final name and returns the producer's result and the
+# archive's size and sha256 (keyforge.sender.backup.write_produced)
 Produced = tuple[runner.Result, int, str]
-Pipeline = Callable[[Sequence[str], Path, Callable[[int], None]], Produced]
+Judge = Callable[[runner.Result], None]
+Pipeline = Callable[[Sequence[str], Path, Judge, Callable[[int], None]], Produced]
 
 
 def producer_failure(unit: DumpUnit, result: runner.Result) -> str | None:
@@ -271,22 +273,17 @@ def make_dump(
 ) -> ArchiveEntry:
     """Write one dump's archive through ``pipeline``; nothing stays behind when it fails."""
     name = dump_name(config.host, unit.unit, stamp, config.backup.compression)
-    final = config.backup_dir / name
-    partial = config.backup_dir / partial_name(name)
-    try:
-        producer = dump_producer.argv(unit.argv)
-        result, size, sha256 = pipeline(producer, partial, on_progress)
+
+    def judge(result: runner.Result) -> None:
         problem = producer_failure(unit, result)
         if problem is not None:
             raise CommandError(problem)
-        partial.replace(final)
-        fsutil.fsync_dir(config.backup_dir)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        if isinstance(err, OSError):
-            raise FileError.from_os_error("write", partial, err) from err
-        if isinstance(err, KeyforgeError) and not str(err).startswith(f"dump {unit.unit}"):
+
+    try:
+        producer = dump_producer.argv(unit.argv)
+        result, size, sha256 = pipeline(producer, config.backup_dir / name, judge, on_progress)
+    except KeyforgeError as err:
+        if not str(err).startswith(f"dump {unit.unit}"):
             raise type(err)(f"dump {unit.unit}: {err}") from err
         raise
     warnings = producer_warnings(unit, result)
@@ -336,9 +333,18 @@ def run_dumps(
 
             try:
                 archive = make_dump(config, unit, stamp, pipeline, tick)
-                commit(archive)
             except KeyforgeError as err:
                 outcome.failures.append(err)
+                continue
+            try:
+                commit(archive)
+            except BaseException as err:
+                # an archive no manifest lists would look complete yet be unverifiable
+                with contextlib.suppress(OSError):
+                    (config.backup_dir / archive.name).unlink()
+                if not isinstance(err, KeyforgeError):
+                    raise
+                outcome.failures.append(type(err)(f"dump {unit.unit}: {err}"))
                 continue
             outcome.entries.append(archive)
     return outcome
