@@ -2,7 +2,8 @@
 
 keyforge encrypts with Debian's ``age`` binary (one more process in the archive pipeline) and
 never holds a secret on the sending server: ``[backup] encrypt_to`` lists *recipients*, public
-keys only. This module is pure (no process, no file write) and shared by both hosts:
+keys only. This module is pure but for ``write_identity`` (no process; its one write goes
+through ``fsutil``) and shared by both hosts:
 
 * ``parse_recipient``: an ``age1…`` X25519 recipient (Bech32, checksum checked) or an OpenSSH
   ``ssh-ed25519`` / ``ssh-rsa`` public key, the kinds ``age -r`` takes; anything else (an age
@@ -26,11 +27,14 @@ import binascii
 import dataclasses
 import datetime as dt
 import hashlib
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
-from keyforge.errors import KeyMaterialError
+from keyforge.errors import FileError, KeyMaterialError, UsageError
+from keyforge.infra import fsutil
 
 X25519 = "X25519"
 SSH_ED25519 = "ssh-ed25519"
@@ -277,6 +281,23 @@ def new_identity(now: dt.datetime | None = None) -> NewIdentity:
         f"{bech32_encode(IDENTITY_HRP, secret).upper()}\n"
     )
     return NewIdentity(recipient, text)
+
+
+def write_identity(path: Path, identity: NewIdentity) -> None:
+    """Write a new identity file: mode 0600 from its first byte, never over an existing file
+    (an identity that is replaced can no longer open the archives made for it)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give the identity file's path")
+    if os.path.lexists(path):
+        raise FileError(
+            f"{path} already exists; keyforge never replaces an identity (the archives "
+            "encrypted to it could no longer be opened)"
+        )
+    if not path.parent.is_dir():
+        raise FileError(f"directory {path.parent} does not exist")
+    fsutil.atomic_write(
+        path, identity.file_text.encode("ascii"), mode=fsutil.PRIVATE_FILE, exclusive=True
+    )
 
 
 _PEM_RE = re.compile(

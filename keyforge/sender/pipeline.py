@@ -274,9 +274,11 @@ class _WriteJob:
                     with contextlib.suppress(OSError):
                         os.close(side[1])
                 raise
-            check = side_check.finish() if side_check is not None else None
-            self._judge(results, check, judge_producer, what)
-            check = follower.finish() if check is None else check
+            side_result = side_check.finish() if side_check is not None else None
+            self._judge(results, side_result, judge_producer, what)
+            # the follower reads to the end even when the check ran beside it (encrypted)
+            check = follower.finish()
+            check = side_result if check is None else check
             if check is not None and check.returncode != 0:
                 raise CommandError(
                     f"{what} does not decompress: "
