@@ -15,7 +15,7 @@ import select
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
 from keyforge.errors import CommandError
@@ -181,19 +181,12 @@ def run_chain(
     stdout: int | IO[bytes] | None = subprocess.DEVNULL,
     on_tick: Callable[[], None] | None = None,
     tick_seconds: float = 0.5,
-    pass_fds: Mapping[int, Sequence[int]] | None = None,
-    close_after_start: Sequence[int] = (),
 ) -> tuple[Result, ...]:
     """Run ``stages[0] | stages[1] | …`` without a shell; every stage's exit status, in order.
 
-    The last stage writes to ``stdout`` itself. ``pass_fds`` maps a stage's index to
-    descriptors it keeps open (``tee /dev/fd/N`` into a side pipe); ``close_after_start`` are
-    the caller's descriptors closed once every stage holds its own copy, so a reader of that
-    side pipe sees its end when the stage exits. The caller judges the statuses.
+    The last stage writes to ``stdout`` itself. The caller judges the statuses.
     """
-    with open_chain(stages, stdin=stdin, stdout=stdout, pass_fds=pass_fds) as chain:
-        for fd in close_after_start:
-            os.close(fd)
+    with open_chain(stages, stdin=stdin, stdout=stdout) as chain:
         while any(p.poll() is None for p in chain.procs):
             if on_tick is not None:
                 on_tick()
@@ -239,7 +232,6 @@ def open_chain(
     *,
     stdin: int | IO[bytes] | None = subprocess.DEVNULL,
     stdout: int | IO[bytes] | None = subprocess.PIPE,
-    pass_fds: Mapping[int, Sequence[int]] | None = None,
 ) -> Iterator[Chain]:
     """Start ``stages`` joined by pipes; inside the block the caller reads ``chain.stdout`` (or
     waits), and ``chain.results()`` gives every exit status. Leaving the block early (an
@@ -259,7 +251,6 @@ def open_chain(
                         stdin=feed,
                         stdout=stdout if last else subprocess.PIPE,
                         stderr=errors[index],
-                        pass_fds=tuple((pass_fds or {}).get(index, ())),
                     )
                 finally:
                     # the next program holds its own copy; ours would keep the pipe open

@@ -10,8 +10,8 @@ everywhere:
   ciphertext, when encrypted), so no archive byte crosses a pipe into keyforge and no
   plaintext byte is ever written to disk, temporary files included. With ``test`` the
   compressed stream is read back by ``zstd -t`` / ``gzip -t`` as it is made: from the file when
-  plaintext, from a ``tee`` into a pipe ahead of age when encrypted. The file gets its final
-  name only once every program, the check and the fsync succeeded.
+  plaintext, from a copy of the pipe into age when encrypted (tee(2), zero-copy). The file
+  gets its final name only once every program, the check and the fsync succeeded.
 * read: ``[age --decrypt -i IDENTITY] FILE | decompressor | consumer``, where the consumer is a
   program (tar -x, psql) or a Python function reading the stream (tarfile). A failure names the
   archive: a wrong identity, a truncated or corrupted ciphertext, a damaged compressed stream.
@@ -23,7 +23,9 @@ a file name, never its content.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import os
@@ -32,6 +34,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TypeVar, overload
@@ -239,44 +242,30 @@ class _WriteJob:
         checker = wrap(test_stdin_argv(self.compression), self.priority) if self.test else None
         stages = [wrap(self.producer, self.priority)]
         stages.append(wrap(compress_argv(self.compression, self.level), self.priority))
+        encrypt = wrap(age.age_encrypt_argv(self.recipients), self.priority)
         encrypted = bool(self.recipients)
-        side: tuple[int, int] | None = None
-        if encrypted and checker is not None:
-            # the check reads the compressed stream before age: tee copies it into a pipe
-            side = os.pipe()
-            stages.append(wrap(["tee", f"/dev/fd/{side[1]}"], self.priority))
-        if encrypted:
-            stages.append(wrap(age.age_encrypt_argv(self.recipients), self.priority))
-        follower_checker = None if encrypted else checker
+
+        def tick() -> None:
+            if on_progress is not None:
+                on_progress(os.fstat(self.fd).st_size)
+
         with contextlib.ExitStack() as stack:
-            side_check = (
-                stack.enter_context(_SideChecker(checker, side[0]))
-                if side is not None and checker is not None
-                else None
+            # plaintext: the check reads the file beside the hash; encrypted: it reads the
+            # compressed stream on its way to age (_tee_into)
+            follower = stack.enter_context(
+                _ArchiveFollower(self.fd, None if encrypted else checker)
             )
-            follower = stack.enter_context(_ArchiveFollower(self.fd, follower_checker))
             stack.enter_context(_flushing(self.fd))
-
-            def tick() -> None:
-                if on_progress is not None:
-                    on_progress(os.fstat(self.fd).st_size)
-
-            try:
+            side_result: runner.Result | None = None
+            if encrypted and checker is not None:
+                results, side_result = self._teed(stages, encrypt, checker, tick)
+            else:
                 results = runner.run_chain(
-                    stages,
+                    [*stages, encrypt] if encrypted else stages,
                     stdout=self.fd,
                     on_tick=tick if on_progress is not None else None,
-                    pass_fds={2: (side[1],)} if side is not None else None,
-                    close_after_start=(side[1],) if side is not None else (),
                 )
-            except BaseException:
-                if side is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(side[1])
-                raise
-            side_result = side_check.finish() if side_check is not None else None
             self._judge(results, side_result, judge_producer, what)
-            # the follower reads to the end even when the check ran beside it (encrypted)
             check = follower.finish()
             check = side_result if check is None else check
             if check is not None and check.returncode != 0:
@@ -291,6 +280,31 @@ class _WriteJob:
                 )
             os.fsync(self.fd)
         return results[0], size, follower.digest.hexdigest()
+
+    def _teed(
+        self,
+        stages: Sequence[Sequence[str]],
+        encrypt: Sequence[str],
+        checker: Sequence[str],
+        tick: Callable[[], None],
+    ) -> tuple[tuple[runner.Result, ...], runner.Result]:
+        """``producer | compressor``, its output copied to the checker and into age, which
+        writes the file: the check sees the compressed stream before it is encrypted."""
+        with (
+            _SideChecker(checker) as side,
+            runner.open_chain([encrypt], stdin=subprocess.PIPE, stdout=self.fd) as sink,
+            runner.open_chain(stages) as source,
+        ):
+            encryptor = sink.procs[0].stdin
+            assert encryptor is not None and side.stdin is not None
+            for pipe in (encryptor, side.stdin, source.stdout):
+                with contextlib.suppress(OSError):  # fewer, larger transfers
+                    fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, _TEE_CHUNK)
+            _tee_into(source.stdout.fileno(), encryptor.fileno(), side.stdin.fileno(), tick)
+            encryptor.close()
+            side.stdin.close()
+            results = (*source.finish(), *sink.results())
+            return results, side.finish()
 
     def _judge(
         self,
@@ -330,22 +344,22 @@ class _WriteJob:
 
 
 class _SideChecker:
-    """``zstd -t`` (or ``gzip -t``) reading the read end of the pipe ``tee`` writes into."""
+    """``zstd -t`` (or ``gzip -t``) reading what ``_tee_into`` copies to its stdin."""
 
-    def __init__(self, argv: Sequence[str], read_fd: int) -> None:
+    def __init__(self, argv: Sequence[str]) -> None:
         self.argv = tuple(argv)
-        self.read_fd = read_fd
         self.err: IO[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def stdin(self) -> IO[bytes] | None:
+        return self.proc.stdin if self.proc is not None else None
+
     def __enter__(self) -> _SideChecker:
         self.err = tempfile.TemporaryFile()
-        try:
-            self.proc = runner.spawn(
-                self.argv, stdin=self.read_fd, stdout=subprocess.DEVNULL, stderr=self.err
-            )
-        finally:
-            os.close(self.read_fd)  # the checker holds its own copy
+        self.proc = runner.spawn(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.err
+        )
         return self
 
     def finish(self) -> runner.Result:
@@ -359,9 +373,118 @@ class _SideChecker:
         if self.proc is not None:
             if exc[0] is not None and self.proc.poll() is None:
                 self.proc.kill()
+            if self.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
             self.proc.wait()
         if self.err is not None:
             self.err.close()
+
+
+_TEE_CHUNK = 1 << 20
+
+
+def _libc_tee() -> Callable[[int, int, int, int], int] | None:
+    """Linux's tee(2), which duplicates a pipe's pages into another pipe without copying
+    them; None where it cannot be had (the copy then goes through a buffer)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.tee
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_ssize_t
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+    return function
+
+
+_TEE = _libc_tee()
+
+
+def _tee_into(source: int, sink: int, side: int, tick: Callable[[], None]) -> None:
+    """Move everything from the pipe ``source`` into the pipe ``sink`` and a copy into the pipe
+    ``side``, until ``source`` ends. The kernel moves the pages (tee(2), splice(2)) where it
+    can, else a buffer does; either way the stream never reaches the disk. A side that stopped
+    reading (the check failed) is dropped, so the sink still gets every byte and the check's
+    own status tells; a sink that stopped (age failed) ends the copy: its status tells."""
+    ticker = _Ticker(tick)
+    try:
+        if _TEE is not None:
+            try:
+                _splice_into(source, sink, side, ticker)
+                return
+            except _NoTeeError:
+                pass  # refused before any byte moved
+        _copy_into(source, sink, side, ticker)
+    except BrokenPipeError:
+        return
+
+
+class _Ticker:
+    def __init__(self, tick: Callable[[], None]) -> None:
+        self.tick = tick
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.5:
+            self.last = now
+            self.tick()
+
+
+def _splice_into(source: int, sink: int, side: int, ticker: _Ticker) -> None:
+    copy_side = True
+    while True:
+        ticker()
+        count = -1
+        if copy_side:
+            try:
+                count = _duplicate(source, side)
+            except BrokenPipeError:
+                copy_side = False
+        if count == 0:
+            return
+        moved = os.splice(source, sink, count if count > 0 else _TEE_CHUNK)
+        if moved == 0:
+            return
+        while 0 < moved < count:
+            moved += os.splice(source, sink, count - moved)
+
+
+def _copy_into(source: int, sink: int, side: int, ticker: _Ticker) -> None:
+    copy_side = True
+    while chunk := os.read(source, _TEE_CHUNK):
+        ticker()
+        if copy_side:
+            try:
+                _write_all(side, chunk)
+            except BrokenPipeError:
+                copy_side = False
+        _write_all(sink, chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _duplicate(source: int, side: int) -> int:
+    """Copy up to _TEE_CHUNK bytes waiting in ``source`` into ``side``, leaving them in
+    ``source``; 0 at its end."""
+    assert _TEE is not None
+    count = _TEE(source, side, _TEE_CHUNK, 0)
+    if count >= 0:
+        return count
+    error = ctypes.get_errno()
+    if error == errno.EPIPE:
+        raise BrokenPipeError(error, os.strerror(error))
+    if error in (errno.EINVAL, errno.ENOSYS):
+        raise _NoTeeError
+    raise OSError(error, os.strerror(error))
+
+
+class _NoTeeError(Exception):
+    """tee(2) is refused here (not a pipe, an old kernel)."""
 
 
 class _ArchiveFollower:

@@ -479,3 +479,29 @@ def _write(tmp_path: Path, cfg: config.Config) -> str:
         f"encrypt_to = {json.dumps(list(b.encrypt_to))}\n"
     )
     return str(path)
+
+
+@pytest.mark.parametrize("zero_copy", [True, False], ids=["tee(2)", "buffer"])
+def test_the_checked_encrypted_stream_reaches_age_whole_either_way(
+    tmp_path: Path, age_keys: Keys, monkeypatch: pytest.MonkeyPatch, zero_copy: bool
+) -> None:
+    """The stream copied to the check and into age: with the kernel's tee(2), and with the
+    buffer used where tee(2) is refused; the archive decrypts to exactly zstd's output."""
+    if not zero_copy:
+        monkeypatch.setattr(pipeline, "_TEE", None)
+    payload = tmp_path / "payload"
+    payload.write_bytes(os.urandom(3_000_000) + CANARY * 1000)
+    final = tmp_path / "out.zst.age"
+    pipeline.write_archive(
+        final,
+        ["cat", str(payload)],
+        compression="zstd",
+        level=3,
+        recipients=[age.parse_recipient(age_keys.recipient)],
+        test=True,
+    )
+    compressed = subprocess.run(
+        ["age", "-d", "-i", str(age_keys.identity), str(final)], capture_output=True, check=True
+    ).stdout
+    plain = subprocess.run(["zstd", "-d", "-c"], input=compressed, capture_output=True, check=True)
+    assert plain.stdout == payload.read_bytes()
