@@ -14,6 +14,7 @@ the sync runner) keeps two runs from overlapping.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -839,12 +840,18 @@ def _archive_source(
     *,
     allow_empty: bool,
 ) -> ArchiveEntry:
-    """Measure one source, archive it, and judge what it held against its last master."""
+    """Measure one source, archive it, and judge what it held against its last master.
+
+    The measuring walk (stat calls) runs beside tar instead of before it: it reads what tar
+    reads at the same time, and the run does not wait for it first.
+    """
     check_sources_exist([item.source])
-    size = measure_source(item.source, config.backup)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keyforge-measure") as pool:
+        measured = pool.submit(measure_source, item.source, config.backup)
+        entry = make_archive(config, item, reporter)
+        size = measured.result()
     last_master = masters.get(item.slug)
     alerts = () if allow_empty else content_alerts(item.source, size, last_master, config.backup)
-    entry = make_archive(config, item, reporter)
     for alert in alerts:
         reporter.warn(alert)
     return dataclasses.replace(
