@@ -408,13 +408,9 @@ def _tee_into(source: int, sink: int, side: int, tick: Callable[[], None]) -> No
     own status tells; a sink that stopped (age failed) ends the copy: its status tells."""
     ticker = _Ticker(tick)
     try:
-        if _TEE is not None:
-            try:
-                _splice_into(source, sink, side, ticker)
-                return
-            except _NoTeeError:
-                pass  # refused before any byte moved
-        _copy_into(source, sink, side, ticker)
+        # tee(2) refused (not a pipe, an old kernel) is known before any byte moved
+        if _TEE is None or not _splice_into(source, sink, side, ticker):
+            _copy_into(source, sink, side, ticker)
     except BrokenPipeError:
         return
 
@@ -431,21 +427,24 @@ class _Ticker:
             self.tick()
 
 
-def _splice_into(source: int, sink: int, side: int, ticker: _Ticker) -> None:
+def _splice_into(source: int, sink: int, side: int, ticker: _Ticker) -> bool:
+    """The zero-copy tee; False when the kernel refuses tee(2) here (nothing moved then)."""
     copy_side = True
     while True:
         ticker()
-        count = -1
+        count: int | None = -1
         if copy_side:
             try:
                 count = _duplicate(source, side)
             except BrokenPipeError:
                 copy_side = False
+        if count is None:
+            return False
         if count == 0:
-            return
+            return True
         moved = os.splice(source, sink, count if count > 0 else _TEE_CHUNK)
         if moved == 0:
-            return
+            return True
         while 0 < moved < count:
             moved += os.splice(source, sink, count - moved)
 
@@ -468,9 +467,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _duplicate(source: int, side: int) -> int:
+def _duplicate(source: int, side: int) -> int | None:
     """Copy up to _TEE_CHUNK bytes waiting in ``source`` into ``side``, leaving them in
-    ``source``; 0 at its end."""
+    ``source``; 0 at its end, None when tee(2) is refused here."""
     assert _TEE is not None
     count = _TEE(source, side, _TEE_CHUNK, 0)
     if count >= 0:
@@ -479,12 +478,8 @@ def _duplicate(source: int, side: int) -> int:
     if error == errno.EPIPE:
         raise BrokenPipeError(error, os.strerror(error))
     if error in (errno.EINVAL, errno.ENOSYS):
-        raise _NoTeeError
+        return None
     raise OSError(error, os.strerror(error))
-
-
-class _NoTeeError(Exception):
-    """tee(2) is refused here (not a pipe, an old kernel)."""
 
 
 class _ArchiveFollower:
