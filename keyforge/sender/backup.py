@@ -55,7 +55,11 @@ from keyforge.layout import (
     work_snapshot_of,
 )
 from keyforge.sender import pipeline
-from keyforge.sender.pipeline import compress_argv
+
+# the argv planners live with the pipeline that runs them; these names stay importable here
+compress_argv = pipeline.compress_argv
+decompress_argv = pipeline.decompress_argv
+test_stdin_argv = pipeline.test_stdin_argv
 
 # GNU tar exits 1 when a file changed while it was read: the archive is usable, so a warning
 TAR_WARNING_EXIT = 1
