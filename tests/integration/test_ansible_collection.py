@@ -277,3 +277,13 @@ def test_pair_refuses_weak_keys_and_a_half_pair(root: Path, tmp_path: Path) -> N
     half = run_module(root, "pair", {"path": str(tmp_path / "half")})
     assert half.get("failed") is True
     assert "incomplete" in half["msg"]
+
+
+def test_the_readmes_playbook_is_the_collections_and_runs_by_its_name(root: Path) -> None:
+    readme = (COLLECTION_SOURCE.parent / "README.md").read_text()
+    playbook = (COLLECTION_SOURCE / "playbooks" / "offsite.yml").read_text()
+    assert f"```yaml\n{playbook}```" in readme
+    argv = [program("ansible-playbook"), "-i", "localhost,", "--syntax-check"]
+    result = run([*argv, "keyforge.offsite.offsite"], env=environment(root))
+    found = "ansible_collections/keyforge/offsite/playbooks/offsite.yml"
+    assert f"playbook: {root / found}" in result.stdout
