@@ -225,6 +225,8 @@ class TargetConfig:
     known_hosts: str = _field("", _unless_empty(_check_absolute_path))
     path: str = _field("", _unless_empty(_check_absolute_path))
     require_mountpoint: bool = _field(False)
+    # what this target gets: "" means [sync] source (itself "": the backup directory)
+    source: str = _field("", _unless_empty(_check_absolute_path))
 
 
 def _check_time_of_day(value: Any) -> str | None:
@@ -237,6 +239,15 @@ def _check_mailto(value: Any) -> str | None:
     if value == "" or re.match(r"^[A-Za-z0-9._%+@-]+(,[A-Za-z0-9._%+@-]+)*\Z", value):
         return None
     return f'must be a user or mail address (or "" for no mail), got {value!r}'
+
+
+_SCHEDULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}\Z")
+
+
+def _check_schedule_name(value: Any) -> str | None:
+    if _SCHEDULE_NAME_RE.match(value):
+        return None
+    return f"must be a short name of letters, digits, _ and - (cron skips others), got {value!r}"
 
 
 def _check_user(value: Any) -> str | None:
@@ -256,6 +267,8 @@ class ScheduleConfig:
     user: str = _field("root", _check_user)  # cron.d runs the jobs as this user
     mailto: str = _field("root", _check_mailto)  # cron mails a job's output here
     randomized_delay: int = _field(15, _in_range(0, 720))  # minutes (systemd RandomizedDelaySec)
+    # names this config's cron file and units (keyforge-NAME); "": from the config file's name
+    name: str = _field("", _unless_empty(_check_schedule_name))
 
 
 DEFAULT_SNAPSHOT_STORE = "/var/backups/keyforge-snapshots"

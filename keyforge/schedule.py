@@ -10,6 +10,14 @@ Rendering is pure: the commands are quoted here for the reader that will split t
 its line to /bin/sh and turns '%' into a newline; systemd splits ExecStart itself and expands
 '%' and '$'), then the templates lay them out. Installing compares what is on disk with what
 was rendered and writes only what differs, so running it twice changes nothing.
+
+One host may hold several configs (a receiving host that also copies to a drive, two
+servers' copies), so every config's jobs are a set of their own, named for the config:
+``/etc/keyforge/keyforge.toml`` keeps the plain names (``/etc/cron.d/keyforge``,
+``keyforge-backup.timer``), ``/etc/keyforge/drive.toml`` gets ``keyforge-drive`` and
+``keyforge-drive-sync.timer`` (``[schedule] name`` sets it). Each file carries a marker line
+naming its set and its config, so an install never overwrites another config's set and
+``keyforge schedule --list`` finds them all.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ CRON = "cron"
 SYSTEMD = "systemd"
 CRON_DIR = Path("/etc/cron.d")
 CRON_FILE_NAME = "keyforge"  # cron ignores cron.d names with a dot
+DEFAULT_SET = CRON_FILE_NAME  # the default config's set keeps the names it always had
 SYSTEMD_DIR = Path("/etc/systemd/system")
 UNIT_NAMES = (
     "keyforge-backup.service",
@@ -44,6 +53,9 @@ FILE_MODE = 0o644  # cron skips a cron.d file others can write; units are world-
 NICE = 10
 
 _SYSTEMD_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+\Z")
+# the first line of every file a set installs: which set, for which config
+MARKER_PREFIX = "# keyforge-schedule: "
+_SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +68,21 @@ class Jobs:
     mounts: tuple[str, ...]
     snapshot: tuple[str, ...] | None = None
     snapshot_mounts: tuple[str, ...] = ()
+    # the set these jobs belong to: the cron file's name and the units' prefix
+    name: str = DEFAULT_SET
+    config_path: str = ""
 
     @property
     def timers(self) -> list[str]:
         """The timer units of the jobs present, for 'systemctl enable'."""
         present = {"backup": self.backup, "sync": self.sync, "snapshot": self.snapshot}
-        return [f"keyforge-{name}.timer" for name, argv in present.items() if argv is not None]
+        return [
+            unit_name(self.name, job, "timer") for job, argv in present.items() if argv is not None
+        ]
+
+    @property
+    def marker(self) -> str:
+        return f"{MARKER_PREFIX}{self.name} {self.config_path}\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +103,28 @@ class Change:
         )
 
 
+# --- the set's name (pure) -------------------------------------------------------------------
+
+
+def set_name(config_path: Path, explicit: str = "") -> str:
+    """The name of a config's set: keyforge for keyforge.toml, keyforge-NAME otherwise."""
+    base = explicit or config_path.stem
+    base = base.removeprefix(f"{DEFAULT_SET}-")
+    if base == DEFAULT_SET:
+        return DEFAULT_SET
+    if not _SET_NAME_RE.match(base):
+        raise UsageError(
+            f"cron and systemd cannot name jobs after {config_path.name!r}: set [schedule] "
+            'name (letters, digits, _ and -), e.g. name = "drive"'
+        )
+    return f"{DEFAULT_SET}-{base}"
+
+
+def unit_name(name: str, job: str, suffix: str) -> str:
+    """keyforge-backup.timer for the default set, keyforge-drive-backup.timer for another."""
+    return f"{name}-{job}.{suffix}"
+
+
 # --- commands (pure) -------------------------------------------------------------------------
 
 
@@ -98,7 +141,9 @@ def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs
             raise UsageError(f"a scheduled command cannot hold a newline: {arg!r}")
     conf = ["--config", str(config_path)]
     source = config.sync.source or config.backup.directory
-    mounts = tuple(dict.fromkeys((config.backup.directory, source)))
+    # a target with a source of its own needs that one mounted too
+    target_sources = (t.source for t in config.targets if t.source)
+    mounts = tuple(dict.fromkeys((config.backup.directory, source, *target_sources)))
     wanted = jobs_wanted(config.sections)
     snapshot_source = config.snapshot.source or config.sync.source
     snapshot_mounts = tuple(
@@ -111,6 +156,8 @@ def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs
         mounts=mounts,
         snapshot=(*keyforge, "snapshot", *conf) if "snapshot" in wanted else None,
         snapshot_mounts=snapshot_mounts,
+        name=set_name(config_path, config.schedule.name),
+        config_path=str(config_path),
     )
 
 
@@ -193,8 +240,9 @@ def check_times(schedule: ScheduleConfig, jobs: Jobs) -> None:
 
 def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
     check_times(schedule, jobs)
-    return render(
+    return jobs.marker + render(
         "cron.j2",
+        name=jobs.name,
         path=CRON_PATH,
         mailto=schedule.mailto or '""',
         backup_when=cron_fields(schedule.backup_at),
@@ -229,11 +277,11 @@ def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
     for name, argv, at, values in per_job:
         if argv is None:
             continue
-        units[f"keyforge-{name}.service"] = render(
-            f"keyforge-{name}.service.j2", command=systemd_command(argv), **values
+        units[unit_name(jobs.name, name, "service")] = jobs.marker + render(
+            f"keyforge-{name}.service.j2", command=systemd_command(argv), name=jobs.name, **values
         )
-        units[f"keyforge-{name}.timer"] = render(
-            f"keyforge-{name}.timer.j2", at=f"*-*-* {at}:00", **values
+        units[unit_name(jobs.name, name, "timer")] = jobs.marker + render(
+            f"keyforge-{name}.timer.j2", at=f"*-*-* {at}:00", name=jobs.name, **values
         )
     return units
 
@@ -243,7 +291,7 @@ def rendered_files(
 ) -> dict[Path, str]:
     """Every file of ``kind`` by the path it is installed at."""
     if kind == CRON:
-        return {(dest or CRON_DIR) / CRON_FILE_NAME: render_cron(schedule, jobs)}
+        return {(dest or CRON_DIR) / jobs.name: render_cron(schedule, jobs)}
     units = render_systemd(schedule, jobs)
     return {(dest or SYSTEMD_DIR) / name: text for name, text in units.items()}
 
@@ -253,13 +301,108 @@ def default_kind(systemd_runtime: Path = Path("/run/systemd/system")) -> str:
     return SYSTEMD if systemd_runtime.is_dir() else CRON
 
 
-def other_kind_files(kind: str) -> list[Path]:
-    """Files of the other scheduler already installed: both would run every job twice."""
+def other_kind_files(kind: str, name: str = DEFAULT_SET) -> list[Path]:
+    """Files of the other scheduler already installed for the same set: both would run every
+    job twice."""
     if kind == CRON:
-        candidates = [SYSTEMD_DIR / name for name in (*UNIT_NAMES, *SNAPSHOT_UNIT_NAMES)]
-    else:
-        candidates = [CRON_DIR / CRON_FILE_NAME]
-    return [path for path in candidates if path.exists()]
+        return [s.path for s in installed_sets(SYSTEMD_DIR) if s.kind == SYSTEMD and s.name == name]
+    return [s.path for s in installed_sets(CRON_DIR) if s.kind == CRON and s.name == name]
+
+
+# --- what is installed (--list) ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Installed:
+    """One installed file of a set: a cron file, or a systemd timer (with its job's time)."""
+
+    name: str
+    kind: str
+    path: Path
+    config: str  # "" when the file predates the marker
+    jobs: tuple[tuple[str, str], ...]  # (job, HH:MM) in the file's order
+
+
+def read_marker(text: str) -> tuple[str, str] | None:
+    """(set name, config path) from a file's marker line, or None without one."""
+    first = text.split("\n", 1)[0]
+    if not first.startswith(MARKER_PREFIX):
+        return None
+    name, _, config = first.removeprefix(MARKER_PREFIX).partition(" ")
+    return name, config
+
+
+def cron_jobs(text: str) -> tuple[tuple[str, str], ...]:
+    """(job, HH:MM) for each daily line of a cron file keyforge wrote."""
+    jobs = []
+    for line in text.splitlines():
+        fields = line.split(None, 6)
+        if len(fields) < 7 or line.startswith("#") or not fields[0].isdigit():
+            continue
+        try:
+            words = shlex.split(fields[6].replace("\\%", "%"))
+            job = words[words.index("--config") - 1]
+        except ValueError:
+            continue
+        jobs.append((job, f"{int(fields[1]):02d}:{int(fields[0]):02d}"))
+    return tuple(jobs)
+
+
+def timer_time(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("OnCalendar=*-*-* "):
+            return line.removeprefix("OnCalendar=*-*-* ")[:5]
+    return "?"
+
+
+def _is_keyforge_name(file_name: str) -> bool:
+    return file_name == DEFAULT_SET or file_name.startswith(f"{DEFAULT_SET}-")
+
+
+def installed_sets(*directories: Path) -> list[Installed]:
+    """Every keyforge cron file and timer in ``directories``, whichever config wrote it."""
+    found: list[Installed] = []
+    for directory in dict.fromkeys(directories):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            if not _is_keyforge_name(path.name) or not path.is_file():
+                continue
+            text = fsutil.read_text_if_exists(path) or ""
+            marker = read_marker(text)
+            if path.suffix == ".timer":
+                name, config = marker or (DEFAULT_SET, "")
+                job = path.name.removeprefix(f"{name}-").removesuffix(".timer")
+                found.append(Installed(name, SYSTEMD, path, config, ((job, timer_time(text)),)))
+            elif "." not in path.name:
+                name, config = marker or (path.name, "")
+                found.append(Installed(name, CRON, path, config, cron_jobs(text)))
+    return found
+
+
+def list_lines(found: Sequence[Installed]) -> list[str]:
+    """One line per set and scheduler: name, kind, config, then each job and its time."""
+    grouped: dict[tuple[str, str], list[Installed]] = {}
+    for item in found:
+        grouped.setdefault((item.name, item.kind), []).append(item)
+    lines = []
+    for (name, kind), items in sorted(grouped.items()):
+        config = next((i.config for i in items if i.config), "(config unknown)")
+        jobs = ", ".join(f"{job} {at}" for i in items for job, at in i.jobs) or "no jobs"
+        where = str(items[0].path) if kind == CRON else str(items[0].path.parent)
+        lines.append(f"{name}\t{kind}\t{config}\t{jobs}\t{where}")
+    return lines
+
+
+def check_owner(changes: Sequence[Change], jobs: Jobs) -> None:
+    """Refuse to overwrite a file another config's set installed under the same name."""
+    for change in changes:
+        marker = read_marker(change.old or "")
+        if marker is not None and marker[1] != jobs.config_path:
+            raise UsageError(
+                f"{change.path} holds the jobs of {marker[1]}, not of {jobs.config_path}: set "
+                f"[schedule] name in {jobs.config_path} to give its jobs their own files"
+            )
 
 
 # --- installing ------------------------------------------------------------------------------

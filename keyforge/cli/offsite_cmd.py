@@ -3,14 +3,18 @@ server."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from keyforge.cli import options
 from keyforge.cli.output import say, warn
 from keyforge.errors import CommandError, KeyforgeError, UsageError
+
+if TYPE_CHECKING:
+    from keyforge.schedule import Change
 
 
 def sync_command(
@@ -127,9 +131,17 @@ def schedule_command(
             metavar="DIR",
             show_default=False,
             help="Install into DIR instead of /etc/cron.d or /etc/systemd/system (for staging "
-            "an image).",
+            "an image); with --list, read DIR.",
         ),
     ] = None,
+    list_all: Annotated[
+        bool,
+        typer.Option(
+            "--list",
+            help="Show every config's installed jobs (cron files and timers): set, scheduler, "
+            "config, each job's time.",
+        ),
+    ] = False,
 ) -> None:
     """Run the backup daily and the sync at night after it, from cron or systemd timers.
 
@@ -141,9 +153,17 @@ def schedule_command(
     On the receiving host, a config with a [snapshot] section schedules 'keyforge snapshot' at
     snapshot_at (default two hours after sync_at) as [schedule] user, and the backup and the
     sync only when it also has [backup] or [[targets]].
+
+    Each config's jobs are a set of their own, named for the config file: keyforge.toml's are
+    /etc/cron.d/keyforge and keyforge-*.timer, drive.toml's /etc/cron.d/keyforge-drive and
+    keyforge-drive-*.timer ([schedule] name sets it). Installing one config never touches
+    another's set; --list shows them all.
     """
     from keyforge import config, schedule
 
+    if list_all:
+        _list_schedules(dest, install=install or dry_run)
+        return
     if cron and systemd:
         raise UsageError("--cron and --systemd contradict each other; give one")
     if dry_run and not install:
@@ -161,19 +181,34 @@ def schedule_command(
             typer.echo(text, nl=False)
         return
     changes = schedule.plan_install(files)
+    schedule.check_owner(changes, jobs)
     if not dry_run:
         schedule.apply(changes)
+    _say_changes(changes, dry_run=dry_run)
+    if dest is None:
+        for other in schedule.other_kind_files(kind, jobs.name):
+            warn(f"{other} is installed too: remove it, or every job runs twice")
+    if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
+        say("next: systemctl daemon-reload && systemctl enable --now " + " ".join(jobs.timers))
+
+
+def _say_changes(changes: Sequence[Change], *, dry_run: bool) -> None:
     for change in changes:
         if dry_run and change.action != "unchanged":
             typer.echo(change.diff(), nl=False)
             say(f"would be {change.action}: {change.path}")
         else:
             say(f"{change.action}: {change.path}")
-    if dest is None:
-        for other in schedule.other_kind_files(kind):
-            warn(f"{other} is installed too: remove it, or every job runs twice")
-    if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
-        say("next: systemctl daemon-reload && systemctl enable --now " + " ".join(jobs.timers))
+
+
+def _list_schedules(dest: Path | None, *, install: bool) -> None:
+    from keyforge import schedule
+
+    if install:
+        raise UsageError("--list only reads; it does not go with --install or --dry-run")
+    dirs = (dest,) if dest else (schedule.CRON_DIR, schedule.SYSTEMD_DIR)
+    for line in schedule.list_lines(schedule.installed_sets(*dirs)):
+        typer.echo(line)
 
 
 def status_command(

@@ -62,3 +62,16 @@ def test_systemd_analyze_verify_accepts_the_receiving_hosts_snapshot_units(tmp_p
     result = _verify(paths)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_systemd_analyze_verify_accepts_a_second_configs_units(tmp_path: Path) -> None:
+    config = parse({"backup": {"directory": str(tmp_path)}})
+    jobs = schedule.jobs_for(config, Path("/etc/keyforge/drive.toml"), [sys.executable])
+    paths = []
+    for name, text in schedule.render_systemd(config.schedule, jobs).items():
+        (tmp_path / name).write_text(text)
+        paths.append(tmp_path / name)
+    assert sorted(p.name for p in paths)[0] == "keyforge-drive-backup.service"
+    result = _verify(paths)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
