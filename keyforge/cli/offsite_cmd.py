@@ -3,14 +3,19 @@ server."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from keyforge.cli import options
-from keyforge.cli.output import say, warn
+from keyforge.cli.monitoring import monitored
+from keyforge.cli.output import job_line, say, warn
 from keyforge.errors import CommandError, KeyforgeError, UsageError
+
+if TYPE_CHECKING:
+    from keyforge.infra import runner
 
 
 def sync_command(
@@ -47,6 +52,7 @@ def sync_command(
             "be (for 'keyforge install --command'); connect nowhere, send nothing.",
         ),
     ] = False,
+    verbose: options.VerboseOption = False,
 ) -> None:
     """Push the backup directory to each target with rsync over the locked-down key.
 
@@ -59,10 +65,16 @@ def sync_command(
     directory's lock, retries network failures with backoff, and appends one JSON line per
     target to the sync log and a line to syslog.
 
+    In a terminal it shows rsync's progress (bytes, percent, rate, ETA); outside one it prints
+    nothing on success unless --verbose. Each run pings [monitor] sync_ping.
+
     --dry-run never connects: the receiving side runs its forced command, which ignores
     rsync's -n and would really delete. --print-server-command shows the line that forced
     command must be, learnt from this very rsync command without connecting.
     """
+    import sys
+
+    from keyforge.monitor.runs import TargetResult
     from keyforge.sender import sync
 
     cfg = options.load_config(config_path)
@@ -83,20 +95,35 @@ def sync_command(
             say(line)
         say("dry run: checked the source and the targets; connected nowhere")
         return
-    reports = sync.sync(
-        cfg,
-        target,
-        wait=wait,
-        accept_loss=accept_loss,
-        tools=tools,
-        effects=sync.Effects(notify=warn),
-    )
-    failed = [report for report in reports if not report.ok]
-    for report in reports:
-        if report.ok:
-            say(sync.summary(report))
-    if failed:
-        raise CommandError("; ".join(sync.summary(report) for report in failed))
+    effects = sync.Effects(notify=warn)
+    if sys.stderr.isatty():
+        effects.run = _run_with_display
+    with monitored(cfg, "sync", default_target="") as run:
+        reports = sync.sync(
+            cfg, target, wait=wait, accept_loss=accept_loss, tools=tools, effects=effects
+        )
+        failed = [report for report in reports if not report.ok]
+        for report in reports:
+            if run is not None:
+                run.add(
+                    TargetResult(report.target, report.ok, report.bytes_sent, None, report.message)
+                )
+            if report.ok:
+                job_line(sync.summary(report), verbose=verbose)
+        if failed:
+            raise CommandError("; ".join(sync.summary(report) for report in failed))
+
+
+def _run_with_display(argv: Sequence[str]) -> runner.Result:
+    """rsync with its progress shown on stderr, in a terminal."""
+    from keyforge.infra import runner
+    from keyforge.sender import progress, sync
+
+    display = progress.SyncDisplay(argv[-1])
+    try:
+        return runner.run_streaming(sync.with_progress(argv), display.feed)
+    finally:
+        display.close()
 
 
 def schedule_command(
@@ -188,30 +215,47 @@ def status_command(
             help="Fail when the last successful backup or sync is older than this.",
         ),
     ] = 26.0,  # a daily job, plus its random delay and a slow run
+    ping: Annotated[
+        bool,
+        typer.Option(
+            "--ping",
+            help="Report the verdict to [monitor] freshness_ping like a job (start, success or "
+            "the exit code), and print nothing when all is well unless --verbose: the check "
+            "'keyforge schedule' installs on a receiving host.",
+        ),
+    ] = False,
+    verbose: options.VerboseOption = False,
 ) -> None:
     """When the last backup and the last sync of each target succeeded: age and size.
 
-    Exits 1 when any of them is older than --max-age or never succeeded, or when a target's
-    last sync failed, so a monitoring system (Nagios, a cron MAILTO, a systemd OnFailure) can
-    call it as is. Reads the newest complete manifest in the backup directory and the sync log;
-    connects nowhere. On a receiving host the manifests are the sending server's, and the line
-    says so ("pushed copy of server1"): the age of the newest backup that arrived. A config
-    with [snapshot] and no [backup] reads the synced copy ([snapshot] source).
+    Exits 1 when any of them is older than --max-age or never succeeded, when a target's last
+    sync failed, or when the last run of any job (backup, sync, snapshot) failed, so a
+    monitoring system (Nagios, a cron MAILTO, a systemd OnFailure) can call it as is; --json
+    lists the reasons. Reads the newest complete manifest in the backup directory, the sync
+    log and the run log; connects nowhere (but for --ping). On a receiving host the manifests
+    are the sending servers': one line per sending host whose pushes land there ("pushed copy
+    of server1"), aged by its newest manifest whose archives all arrived. A config with
+    [snapshot] and no [backup] reads the synced copy ([snapshot] source).
     """
     from datetime import UTC, datetime
 
     from keyforge.sender import status
 
     cfg = options.load_config(config_path)
-    result = status.assess(cfg, datetime.now(UTC), max_age)
-    if as_json:
-        say(status.as_json(result))
-    else:
-        for line in status.lines(result):
-            say(line)
-    if not result.ok:
-        stale = [item.name for item in result.items if not item.ok]
-        raise KeyforgeError(f"not ok: {', '.join(stale)}")
+    with monitored(cfg, "freshness", enabled=ping):
+        result = status.assess(cfg, datetime.now(UTC), max_age)
+        quiet = ping and result.ok and not as_json
+        if as_json:
+            say(status.as_json(result))
+        else:
+            for line in status.lines(result):
+                if quiet:
+                    job_line(line, verbose=verbose)
+                else:
+                    say(line)
+        if not result.ok:
+            stale = [item.name for item in result.items if not item.ok]
+            raise KeyforgeError(f"not ok: {', '.join(stale)}")
 
 
 def check_command(

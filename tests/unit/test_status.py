@@ -14,14 +14,25 @@ from keyforge.sender import status
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def _manifest(directory: Path, name: str, host: str, sources: list[str], when: datetime) -> None:
-    """A run manifest as keyforge backup writes it, dated ``when``."""
+def _manifest(
+    directory: Path,
+    name: str,
+    host: str,
+    sources: list[str],
+    when: datetime,
+    *,
+    archives: bool = True,
+) -> None:
+    """A run manifest as keyforge backup writes it, dated ``when``, with its archives (of the
+    recorded size) unless ``archives`` is false."""
     entries = []
     for source in sources:
         archive = layout.archive_name(
             host, layout.source_slug(source), "20260301", "master", "zstd"
         )
         entries.append(layout.ArchiveEntry(archive, source, "master", archive, 1000, "0" * 64))
+        if archives:
+            (directory / archive).write_bytes(b"x" * 1000)
     path = directory / name
     path.write_bytes(layout.manifest_json(host, "20260301", when, entries))
     os.utime(path, (when.timestamp(), when.timestamp()))
