@@ -37,8 +37,8 @@ _SECRET_PATTERNS = (
     re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),
     # password=…, token: …, secret=… (keys and values as tools print them)
     re.compile(
-        r"(?i)(?<![A-Za-z0-9])((?:pass(?:word|phrase)?|token|secret|api[_-]?key|auth)"
-        r"[\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
+        r"(?i)([A-Za-z0-9_-]*(?:pass(?:word|phrase)?|token|secret|api[_-]?key|auth)"
+        r"[A-Za-z0-9_-]*[\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
     ),
 )
 

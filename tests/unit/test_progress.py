@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
+import shutil
+from pathlib import Path
 
 from keyforge import layout
-from keyforge.sender import backup, progress
+from keyforge.config import Config, parse
+from keyforge.infra import runner
+from keyforge.sender import backup, progress, sync
 
 ENTRY = layout.ArchiveEntry(
     name="server1-etc.20261128.master.tar.zst",
@@ -53,3 +58,86 @@ def test_the_summary_is_one_line_with_counts_size_pruning_warnings_and_time() ->
         "backup server1 20261128: 2 archives (1 master, 1 incremental), 3.0 MB, "
         "pruned 1 old chain(s), 1 warning(s), 4.2 s"
     )
+
+
+# --- estimates, percent and ETA; the sync's rsync progress ------------------------------------
+
+
+def test_with_an_estimate_the_line_shows_percent_rate_and_eta() -> None:
+    line = progress.backup_progress_line("/etc", 25 * 1024 * 1024, 10.0, 100 * 1024 * 1024)
+    assert line == "  /etc: 25.0 MB of ~100.0 MB (25%), 2.5 MB/s, ETA 0:00:30"
+
+
+def test_an_estimate_that_ran_out_stays_below_100_percent() -> None:
+    line = progress.backup_progress_line("/etc", 300, 1.0, 100)
+    assert "(99%)" in line and "ETA ?" in line
+
+
+def test_the_terminal_display_uses_the_totals_it_was_given() -> None:
+    out = io.StringIO()
+    reporter = progress.TerminalReporter(out, totals={"/etc": 4 * 1024 * 1024})
+    reporter.progress("/etc", 1024 * 1024, 1.0)
+    assert "1.0 MB of ~4.0 MB (25%), 1.0 MB/s, ETA 0:00:03" in out.getvalue()
+
+
+def _write_config(tmp_path: Path, src: Path) -> Config:
+    return parse(
+        {
+            "general": {"host": "server1"},
+            "backup": {
+                "sources": [str(src)],
+                "directory": str(tmp_path / "backups"),
+                "nice": 0,
+                "ionice": "none",
+                "full_every": 7,
+            },
+        }
+    )
+
+
+def test_the_total_is_the_previous_archive_of_the_same_kind_else_the_sources_bytes(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(300_000))
+    config = _write_config(tmp_path, src)
+    # no archive yet: what du would count
+    assert progress.estimate_totals(config, force_full=False) == {str(src): 300_000}
+    backup.run_backup(config)
+    [master] = backup.scan_archives(config)
+    size = (config.backup_dir / master.name).stat().st_size
+    assert progress.estimate_totals(config, force_full=True) == {str(src): size}
+    # the next run is an incremental and none was made yet: du again
+    assert progress.estimate_totals(config, force_full=False) == {str(src): 300_000}
+
+
+def test_the_sync_display_reads_progress_split_across_chunks() -> None:
+    out = io.StringIO()
+    display = progress.SyncDisplay("pi", out)
+    text = b"sending incremental file list\n     1,048,576  50%    2.00MB/s    0:00:01\r"
+    text += b"     2,097,152 100%    2.00MB/s    0:00:01 (xfr#1, to-chk=0/2)\n"
+    for i in range(0, len(text), 7):
+        display.feed(text[i : i + 7])
+    assert display.last == progress.SyncProgress(2_097_152, 100, 2.0 * 1024**2, "0:00:01")
+    assert "sync pi: 2.0 MB (100%), 2.0 MB/s, ETA 0:00:01" in out.getvalue()
+    display.close()
+    assert out.getvalue().endswith("\r\x1b[K")
+
+
+def test_real_rsync_progress2_output_is_read(tmp_path: Path) -> None:
+    rsync = shutil.which("rsync")
+    assert rsync is not None, "rsync is needed"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(2_000_000))
+    (src / "b").write_bytes(os.urandom(1_000_000))
+    out = io.StringIO()
+    display = progress.SyncDisplay("local", out)
+    argv = sync.with_progress([rsync, "-a", "--stats", f"{src}/", str(tmp_path / "dst")])
+    result = runner.run_streaming(argv, display.feed)
+    assert result.returncode == 0
+    assert display.last is not None
+    assert display.last.bytes == 3_000_000
+    assert display.last.percent == 100
+    assert sync.parse_bytes_sent(result.stdout.decode()) is not None  # --stats still read
