@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -181,6 +181,9 @@ def schedule_command(
     jobs = schedule.jobs_for(cfg, path, schedule.keyforge_argv())
     schedule.check_snapshot_user(cfg, jobs, schedule.owner_name)
     files = schedule.rendered_files(kind, cfg.schedule, jobs, dest)
+    mail = schedule.mail_warning(cfg.schedule, kind, schedule.find_sendmail)
+    if mail is not None:
+        warn(mail)
     if not install:
         for file_path, text in files.items():
             if len(files) > 1:
@@ -190,17 +193,21 @@ def schedule_command(
     changes = schedule.plan_install(files)
     if not dry_run:
         schedule.apply(changes)
+    _say_changes(changes, dry_run=dry_run)
+    if dest is None:
+        for other in schedule.other_kind_files(kind):
+            warn(f"{other} is installed too: remove it, or every job runs twice")
+    if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
+        say("next: systemctl daemon-reload && systemctl enable --now " + " ".join(jobs.timers))
+
+
+def _say_changes(changes: Sequence[Any], *, dry_run: bool) -> None:
     for change in changes:
         if dry_run and change.action != "unchanged":
             typer.echo(change.diff(), nl=False)
             say(f"would be {change.action}: {change.path}")
         else:
             say(f"{change.action}: {change.path}")
-    if dest is None:
-        for other in schedule.other_kind_files(kind):
-            warn(f"{other} is installed too: remove it, or every job runs twice")
-    if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
-        say("next: systemctl daemon-reload && systemctl enable --now " + " ".join(jobs.timers))
 
 
 def status_command(
@@ -291,8 +298,49 @@ def check_command(
         raise KeyforgeError(f"the key is less restricted than expected ({'; '.join(loose)})")
 
 
+def notify_command(
+    unit: Annotated[
+        str,
+        typer.Option(
+            "--unit",
+            metavar="UNIT",
+            help="The systemd unit that failed, e.g. keyforge-backup.service (systemd's "
+            "OnFailure= gives it as the instance name).",
+        ),
+    ],
+    config_path: options.ConfigOption = None,
+) -> None:
+    """Report a keyforge job that systemd saw fail to its monitors.
+
+    Started by keyforge-notify@.service, which every keyforge unit names in OnFailure=: a job
+    killed, out of memory or timed out cannot ping for itself. Sends the job's failure ping
+    ([monitor] JOB_ping, with the unit's last journal lines, scrubbed) and the webhook, and
+    adds the failure to the run log, so 'keyforge status' fails too. A failure keyforge
+    reported itself minutes ago is not reported twice.
+    """
+    import os
+
+    from keyforge.infra import runner, tools
+    from keyforge.monitor import job
+
+    cfg = options.load_config(config_path)
+    lines: list[str] = []
+    journalctl = tools.find_program("journalctl")
+    if journalctl is not None:
+        argv = [journalctl, "--unit", unit, "--lines", "20", "--no-pager", "--output", "cat"]
+        try:
+            found = runner.run(argv, check=False, timeout=10)
+            lines = found.stdout.decode("utf-8", "replace").splitlines()
+        except KeyforgeError:
+            lines = []
+    record = job.report_unit_failure(cfg, unit, dict(os.environ), lines, job.Effects(warn=warn))
+    if record is None:
+        say(f"{unit}: keyforge reported this failure itself")
+
+
 def register(app: typer.Typer) -> None:
     app.command("sync")(sync_command)
     app.command("schedule")(schedule_command)
     app.command("status")(status_command)
     app.command("check")(check_command)
+    app.command("notify")(notify_command)

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from keyforge.config import Config
-from keyforge.errors import INTERRUPTED, KeyforgeError
+from keyforge.errors import INTERRUPTED, KeyforgeError, UsageError
 from keyforge.infra import fsutil, http, journal
 from keyforge.monitor import pings, prometheus, runs
 
@@ -193,3 +193,66 @@ class JobRun:
             self.effects.log_run(summary, priority, fields)
         except OSError as err:
             self.effects.warn(f"monitor: the system log: {err}")
+
+
+# --- systemd's OnFailure= ------------------------------------------------------------------
+
+UNIT_PREFIX = "keyforge-"
+UNIT_SUFFIX = ".service"
+# a failure keyforge logged itself this recently is the one systemd reports: not twice
+ALREADY_REPORTED_SECONDS = 600
+
+
+def job_of_unit(unit: str) -> str | None:
+    """``keyforge-backup.service`` -> ``backup``; None for a unit that is no keyforge job."""
+    if not (unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX)):
+        return None
+    job = unit[len(UNIT_PREFIX) : -len(UNIT_SUFFIX)]
+    return job if job in ("backup", "sync", "snapshot", "drill", "freshness") else None
+
+
+def unit_failure(unit: str, environ: dict[str, str]) -> tuple[int, str]:
+    """The exit code and the words for a unit systemd saw fail, from the MONITOR_* variables
+    it gives an OnFailure= unit (systemd 251 and later)."""
+    status = environ.get("MONITOR_EXIT_STATUS", "")
+    code = int(status) if status.isdigit() and int(status) > 0 else 1
+    details = [
+        environ.get(name, "")
+        for name in ("MONITOR_SERVICE_RESULT", "MONITOR_EXIT_CODE", "MONITOR_EXIT_STATUS")
+    ]
+    said = ", ".join(d for d in details if d)
+    return code, f"systemd: {unit} failed" + (f" ({said})" if said else "")
+
+
+def already_reported(config: Config, job: str, now: datetime) -> bool:
+    """keyforge itself logged (and pinged) this job's failure moments ago."""
+    try:
+        last = runs.last_by_job(runs.read(runs.run_log_path(config))).get(job)
+    except KeyforgeError:
+        return False
+    if last is None or last.ok:
+        return False
+    return (now - last.end).total_seconds() <= ALREADY_REPORTED_SECONDS
+
+
+def report_unit_failure(
+    config: Config,
+    unit: str,
+    environ: dict[str, str],
+    journal_lines: list[str],
+    effects: Effects | None = None,
+) -> runs.RunRecord | None:
+    """What ``keyforge notify`` does: the failure ping, the webhook and the run log's line for
+    a job that ended without saying so itself. None when keyforge already had."""
+    job = job_of_unit(unit)
+    if job is None:
+        raise UsageError(f"{unit!r} is not a keyforge job's unit (keyforge-JOB.service)")
+    effects = effects or Effects()
+    if already_reported(config, job, effects.now()):
+        return None
+    code, message = unit_failure(unit, environ)
+    run = JobRun(config, job, effects)
+    run.message = message
+    for line in journal_lines:
+        run.note(line)
+    return run.finish(code)
