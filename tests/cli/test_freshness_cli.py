@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from keyforge import layout
 from keyforge.cli import app
 from keyforge.infra import tools
-from tests.cli.test_monitor_cli import Recorder, recorder  # noqa: F401 - the fixture
+from tests.cli.conftest import Recorder
 
 HOUR = 3600
 
@@ -67,7 +67,7 @@ def test_each_sending_host_gets_its_own_line_aged_by_its_newest_complete_manifes
 
 def test_the_scheduled_check_pings_its_own_url_and_fires_when_pushes_stop(
     tmp_path: Path,
-    recorder: Recorder,  # noqa: F811 - the fixture
+    recorder: Recorder,
 ) -> None:
     config = _receiver(tmp_path, f'freshness_ping = "{recorder.url}/fresh"\n')
     copy = tmp_path / "copy"
@@ -129,7 +129,7 @@ def test_schedule_warns_when_mailto_has_no_sendmail(
 
 def test_notify_reports_a_unit_systemd_saw_fail(
     tmp_path: Path,
-    recorder: Recorder,  # noqa: F811 - the fixture
+    recorder: Recorder,
 ) -> None:
     config = _receiver(tmp_path, f'snapshot_ping = "{recorder.url}/snap"\n')
     env = {
