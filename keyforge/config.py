@@ -517,6 +517,8 @@ def render_default(host: str | None = None, directory: str | None = None) -> str
         sync_log=toml_string(sync.log),
         snapshot=snapshot,
         snapshot_store=toml_string(snapshot.directory),
+        monitor=MonitorConfig(),
+        monitor_webhook_on=toml_string(MonitorConfig().webhook_on),
     )
 
 

@@ -57,6 +57,9 @@ def snapshot_command(
     manifests or a source's full backups gone, most of its files gone) the snapshot is still
     taken as evidence but nothing is pruned, and the run fails saying so. Retention counts only
     good snapshots and never removes the newest good one.
+
+    Outside a terminal a good run prints nothing unless --verbose; each run is a line in the
+    run log and the system log, and pings [monitor] snapshot_ping.
     """
     from keyforge.receiver import snapshot
     from keyforge.sender import backup

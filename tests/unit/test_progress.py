@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
-import shutil
-from pathlib import Path
 
 from keyforge import layout
-from keyforge.config import Config, parse
-from keyforge.infra import runner
-from keyforge.sender import backup, progress, sync
+from keyforge.sender import backup, progress
 
 ENTRY = layout.ArchiveEntry(
     name="server1-etc.20261128.master.tar.zst",
@@ -80,38 +75,6 @@ def test_the_terminal_display_uses_the_totals_it_was_given() -> None:
     assert "1.0 MB of ~4.0 MB (25%), 1.0 MB/s, ETA 0:00:03" in out.getvalue()
 
 
-def _write_config(tmp_path: Path, src: Path) -> Config:
-    return parse(
-        {
-            "general": {"host": "server1"},
-            "backup": {
-                "sources": [str(src)],
-                "directory": str(tmp_path / "backups"),
-                "nice": 0,
-                "ionice": "none",
-                "full_every": 7,
-            },
-        }
-    )
-
-
-def test_the_total_is_the_previous_archive_of_the_same_kind_else_the_sources_bytes(
-    tmp_path: Path,
-) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "big").write_bytes(os.urandom(300_000))
-    config = _write_config(tmp_path, src)
-    # no archive yet: what du would count
-    assert progress.estimate_totals(config, force_full=False) == {str(src): 300_000}
-    backup.run_backup(config)
-    [master] = backup.scan_archives(config)
-    size = (config.backup_dir / master.name).stat().st_size
-    assert progress.estimate_totals(config, force_full=True) == {str(src): size}
-    # the next run is an incremental and none was made yet: du again
-    assert progress.estimate_totals(config, force_full=False) == {str(src): 300_000}
-
-
 def test_the_sync_display_reads_progress_split_across_chunks() -> None:
     out = io.StringIO()
     display = progress.SyncDisplay("pi", out)
@@ -123,21 +86,3 @@ def test_the_sync_display_reads_progress_split_across_chunks() -> None:
     assert "sync pi: 2.0 MB (100%), 2.0 MB/s, ETA 0:00:01" in out.getvalue()
     display.close()
     assert out.getvalue().endswith("\r\x1b[K")
-
-
-def test_real_rsync_progress2_output_is_read(tmp_path: Path) -> None:
-    rsync = shutil.which("rsync")
-    assert rsync is not None, "rsync is needed"
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a").write_bytes(os.urandom(2_000_000))
-    (src / "b").write_bytes(os.urandom(1_000_000))
-    out = io.StringIO()
-    display = progress.SyncDisplay("local", out)
-    argv = sync.with_progress([rsync, "-a", "--stats", f"{src}/", str(tmp_path / "dst")])
-    result = runner.run_streaming(argv, display.feed)
-    assert result.returncode == 0
-    assert display.last is not None
-    assert display.last.bytes == 3_000_000
-    assert display.last.percent == 100
-    assert sync.parse_bytes_sent(result.stdout.decode()) is not None  # --stats still read
