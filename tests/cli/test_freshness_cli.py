@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from keyforge import layout
 from keyforge.cli import app
 from keyforge.infra import tools
-from tests.cli.conftest import Recorder
+from tests.conftest import Recorder
 
 HOUR = 3600
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from keyforge.cli import app
-from tests.cli.conftest import Recorder
+from tests.conftest import Recorder
 
 
 def _config(tmp_path: Path, sources: list[Path], monitor: str) -> str:
