@@ -36,7 +36,10 @@ chown -R foo:foo /mnt/snapshot-test
 
 def _snapshot(lab, *args: str, user: str = "root"):
     return lab.receiver.run(
-        ["keyforge", "snapshot", "--config", CONFIG, *args], user=user, check=False, timeout=120
+        ["keyforge", "snapshot", "--config", CONFIG, "--verbose", *args],
+        user=user,
+        check=False,
+        timeout=120,
     )
 
 
