@@ -287,6 +287,47 @@ class SnapshotConfig:
     wipe_loss_percent: int = _field(50, _in_range(1, 100))
 
 
+def _check_url(value: Any) -> str | None:
+    """A ping or webhook URL: http(s), a host, nothing a header or a log line could split on."""
+    if not re.match(r"^https?://[^\s/?#@]+(/[^\s]*)?\Z", value):
+        return f"must be an http:// or https:// URL without spaces, got {value!r}"
+    return None
+
+
+MONITOR_JOBS = ("backup", "sync", "snapshot", "drill", "freshness")
+WEBHOOK_ON = ("always", "failure")
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """[monitor]: who hears about each run (either host). Every key may stay unset.
+
+    Each ``*_ping`` is one check's URL in the Healthchecks.io protocol (``/start``, success,
+    ``/<exit code>``); ``webhook`` receives the run's JSON; ``prometheus_textfile`` is a file
+    node_exporter's textfile collector reads.
+    """
+
+    backup_ping: str = _field("", _unless_empty(_check_url))
+    sync_ping: str = _field("", _unless_empty(_check_url))
+    snapshot_ping: str = _field("", _unless_empty(_check_url))
+    drill_ping: str = _field("", _unless_empty(_check_url))
+    # the receiving host's own check that pushes keep arriving ('keyforge status --ping')
+    freshness_ping: str = _field("", _unless_empty(_check_url))
+    webhook: str = _field("", _unless_empty(_check_url))
+    webhook_on: str = _field("always", _one_of(*WEBHOOK_ON))
+    prometheus_textfile: str = _field("", _unless_empty(_check_absolute_path))
+    # seconds a run may wait for its monitors in all, however many there are or retries
+    timeout: int = _field(10, _in_range(1, 120))
+    retries: int = _field(2, _in_range(0, 10))
+    # "" means runs.log in the state directory; one JSON line per run
+    log: str = _field("", _unless_empty(_check_absolute_path))
+    # the freshness check 'keyforge schedule' installs on a receiving host
+    max_age_hours: int = _field(26, _at_least(1))
+
+    def ping_url(self, job: str) -> str:
+        return str(getattr(self, f"{job}_ping", ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     general: GeneralConfig
@@ -296,6 +337,7 @@ class Config:
     path: Path | None = None
     schedule: ScheduleConfig = ScheduleConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    monitor: MonitorConfig = MonitorConfig()
     # the sections the file holds: 'keyforge schedule' picks a host's jobs by them
     sections: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
@@ -316,6 +358,7 @@ SECTIONS: Mapping[str, tuple[type[Any], bool]] = {
     "targets": (TargetConfig, True),
     "schedule": (ScheduleConfig, False),
     "snapshot": (SnapshotConfig, False),
+    "monitor": (MonitorConfig, False),
 }
 
 
@@ -405,6 +448,7 @@ def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
         targets=sections.get("targets", ()),
         schedule=sections.get("schedule", ScheduleConfig()),
         snapshot=sections.get("snapshot", SnapshotConfig()),
+        monitor=sections.get("monitor", MonitorConfig()),
         sections=frozenset(sections),
     )
 
@@ -499,6 +543,8 @@ def render_default(host: str | None = None, directory: str | None = None) -> str
         sync_log=toml_string(sync.log),
         snapshot=snapshot,
         snapshot_store=toml_string(snapshot.directory),
+        monitor=MonitorConfig(),
+        monitor_webhook_on=toml_string(MonitorConfig().webhook_on),
     )
 
 

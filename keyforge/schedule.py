@@ -29,7 +29,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from keyforge.config import Config, ScheduleConfig
+from keyforge.config import DEFAULT_STATE_DIR, Config, ScheduleConfig
 from keyforge.errors import UsageError
 from keyforge.infra import fsutil, tools
 from keyforge.infra.templating import render
@@ -47,6 +47,20 @@ UNIT_NAMES = (
     "keyforge-sync.timer",
 )
 SNAPSHOT_UNIT_NAMES = ("keyforge-snapshot.service", "keyforge-snapshot.timer")
+# every job unit's OnFailure= starts this one, with the failed unit's name as its instance
+NOTIFY_UNIT_NAME = "keyforge-notify@.service"
+FRESHNESS_UNIT_NAMES = ("keyforge-freshness.service", "keyforge-freshness.timer")
+FRESHNESS_MINUTE = 17  # the receiving host's hourly check, off the full hour
+# the capabilities each job keeps as root (CapabilityBoundingSet=): tar reads every file and
+# keeps owners' files as they were; rsync reads root's backup directory; the snapshot copies
+# owners and modes; status only reads
+CAPABILITIES = {
+    "backup": "CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN",
+    "sync": "CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE",
+    "snapshot": "CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN",
+    "freshness": "CAP_DAC_READ_SEARCH",
+    "notify": "CAP_DAC_READ_SEARCH",
+}
 SNAPSHOT_DELAY_MINUTES = 120  # snapshot_at's default: this long after sync_at
 CRON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FILE_MODE = 0o644  # cron skips a cron.d file others can write; units are world-readable
@@ -71,11 +85,22 @@ class Jobs:
     # the set these jobs belong to: the cron file's name and the units' prefix
     name: str = DEFAULT_SET
     config_path: str = ""
+    # the receiving host's hourly 'keyforge status --ping'
+    freshness: tuple[str, ...] | None = None
+    # what systemd's OnFailure= runs, the failed unit's name appended
+    notify: tuple[str, ...] | None = None
+    # the directories each job writes (ReadWritePaths= of its hardened unit), by job
+    writable: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def timers(self) -> list[str]:
         """The timer units of the jobs present, for 'systemctl enable'."""
-        present = {"backup": self.backup, "sync": self.sync, "snapshot": self.snapshot}
+        present = {
+            "backup": self.backup,
+            "sync": self.sync,
+            "snapshot": self.snapshot,
+            "freshness": self.freshness,
+        }
         return [
             unit_name(self.name, job, "timer") for job, argv in present.items() if argv is not None
         ]
@@ -125,6 +150,12 @@ def unit_name(name: str, job: str, suffix: str) -> str:
     return f"{name}-{job}.{suffix}"
 
 
+def notify_unit_name(name: str) -> str:
+    """The template unit a set's jobs name in OnFailure=: each set reports to its own config's
+    monitors."""
+    return f"{name}-notify@.service"
+
+
 # --- commands (pure) -------------------------------------------------------------------------
 
 
@@ -149,6 +180,9 @@ def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs
     snapshot_mounts = tuple(
         dict.fromkeys(m for m in (snapshot_source, config.snapshot.directory) if m)
     )
+    # the receiving host checks, with a ping of its own, that the pushes keep arriving
+    max_age = str(config.monitor.max_age_hours)
+    freshness = (*keyforge, "status", *conf, "--max-age", max_age, "--ping")
     # --wait: a backup still running at sync time delays the sync instead of cancelling it
     return Jobs(
         backup=(*keyforge, "backup", *conf) if "backup" in wanted else None,
@@ -158,7 +192,31 @@ def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs
         snapshot_mounts=snapshot_mounts,
         name=set_name(config_path, config.schedule.name),
         config_path=str(config_path),
+        freshness=freshness if "snapshot" in wanted else None,
+        notify=(*keyforge, "notify", *conf),
+        writable=tuple((job, writable_paths(config, job)) for job in CAPABILITIES),
     )
+
+
+def writable_paths(config: Config, job: str) -> tuple[str, ...]:
+    """The directories ``job`` writes: its own, the state directory, the logs' and the
+    Prometheus file's (pure). Everything else stays read-only under ProtectSystem=strict."""
+    state = config.general.state_dir or str(DEFAULT_STATE_DIR)
+    shared = [state]
+    if config.monitor.log:
+        shared.append(str(Path(config.monitor.log).parent))
+    if config.monitor.prometheus_textfile:
+        shared.append(str(Path(config.monitor.prometheus_textfile).parent))
+    own: list[str] = []
+    if job == "backup":
+        # the parent too: the first run creates the backup directory on the disk
+        own = [config.backup.directory, str(Path(config.backup.directory).parent)]
+    elif job == "sync":
+        # the lock lives in the source; the sync log beside its siblings
+        own = [config.sync.source or config.backup.directory, str(Path(config.sync.log).parent)]
+    elif job == "snapshot":
+        own = [config.snapshot.directory, str(Path(config.snapshot.directory).parent)]
+    return tuple(dict.fromkeys([*own, *shared]))
 
 
 def jobs_wanted(sections: frozenset[str]) -> frozenset[str]:
@@ -252,6 +310,8 @@ def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
         backup_command=cron_command(jobs.backup) if jobs.backup else "",
         sync_command=cron_command(jobs.sync) if jobs.sync else "",
         snapshot_command=cron_command(jobs.snapshot) if jobs.snapshot else "",
+        freshness_when=f"{FRESHNESS_MINUTE} * * * *",
+        freshness_command=cron_command(jobs.freshness) if jobs.freshness else "",
     )
 
 
@@ -272,18 +332,58 @@ def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
         ("backup", jobs.backup, schedule.backup_at, common),
         ("sync", jobs.sync, schedule.sync_at, common),
         ("snapshot", jobs.snapshot, snapshot_time(schedule), snapshot),
+        ("freshness", jobs.freshness, "", common),
     )
     units: dict[str, str] = {}
     for name, argv, at, values in per_job:
         if argv is None:
             continue
+        hardening = hardening_values(jobs, name)
         units[unit_name(jobs.name, name, "service")] = jobs.marker + render(
-            f"keyforge-{name}.service.j2", command=systemd_command(argv), name=jobs.name, **values
+            f"keyforge-{name}.service.j2",
+            command=systemd_command(argv),
+            name=jobs.name,
+            **values,
+            **hardening,
         )
         units[unit_name(jobs.name, name, "timer")] = jobs.marker + render(
             f"keyforge-{name}.timer.j2", at=f"*-*-* {at}:00", name=jobs.name, **values
         )
+    if jobs.notify is not None:
+        units[notify_unit_name(jobs.name)] = jobs.marker + render(
+            f"{NOTIFY_UNIT_NAME}.j2",
+            command=systemd_command(jobs.notify),
+            **hardening_values(jobs, "notify"),
+        )
     return units
+
+
+def hardening_values(jobs: Jobs, job: str) -> dict[str, str]:
+    """What keyforge-hardening.j2 needs for ``job``: its capabilities and the directories it
+    writes ('-': a directory not there yet is no error)."""
+    paths = dict(jobs.writable).get(job, ())
+    return {
+        "capabilities": CAPABILITIES[job],
+        "read_write_paths": " ".join(systemd_quote(f"-{p}") for p in paths),
+    }
+
+
+def mail_warning(
+    schedule: ScheduleConfig, kind: str, sendmail: Callable[[], str | None]
+) -> str | None:
+    """cron mails a job's output to MAILTO through sendmail; without one the mail, and the
+    failure it reports, is dropped silently."""
+    if kind != CRON or not schedule.mailto or sendmail() is not None:
+        return None
+    return (
+        f"[schedule] mailto = {schedule.mailto!r}, but this host has no sendmail: cron drops "
+        "the mail of a failed job silently. Install a mail transfer agent, or set mailto = "
+        '"" and use [monitor] (pings, a webhook, a Prometheus file)'
+    )
+
+
+def find_sendmail() -> str | None:
+    return tools.find_program("sendmail")
 
 
 def rendered_files(
@@ -344,12 +444,16 @@ def cron_jobs(text: str) -> tuple[tuple[str, str], ...]:
             job = words[words.index("--config") - 1]
         except ValueError:
             continue
-        jobs.append((job, f"{int(fields[1]):02d}:{int(fields[0]):02d}"))
+        # the receiving host's freshness check runs hourly, not daily
+        hour = "**" if fields[1] == "*" else f"{int(fields[1]):02d}"
+        jobs.append((job, f"{hour}:{int(fields[0]):02d}"))
     return tuple(jobs)
 
 
 def timer_time(text: str) -> str:
     for line in text.splitlines():
+        if line == "OnCalendar=hourly":
+            return "hourly"
         if line.startswith("OnCalendar=*-*-* "):
             return line.removeprefix("OnCalendar=*-*-* ")[:5]
     return "?"

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from keyforge.cli import options
-from keyforge.cli.output import say, warn
+from keyforge.cli.monitoring import monitored
+from keyforge.cli.output import job_line, say, warn
 from keyforge.errors import KeyforgeError, UsageError
 
 
@@ -68,6 +69,7 @@ def backup_command(
             help="No warning for a source that is empty or shrank since its last master.",
         ),
     ] = False,
+    verbose: options.VerboseOption = False,
 ) -> None:
     """Archive every source with GNU tar --listed-incremental, then apply retention.
 
@@ -76,26 +78,39 @@ def backup_command(
     complete; a manifest records each one's size, sha256 and chain. A source that fails leaves
     nothing behind and the others are still backed up; the run then fails naming each one and
     prunes nothing. A source that is empty or shrank by more than shrink_warn_percent since its
-    last master is warned about. Shows progress in a terminal and logs one line otherwise.
+    last master is warned about. Shows progress in a terminal (the total estimated from the
+    previous run, percent and ETA); outside one it prints nothing on success unless --verbose.
+    Each run is one line in the run log and the system log, and pings [monitor] backup_ping.
     """
     from keyforge.sender import backup, progress
 
     cfg = options.load_config(config_path)
-    interactive = sys.stderr.isatty()
-    reporter = progress.TerminalReporter() if interactive else progress.LogReporter()
-    try:
-        report = backup.run_backup(
-            cfg, force_full=full, dry_run=dry_run, allow_empty=allow_empty, reporter=reporter
-        )
-    except backup.SourcesFailedError as err:
-        if err.report.entries:
-            say(progress.summary_line(cfg.host, err.report))
-        raise
-    if dry_run:
-        for line in backup.describe_plan(report.plan):
-            say(line)
-        return
-    say(progress.summary_line(cfg.host, report))
+    with monitored(cfg, "backup", enabled=not dry_run) as run:
+        interactive = sys.stderr.isatty()
+        note = run.note if run is not None else None
+        reporter: progress.TerminalReporter | progress.LogReporter
+        if interactive and not dry_run:
+            totals = progress.estimate_totals(cfg, force_full=full)
+            reporter = progress.TerminalReporter(totals=totals, listener=note)
+        else:
+            reporter = progress.LogReporter(listener=note)
+        try:
+            report = backup.run_backup(
+                cfg, force_full=full, dry_run=dry_run, allow_empty=allow_empty, reporter=reporter
+            )
+        except backup.SourcesFailedError as err:
+            if err.report.entries:
+                say(progress.summary_line(cfg.host, err.report))
+            if run is not None:
+                run.add(progress.target_result(cfg, err.report, ok=False))
+            raise
+        if dry_run:
+            for line in backup.describe_plan(report.plan):
+                say(line)
+            return
+        if run is not None:
+            run.add(progress.target_result(cfg, report, ok=True))
+        job_line(progress.summary_line(cfg.host, report), verbose=verbose)
 
 
 def prune_command(

@@ -28,6 +28,15 @@ ConfigOption = Annotated[
     typer.Option("--config", "-c", metavar="PATH", help=_CONFIG_HELP, show_default=False),
 ]
 
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Print what the run did on stdout even when all went well outside a terminal "
+        "(by default a scheduled run prints nothing on success, so cron has nothing to mail).",
+    ),
+]
+
 _KEY_HELP = (
     "The backup key's PUBLIC half: a .pub file holding one line 'type base64 comment', or - to "
     "read it from standard input. A private key is refused."

@@ -140,6 +140,24 @@ def run(
     return result
 
 
+def run_streaming(argv: Sequence[str], on_stdout: Callable[[bytes], None]) -> Result:
+    """Run ``argv`` to completion, handing its stdout to ``on_stdout`` as it arrives (a live
+    display) and keeping all of it; never raises on the exit status."""
+    chunks: list[bytes] = []
+    with tempfile.TemporaryFile() as err_file:
+        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err_file)
+        assert proc.stdout is not None  # stdout=PIPE above
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            on_stdout(chunk)
+        proc.stdout.close()
+        proc.wait()
+        return Result(tuple(argv), proc.returncode, b"".join(chunks), _read_back(err_file))
+
+
 def run_with_input(argv: Sequence[str], data: bytes) -> Result:
     """Run ``argv`` with ``data`` on its stdin, never raising on its exit status.
 

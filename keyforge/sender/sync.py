@@ -276,6 +276,16 @@ def rsync_argv(tools: Tools, source: Path, target: Target, settings: SyncConfig)
     return argv
 
 
+PROGRESS_OPTION = "--info=progress2"
+
+
+def with_progress(argv: Sequence[str]) -> list[str]:
+    """``argv`` with rsync's whole-transfer progress on its stdout, for a terminal. The option
+    stays on this side: the ``rsync --server`` line (and so a locked key's command) is the
+    same with it or without."""
+    return [argv[0], PROGRESS_OPTION, *argv[1:]]
+
+
 def display(argv: Sequence[str]) -> str:
     """``argv`` as a line a user can paste into a shell."""
     return shlex.join(argv)

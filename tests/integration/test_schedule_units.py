@@ -58,7 +58,9 @@ def test_the_check_notices_a_setting_systemd_would_ignore(tmp_path: Path) -> Non
 def test_systemd_analyze_verify_accepts_the_receiving_hosts_snapshot_units(tmp_path: Path) -> None:
     snapshot = {"source": str(tmp_path / "copy"), "directory": str(tmp_path / "snaps")}
     paths = _write_units(tmp_path, sections={"snapshot": snapshot})
-    assert sorted(p.name for p in paths) == sorted(schedule.SNAPSHOT_UNIT_NAMES)
+    assert sorted(p.name for p in paths) == sorted(
+        [*schedule.SNAPSHOT_UNIT_NAMES, *schedule.FRESHNESS_UNIT_NAMES, schedule.NOTIFY_UNIT_NAME]
+    )
     result = _verify(paths)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""

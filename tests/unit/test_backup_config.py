@@ -115,7 +115,7 @@ def test_the_rendered_default_config_parses_to_exactly_the_default_config() -> N
 
 
 def _uncomment_every_setting(text: str) -> str:
-    setting = re.compile(r"^#(\[\[targets\]\]|\[snapshot\]|[a-z_]+ = .*)$")
+    setting = re.compile(r"^#(\[\[targets\]\]|\[snapshot\]|\[monitor\]|[a-z_]+ = .*)$")
     return "\n".join(line[1:] if setting.match(line) else line for line in text.splitlines())
 
 
@@ -134,6 +134,8 @@ def test_uncommenting_every_shown_default_changes_nothing_but_the_examples() -> 
     assert cfg.sync == dataclasses.replace(defaults.sync, source="/home/foo/srvbackups")
     assert cfg.schedule == dataclasses.replace(defaults.schedule, snapshot_at="05:30")
     assert cfg.snapshot == dataclasses.replace(defaults.snapshot, source="/home/foo/srvbackups")
+    assert cfg.monitor == defaults.monitor == config.MonitorConfig()
+    assert "monitor" in cfg.sections  # the section was there, every value its default
     assert len(cfg.targets) == 2
 
 

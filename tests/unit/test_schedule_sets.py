@@ -88,9 +88,13 @@ def test_systemd_units_of_a_second_config_carry_its_name_throughout(tmp_path: Pa
     assert sorted(units) == [
         "keyforge-drive-backup.service",
         "keyforge-drive-backup.timer",
+        "keyforge-drive-notify@.service",
         "keyforge-drive-sync.service",
         "keyforge-drive-sync.timer",
     ]
+    # a failure reaches the monitors of this set's own config
+    assert "OnFailure=keyforge-drive-notify@%n.service\n" in units["keyforge-drive-sync.service"]
+    assert "--config /etc/keyforge/drive.toml" in units["keyforge-drive-notify@.service"]
     assert (
         "After=network-online.target keyforge-drive-backup.service\n"
         in (units["keyforge-drive-sync.service"])
@@ -98,7 +102,8 @@ def test_systemd_units_of_a_second_config_carry_its_name_throughout(tmp_path: Pa
     assert jobs.timers == ["keyforge-drive-backup.timer", "keyforge-drive-sync.timer"]
     _install(schedule.SYSTEMD, _sender(), MAIN, tmp_path)
     _install(schedule.SYSTEMD, config, DRIVE, tmp_path)
-    assert len(list(tmp_path.iterdir())) == 8
+    # four job units and a notify template per set, side by side
+    assert len(list(tmp_path.iterdir())) == 10
 
 
 def test_a_file_of_the_same_name_from_another_config_is_never_overwritten(
@@ -118,7 +123,8 @@ def test_list_shows_every_set_with_its_config_and_job_times(tmp_path: Path) -> N
     lines = schedule.list_lines(schedule.installed_sets(tmp_path))
     assert lines == [
         f"keyforge\tcron\t{MAIN}\tbackup 01:15, sync 03:30\t{tmp_path / 'keyforge'}",
-        f"keyforge-drive\tsystemd\t{DRIVE}\tsnapshot 06:00, sync 04:00\t{tmp_path}",
+        f"keyforge-drive\tsystemd\t{DRIVE}\tfreshness hourly, snapshot 06:00, sync 04:00"
+        f"\t{tmp_path}",
     ]
 
 
