@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-from keyforge.errors import ConfigError
+from keyforge.errors import ConfigError, KeyMaterialError
 from keyforge.infra import fsutil
 from keyforge.ssh import client
 
@@ -120,6 +120,16 @@ def unreachable_excludes(sources: Sequence[str], patterns: Iterable[str]) -> lis
     return found
 
 
+def _check_recipients(value: Any) -> str | None:
+    from keyforge import age  # noqa: PLC0415 - the age reader only for a config that encrypts
+
+    try:
+        age.parse_recipients(value)
+    except KeyMaterialError as err:
+        return f"{err}"
+    return None
+
+
 def _check_full_every(value: Any) -> str | None:
     if isinstance(value, int):
         return (
@@ -199,6 +209,9 @@ class BackupConfig:
     shrink_warn_percent: int = _field(50, _in_range(0, 100))
     # sources meant to be empty: no warning when they are
     allow_empty: tuple[str, ...] = _field((), _check_absolute_paths)
+    # age recipients (age1…, ssh-ed25519 …, ssh-rsa …): archives become .tar.zst.age, and
+    # only the holders of the matching identities can read them; empty: no encryption
+    encrypt_to: tuple[str, ...] = _field((), _check_recipients)
 
 
 def _check_bwlimit(value: Any) -> str | None:
@@ -235,6 +248,8 @@ class TargetConfig:
     known_hosts: str = _field("", _unless_empty(_check_absolute_path))
     path: str = _field("", _unless_empty(_check_absolute_path))
     require_mountpoint: bool = _field(False)
+    # what this target gets: "" means [sync] source (itself "": the backup directory)
+    source: str = _field("", _unless_empty(_check_absolute_path))
 
 
 def _check_time_of_day(value: Any) -> str | None:
@@ -247,6 +262,15 @@ def _check_mailto(value: Any) -> str | None:
     if value == "" or re.match(r"^[A-Za-z0-9._%+@-]+(,[A-Za-z0-9._%+@-]+)*\Z", value):
         return None
     return f'must be a user or mail address (or "" for no mail), got {value!r}'
+
+
+_SCHEDULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}\Z")
+
+
+def _check_schedule_name(value: Any) -> str | None:
+    if _SCHEDULE_NAME_RE.match(value):
+        return None
+    return f"must be a short name of letters, digits, _ and - (cron skips others), got {value!r}"
 
 
 def _check_user(value: Any) -> str | None:
@@ -266,6 +290,8 @@ class ScheduleConfig:
     user: str = _field("root", _check_user)  # cron.d runs the jobs as this user
     mailto: str = _field("root", _check_mailto)  # cron mails a job's output here
     randomized_delay: int = _field(15, _in_range(0, 720))  # minutes (systemd RandomizedDelaySec)
+    # names this config's cron file and units (keyforge-NAME); "": from the config file's name
+    name: str = _field("", _unless_empty(_check_schedule_name))
 
 
 DEFAULT_SNAPSHOT_STORE = "/var/backups/keyforge-snapshots"
@@ -338,6 +364,47 @@ class HooksConfig:
     timeout: int = _field(300, _at_least(1))  # seconds; a hook still running is killed
 
 
+def _check_url(value: Any) -> str | None:
+    """A ping or webhook URL: http(s), a host, nothing a header or a log line could split on."""
+    if not re.match(r"^https?://[^\s/?#@]+(/[^\s]*)?\Z", value):
+        return f"must be an http:// or https:// URL without spaces, got {value!r}"
+    return None
+
+
+MONITOR_JOBS = ("backup", "sync", "snapshot", "drill", "freshness")
+WEBHOOK_ON = ("always", "failure")
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """[monitor]: who hears about each run (either host). Every key may stay unset.
+
+    Each ``*_ping`` is one check's URL in the Healthchecks.io protocol (``/start``, success,
+    ``/<exit code>``); ``webhook`` receives the run's JSON; ``prometheus_textfile`` is a file
+    node_exporter's textfile collector reads.
+    """
+
+    backup_ping: str = _field("", _unless_empty(_check_url))
+    sync_ping: str = _field("", _unless_empty(_check_url))
+    snapshot_ping: str = _field("", _unless_empty(_check_url))
+    drill_ping: str = _field("", _unless_empty(_check_url))
+    # the receiving host's own check that pushes keep arriving ('keyforge status --ping')
+    freshness_ping: str = _field("", _unless_empty(_check_url))
+    webhook: str = _field("", _unless_empty(_check_url))
+    webhook_on: str = _field("always", _one_of(*WEBHOOK_ON))
+    prometheus_textfile: str = _field("", _unless_empty(_check_absolute_path))
+    # seconds a run may wait for its monitors in all, however many there are or retries
+    timeout: int = _field(10, _in_range(1, 120))
+    retries: int = _field(2, _in_range(0, 10))
+    # "" means runs.log in the state directory; one JSON line per run
+    log: str = _field("", _unless_empty(_check_absolute_path))
+    # the freshness check 'keyforge schedule' installs on a receiving host
+    max_age_hours: int = _field(26, _at_least(1))
+
+    def ping_url(self, job: str) -> str:
+        return str(getattr(self, f"{job}_ping", ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     general: GeneralConfig
@@ -349,6 +416,7 @@ class Config:
     snapshot: SnapshotConfig = SnapshotConfig()
     dumps: tuple[DumpConfig, ...] = ()
     hooks: HooksConfig = HooksConfig()
+    monitor: MonitorConfig = MonitorConfig()
     # the sections the file holds: 'keyforge schedule' picks a host's jobs by them
     sections: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
@@ -371,6 +439,7 @@ SECTIONS: Mapping[str, tuple[type[Any], bool]] = {
     "snapshot": (SnapshotConfig, False),
     "dumps": (DumpConfig, True),
     "hooks": (HooksConfig, False),
+    "monitor": (MonitorConfig, False),
 }
 
 
@@ -475,6 +544,7 @@ def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
         snapshot=sections.get("snapshot", SnapshotConfig()),
         dumps=dumps,
         hooks=sections.get("hooks", HooksConfig()),
+        monitor=sections.get("monitor", MonitorConfig()),
         sections=frozenset(sections),
     )
 
@@ -571,6 +641,8 @@ def render_default(host: str | None = None, directory: str | None = None) -> str
         snapshot_store=toml_string(snapshot.directory),
         excludes=", ".join(toml_string(e) for e in defaults.exclude),
         hooks=HooksConfig(),
+        monitor=MonitorConfig(),
+        monitor_webhook_on=toml_string(MonitorConfig().webhook_on),
     )
 
 

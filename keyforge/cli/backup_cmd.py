@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from keyforge.cli import options
-from keyforge.cli.output import say, warn
+from keyforge.cli.monitoring import monitored
+from keyforge.cli.output import job_line, say, warn
 from keyforge.errors import KeyforgeError, UsageError
 
 
@@ -68,6 +69,7 @@ def backup_command(
             help="No warning for a source that is empty or shrank since its last master.",
         ),
     ] = False,
+    verbose: options.VerboseOption = False,
 ) -> None:
     """Archive every source with GNU tar --listed-incremental, then apply retention.
 
@@ -76,34 +78,47 @@ def backup_command(
     complete; a manifest records each one's size, sha256 and chain. A source that fails leaves
     nothing behind and the others are still backed up; the run then fails naming each one and
     prunes nothing. A source that is empty or shrank by more than shrink_warn_percent since its
-    last master is warned about. Shows progress in a terminal and logs one line otherwise.
+    last master is warned about. Shows progress in a terminal (the total estimated from the
+    previous run, percent and ETA); outside one it prints nothing on success unless --verbose.
+    Each run is one line in the run log and the system log, and pings [monitor] backup_ping.
     """
     from keyforge.sender import backup, dbguard, hooks, progress
 
     cfg = options.load_config(config_path)
-    interactive = sys.stderr.isatty()
-    reporter = progress.TerminalReporter() if interactive else progress.LogReporter()
-    if dry_run:
-        report = backup.run_backup(cfg, force_full=full, dry_run=True, reporter=reporter)
-        for line in [*backup.describe_plan(report.plan), *backup.describe_dumps(cfg)]:
-            say(line)
-        for line in dbguard.warnings(cfg):
-            warn(line)
-        return
+    with monitored(cfg, "backup", enabled=not dry_run) as run:
+        interactive = sys.stderr.isatty()
+        note = run.note if run is not None else None
+        reporter: progress.TerminalReporter | progress.LogReporter
+        if interactive and not dry_run:
+            totals = progress.estimate_totals(cfg, force_full=full)
+            reporter = progress.TerminalReporter(totals=totals, listener=note)
+        else:
+            reporter = progress.LogReporter(listener=note)
+        if dry_run:
+            report = backup.run_backup(cfg, force_full=full, dry_run=True, reporter=reporter)
+            for line in [*backup.describe_plan(report.plan), *backup.describe_dumps(cfg)]:
+                say(line)
+            for line in dbguard.warnings(cfg):
+                warn(line)
+            return
 
-    def run(log: hooks.RunLog) -> backup.BackupReport:
-        logged = hooks.LoggingReporter(reporter, log)
-        for line in dbguard.warnings(cfg):
-            logged.warn(line)
-        return backup.run_backup(cfg, force_full=full, allow_empty=allow_empty, reporter=logged)
+        def attempt(log: hooks.RunLog) -> backup.BackupReport:
+            logged = hooks.LoggingReporter(reporter, log)
+            for line in dbguard.warnings(cfg):
+                logged.warn(line)
+            return backup.run_backup(cfg, force_full=full, allow_empty=allow_empty, reporter=logged)
 
-    try:
-        report = hooks.with_hooks(cfg, run)
-    except backup.SourcesFailedError as err:
-        if err.report.entries:
-            say(progress.summary_line(cfg.host, err.report))
-        raise
-    say(progress.summary_line(cfg.host, report))
+        try:
+            report = hooks.with_hooks(cfg, attempt)
+        except backup.SourcesFailedError as err:
+            if err.report.entries:
+                say(progress.summary_line(cfg.host, err.report))
+            if run is not None:
+                run.add(progress.target_result(cfg, err.report, ok=False))
+            raise
+        if run is not None:
+            run.add(progress.target_result(cfg, report, ok=True))
+        job_line(progress.summary_line(cfg.host, report), verbose=verbose)
 
 
 def prune_command(
@@ -181,15 +196,20 @@ def restore_command(
         bool,
         options.dry_run("List the archives that would be applied; change nothing."),
     ] = False,
+    identity: options.IdentityOption = None,
 ) -> None:
     """Rebuild a source as it was at a date: its master, then each incremental in order.
+
+    Encrypted archives (*.tar.zst.age) need --identity FILE: one of the keys they were
+    encrypted to. It is checked against every archive of the chain before anything is written.
 
     GNU tar's incremental extraction also deletes files that were deleted between runs, so the
     result is the tree as it stood, not a union of every version. Run as root to give files
     their recorded owners back; anyone else gets them as their own (tar --no-same-owner), and
     is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
     lock is there) does restore take that lock. With --dump NAME, writes that dump (checked
-    against its manifest's sha256) to --to FILE or to standard output.
+    against its manifest's sha256) to --to FILE or to standard output; an encrypted dump
+    (*.dump.zst.age) needs --identity FILE too, and is decrypted on its way out.
     """
     from keyforge.sender import restore
 
@@ -207,6 +227,7 @@ def restore_command(
             force=force,
             dry_run=dry_run,
             stdout=_stdout_fd,
+            identity=options.load_identity(identity),
         )
         if dry_run:
             say(f"would write {record.name}")
@@ -218,7 +239,10 @@ def restore_command(
     notice = restore.owner_notice()
     if notice:
         warn(notice)
-    archives = restore.run_restore(cfg, source, to, at=day, force=force, dry_run=dry_run)
+    key = options.load_identity(identity)
+    archives = restore.run_restore(
+        cfg, source, to, at=day, force=force, dry_run=dry_run, identity=key
+    )
     verb = "would apply" if dry_run else "applied"
     for record in archives:
         say(f"{verb} {record.name}")
@@ -246,10 +270,15 @@ def verify_command(
             "where keyforge backup writes, the system's temporary directory for a synced copy.",
         ),
     ] = None,
+    identity: options.IdentityOption = None,
 ) -> None:
     """Prove the backups restore: check every archive's sha256 against the manifests, then
     restore the latest chain of each source and compare content, modes, owners, mtimes,
     symlinks, hard links and xattrs with what the archives record.
+
+    Encrypted archives are restored for the check only with --identity FILE. Without it (as
+    on the receiving host, which holds no key) each one's size, sha256 and age header are
+    checked against its manifest, and verify says that their content was not checked.
 
     Owners are compared only when run as root (no one else can restore them). On a synced
     copy nothing is written into it: no lock, and the trial restores go to --scratch or the
@@ -260,16 +289,30 @@ def verify_command(
     notice = restore.owner_notice(verify=True)
     if notice:
         warn(notice)
-    report = restore.run_verify(cfg, scratch=scratch)
+    key = options.load_identity(identity)
+    report = restore.run_verify(cfg, scratch=scratch, identity=key)
     for verdict in report.sources:
         state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
         count = len(verdict.archives)
+        if not verdict.content_checked:
+            say(
+                f"{verdict.source}: {count} encrypted archive(s): ciphertext and age header "
+                "match the manifest; content not checked (no --identity)"
+            )
+            continue
         say(f"{verdict.source}: {count} archive(s), {verdict.entries} entries, {state}")
     if not report.ok:
         problems = [*report.problems]
         for verdict in report.sources:
             problems += [f"{verdict.source}: {p}" for p in verdict.problems]
         raise KeyforgeError(f"verify failed: {restore.summarize_problems(problems)}")
+    unchecked = report.unchecked_sources
+    if unchecked:
+        say(
+            f"verify ok: {report.checked_archives} archive(s) match their manifests; the content "
+            f"of {', '.join(unchecked)} was not checked: encrypted, and no --identity given"
+        )
+        return
     say(f"verify ok: {report.checked_archives} archive(s) match their manifests and restore")
 
 

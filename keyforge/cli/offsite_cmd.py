@@ -3,14 +3,20 @@ server."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from keyforge.cli import options
-from keyforge.cli.output import say, warn
+from keyforge.cli.monitoring import monitored
+from keyforge.cli.output import job_line, say, warn
 from keyforge.errors import CommandError, KeyforgeError, UsageError
+
+if TYPE_CHECKING:
+    from keyforge.infra import runner
+    from keyforge.schedule import Change
 
 
 def sync_command(
@@ -47,6 +53,7 @@ def sync_command(
             "be (for 'keyforge install --command'); connect nowhere, send nothing.",
         ),
     ] = False,
+    verbose: options.VerboseOption = False,
 ) -> None:
     """Push the backup directory to each target with rsync over the locked-down key.
 
@@ -59,10 +66,16 @@ def sync_command(
     directory's lock, retries network failures with backoff, and appends one JSON line per
     target to the sync log and a line to syslog.
 
+    In a terminal it shows rsync's progress (bytes, percent, rate, ETA); outside one it prints
+    nothing on success unless --verbose. Each run pings [monitor] sync_ping.
+
     --dry-run never connects: the receiving side runs its forced command, which ignores
     rsync's -n and would really delete. --print-server-command shows the line that forced
     command must be, learnt from this very rsync command without connecting.
     """
+    import sys
+
+    from keyforge.monitor.runs import TargetResult
     from keyforge.sender import sync
 
     cfg = options.load_config(config_path)
@@ -83,20 +96,35 @@ def sync_command(
             say(line)
         say("dry run: checked the source and the targets; connected nowhere")
         return
-    reports = sync.sync(
-        cfg,
-        target,
-        wait=wait,
-        accept_loss=accept_loss,
-        tools=tools,
-        effects=sync.Effects(notify=warn),
-    )
-    failed = [report for report in reports if not report.ok]
-    for report in reports:
-        if report.ok:
-            say(sync.summary(report))
-    if failed:
-        raise CommandError("; ".join(sync.summary(report) for report in failed))
+    effects = sync.Effects(notify=warn)
+    if sys.stderr.isatty():
+        effects.run = _run_with_display
+    with monitored(cfg, "sync", default_target="") as run:
+        reports = sync.sync(
+            cfg, target, wait=wait, accept_loss=accept_loss, tools=tools, effects=effects
+        )
+        failed = [report for report in reports if not report.ok]
+        for report in reports:
+            if run is not None:
+                run.add(
+                    TargetResult(report.target, report.ok, report.bytes_sent, None, report.message)
+                )
+            if report.ok:
+                job_line(sync.summary(report), verbose=verbose)
+        if failed:
+            raise CommandError("; ".join(sync.summary(report) for report in failed))
+
+
+def _run_with_display(argv: Sequence[str]) -> runner.Result:
+    """rsync with its progress shown on stderr, in a terminal."""
+    from keyforge.infra import runner
+    from keyforge.sender import progress, sync
+
+    display = progress.SyncDisplay(argv[-1])
+    try:
+        return runner.run_streaming(sync.with_progress(argv), display.feed)
+    finally:
+        display.close()
 
 
 def schedule_command(
@@ -127,9 +155,17 @@ def schedule_command(
             metavar="DIR",
             show_default=False,
             help="Install into DIR instead of /etc/cron.d or /etc/systemd/system (for staging "
-            "an image).",
+            "an image); with --list, read DIR.",
         ),
     ] = None,
+    list_all: Annotated[
+        bool,
+        typer.Option(
+            "--list",
+            help="Show every config's installed jobs (cron files and timers): set, scheduler, "
+            "config, each job's time.",
+        ),
+    ] = False,
 ) -> None:
     """Run the backup daily and the sync at night after it, from cron or systemd timers.
 
@@ -141,9 +177,17 @@ def schedule_command(
     On the receiving host, a config with a [snapshot] section schedules 'keyforge snapshot' at
     snapshot_at (default two hours after sync_at) as [schedule] user, and the backup and the
     sync only when it also has [backup] or [[targets]].
+
+    Each config's jobs are a set of their own, named for the config file: keyforge.toml's are
+    /etc/cron.d/keyforge and keyforge-*.timer, drive.toml's /etc/cron.d/keyforge-drive and
+    keyforge-drive-*.timer ([schedule] name sets it). Installing one config never touches
+    another's set; --list shows them all.
     """
     from keyforge import config, schedule
 
+    if list_all:
+        _list_schedules(dest, install=install or dry_run)
+        return
     if cron and systemd:
         raise UsageError("--cron and --systemd contradict each other; give one")
     if dry_run and not install:
@@ -154,6 +198,9 @@ def schedule_command(
     jobs = schedule.jobs_for(cfg, path, schedule.keyforge_argv())
     schedule.check_snapshot_user(cfg, jobs, schedule.owner_name)
     files = schedule.rendered_files(kind, cfg.schedule, jobs, dest)
+    mail = schedule.mail_warning(cfg.schedule, kind, schedule.find_sendmail)
+    if mail is not None:
+        warn(mail)
     if not install:
         for file_path, text in files.items():
             if len(files) > 1:
@@ -161,19 +208,34 @@ def schedule_command(
             typer.echo(text, nl=False)
         return
     changes = schedule.plan_install(files)
+    schedule.check_owner(changes, jobs)
     if not dry_run:
         schedule.apply(changes)
+    _say_changes(changes, dry_run=dry_run)
+    if dest is None:
+        for other in schedule.other_kind_files(kind, jobs.name):
+            warn(f"{other} is installed too: remove it, or every job runs twice")
+    if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
+        say("next: systemctl daemon-reload && systemctl enable --now " + " ".join(jobs.timers))
+
+
+def _say_changes(changes: Sequence[Change], *, dry_run: bool) -> None:
     for change in changes:
         if dry_run and change.action != "unchanged":
             typer.echo(change.diff(), nl=False)
             say(f"would be {change.action}: {change.path}")
         else:
             say(f"{change.action}: {change.path}")
-    if dest is None:
-        for other in schedule.other_kind_files(kind):
-            warn(f"{other} is installed too: remove it, or every job runs twice")
-    if kind == schedule.SYSTEMD and not dry_run and any(c.action != "unchanged" for c in changes):
-        say("next: systemctl daemon-reload && systemctl enable --now " + " ".join(jobs.timers))
+
+
+def _list_schedules(dest: Path | None, *, install: bool) -> None:
+    from keyforge import schedule
+
+    if install:
+        raise UsageError("--list only reads; it does not go with --install or --dry-run")
+    dirs = (dest,) if dest else (schedule.CRON_DIR, schedule.SYSTEMD_DIR)
+    for line in schedule.list_lines(schedule.installed_sets(*dirs)):
+        typer.echo(line)
 
 
 def status_command(
@@ -188,33 +250,50 @@ def status_command(
             help="Fail when the last successful backup or sync is older than this.",
         ),
     ] = 26.0,  # a daily job, plus its random delay and a slow run
+    ping: Annotated[
+        bool,
+        typer.Option(
+            "--ping",
+            help="Report the verdict to [monitor] freshness_ping like a job (start, success or "
+            "the exit code), and print nothing when all is well unless --verbose: the check "
+            "'keyforge schedule' installs on a receiving host.",
+        ),
+    ] = False,
+    verbose: options.VerboseOption = False,
 ) -> None:
     """When the last backup and the last sync of each target succeeded: age and size.
 
-    Exits 1 when any of them is older than --max-age or never succeeded, or when a target's
-    last sync failed, so a monitoring system (Nagios, a cron MAILTO, a systemd OnFailure) can
-    call it as is. Reads the newest complete manifest in the backup directory and the sync log;
-    connects nowhere. On a receiving host the manifests are the sending server's, and the line
-    says so ("pushed copy of server1"): the age of the newest backup that arrived. A config
-    with [snapshot] and no [backup] reads the synced copy ([snapshot] source).
+    Exits 1 when any of them is older than --max-age or never succeeded, when a target's last
+    sync failed, or when the last run of any job (backup, sync, snapshot) failed, so a
+    monitoring system (Nagios, a cron MAILTO, a systemd OnFailure) can call it as is; --json
+    lists the reasons. Reads the newest complete manifest in the backup directory, the sync
+    log and the run log; connects nowhere (but for --ping). On a receiving host the manifests
+    are the sending servers': one line per sending host whose pushes land there ("pushed copy
+    of server1"), aged by its newest manifest whose archives all arrived. A config with
+    [snapshot] and no [backup] reads the synced copy ([snapshot] source).
     """
     from datetime import UTC, datetime
 
     from keyforge.sender import dbguard, status
 
     cfg = options.load_config(config_path)
-    result = status.assess(cfg, datetime.now(UTC), max_age)
-    if not status.reads_copy(cfg):
-        for line in dbguard.warnings(cfg):
-            warn(line)
-    if as_json:
-        say(status.as_json(result))
-    else:
-        for line in status.lines(result):
-            say(line)
-    if not result.ok:
-        stale = [item.name for item in result.items if not item.ok]
-        raise KeyforgeError(f"not ok: {', '.join(stale)}")
+    with monitored(cfg, "freshness", enabled=ping):
+        result = status.assess(cfg, datetime.now(UTC), max_age)
+        if not status.reads_copy(cfg):
+            for line in dbguard.warnings(cfg):
+                warn(line)
+        quiet = ping and result.ok and not as_json
+        if as_json:
+            say(status.as_json(result))
+        else:
+            for line in status.lines(result):
+                if quiet:
+                    job_line(line, verbose=verbose)
+                else:
+                    say(line)
+        if not result.ok:
+            stale = [item.name for item in result.items if not item.ok]
+            raise KeyforgeError(f"not ok: {', '.join(stale)}")
 
 
 def check_command(
@@ -252,8 +331,49 @@ def check_command(
         raise KeyforgeError(f"the key is less restricted than expected ({'; '.join(loose)})")
 
 
+def notify_command(
+    unit: Annotated[
+        str,
+        typer.Option(
+            "--unit",
+            metavar="UNIT",
+            help="The systemd unit that failed, e.g. keyforge-backup.service (systemd's "
+            "OnFailure= gives it as the instance name).",
+        ),
+    ],
+    config_path: options.ConfigOption = None,
+) -> None:
+    """Report a keyforge job that systemd saw fail to its monitors.
+
+    Started by keyforge-notify@.service, which every keyforge unit names in OnFailure=: a job
+    killed, out of memory or timed out cannot ping for itself. Sends the job's failure ping
+    ([monitor] JOB_ping, with the unit's last journal lines, scrubbed) and the webhook, and
+    adds the failure to the run log, so 'keyforge status' fails too. A failure keyforge
+    reported itself minutes ago is not reported twice.
+    """
+    import os
+
+    from keyforge.infra import runner, tools
+    from keyforge.monitor import job
+
+    cfg = options.load_config(config_path)
+    lines: list[str] = []
+    journalctl = tools.find_program("journalctl")
+    if journalctl is not None:
+        argv = [journalctl, "--unit", unit, "--lines", "20", "--no-pager", "--output", "cat"]
+        try:
+            found = runner.run(argv, check=False, timeout=10)
+            lines = found.stdout.decode("utf-8", "replace").splitlines()
+        except KeyforgeError:
+            lines = []
+    record = job.report_unit_failure(cfg, unit, dict(os.environ), lines, job.Effects(warn=warn))
+    if record is None:
+        say(f"{unit}: keyforge reported this failure itself")
+
+
 def register(app: typer.Typer) -> None:
     app.command("sync")(sync_command)
     app.command("schedule")(schedule_command)
     app.command("status")(status_command)
     app.command("check")(check_command)
+    app.command("notify")(notify_command)

@@ -19,12 +19,22 @@ from keyforge.errors import UsageError
 
 if TYPE_CHECKING:
     from keyforge.config import Config
+    from keyforge.sender.pipeline import Identity
     from keyforge.ssh.authorized_keys import Entry
 
 _CONFIG_HELP = "The config file. Default: $KEYFORGE_CONFIG, else /etc/keyforge/keyforge.toml."
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", metavar="PATH", help=_CONFIG_HELP, show_default=False),
+]
+
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Print what the run did on stdout even when all went well outside a terminal "
+        "(by default a scheduled run prints nothing on success, so cron has nothing to mail).",
+    ),
 ]
 
 _KEY_HELP = (
@@ -80,6 +90,17 @@ AuthorizedKeysOption = Annotated[Path | None, authorized_keys(_AUTHORIZED_KEYS_H
 
 DiffDryRunOption = Annotated[bool, dry_run("Print the change as a unified diff; write nothing.")]
 
+_IDENTITY_HELP = (
+    "The age identity that opens encrypted archives: a file 'keyforge keygen-age' or "
+    "'age-keygen' made, or an OpenSSH private key whose public key is in encrypt_to. Only its "
+    "name is given to age, never its content."
+)
+# restore, verify and every command reading encrypted archives
+IdentityOption = Annotated[
+    Path | None,
+    typer.Option("--identity", metavar="FILE", show_default=False, help=_IDENTITY_HELP),
+]
+
 
 # --- what the values mean ------------------------------------------------------------------
 
@@ -88,6 +109,18 @@ def load_config(path: Path | None) -> Config:
     from keyforge import config
 
     return config.load(config.resolve_path(path))
+
+
+def load_identity(path: Path | None) -> Identity | None:
+    """The identity an ``--identity FILE`` option names (warned about when others may read it)."""
+    if path is None:
+        return None
+    from keyforge.sender import pipeline
+
+    identity = pipeline.load_identity(path)
+    for message in identity.warnings:
+        warn(message)
+    return identity
 
 
 def authorized_keys_path(option: Path | None) -> Path:

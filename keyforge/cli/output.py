@@ -3,6 +3,9 @@ commands share (an authorized_keys change, a key's label, a command made safe fo
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import typer
@@ -12,12 +15,42 @@ if TYPE_CHECKING:
     from keyforge.ssh.authorized_keys import Entry
 
 
+# who else hears each line (a monitored job's log tail), besides the terminal
+_listeners: list[Callable[[str], None]] = []
+
+
+def _tell(line: str) -> None:
+    for listener in _listeners:
+        listener(line)
+
+
+@contextlib.contextmanager
+def listening(listener: Callable[[str], None]) -> Iterator[None]:
+    """Every line said or warned inside the block also goes to ``listener``."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
 def say(message: str) -> None:
     typer.echo(message)
+    _tell(message)
 
 
 def warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
+    _tell(f"warning: {message}")
+
+
+def job_line(message: str, *, verbose: bool) -> None:
+    """A scheduled job's line about work that went well: in its log either way, on stdout only
+    with --verbose or in a terminal, so cron has nothing to mail on a good night."""
+    if verbose or sys.stdout.isatty():
+        say(message)
+    else:
+        _tell(message)
 
 
 def printable(command: str) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from keyforge.cli import options
-from keyforge.cli.output import say, warn
+from keyforge.cli.monitoring import monitored
+from keyforge.cli.output import job_line, say, warn
 from keyforge.errors import KeyforgeError, UsageError
 
 
@@ -37,6 +39,7 @@ def snapshot_command(
             "wiped copy). Archives that do not match their manifests are never accepted.",
         ),
     ] = False,
+    verbose: options.VerboseOption = False,
 ) -> None:
     """Keep dated snapshots of the synced copy where the backup key cannot reach them.
 
@@ -54,6 +57,9 @@ def snapshot_command(
     manifests or a source's full backups gone, most of its files gone) the snapshot is still
     taken as evidence but nothing is pruned, and the run fails saying so. Retention counts only
     good snapshots and never removes the newest good one.
+
+    Outside a terminal a good run prints nothing unless --verbose; each run is a line in the
+    run log and the system log, and pings [monitor] snapshot_ping.
     """
     from keyforge.receiver import snapshot
     from keyforge.sender import backup
@@ -73,18 +79,24 @@ def snapshot_command(
         if not infos:
             say(f"no snapshot in {cfg.snapshot.directory} yet")
         return
-    report = snapshot.run_snapshot(cfg, dry_run=dry_run, accept=accept)
-    for message in report.warnings:
-        warn(message)
-    linked = f", unchanged files linked to {report.link_dest}" if report.link_dest else ""
-    verb = "would take" if dry_run else "took"
-    say(f"{verb} snapshot {report.path} ({report.count.files} files{linked})")
-    if dry_run:
-        say(f"  {' '.join(report.argv)}")
-    for stamp in report.pruned:
-        say(f"{'would prune' if dry_run else 'pruned'} snapshot {stamp}")
-    if report.problem:
-        raise KeyforgeError(snapshot.problem_message(report))
+    with monitored(cfg, "snapshot", enabled=not dry_run):
+        report = snapshot.run_snapshot(cfg, dry_run=dry_run, accept=accept)
+        for message in report.warnings:
+            warn(message)
+        linked = f", unchanged files linked to {report.link_dest}" if report.link_dest else ""
+        verb = "would take" if dry_run else "took"
+        show = say if dry_run or report.problem else _quiet(verbose)
+        show(f"{verb} snapshot {report.path} ({report.count.files} files{linked})")
+        if dry_run:
+            say(f"  {' '.join(report.argv)}")
+        for stamp in report.pruned:
+            show(f"{'would prune' if dry_run else 'pruned'} snapshot {stamp}")
+        if report.problem:
+            raise KeyforgeError(snapshot.problem_message(report))
+
+
+def _quiet(verbose: bool) -> Callable[[str], None]:
+    return lambda line: job_line(line, verbose=verbose)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,9 +4,9 @@ A live database's files are not a backup: tar reads them at different moments, a
 may not start again. A dump is the database's own consistent picture of itself. Each kind is
 a row of one table, a pure planner from a [[dumps]] entry to the argv of its *producer* (the
 program whose standard output is the dump); the rest is the archive pipeline every archive
-goes through: producer -> compressor -> the partial file, hashed and tested while it grows,
-renamed only once complete. The dump is never a plaintext file of its own, not even for a
-moment.
+goes through (keyforge.sender.pipeline): producer -> compressor [-> age] -> the partial file,
+hashed and tested while it grows, renamed only once complete. The dump is never a plaintext
+file of its own, not even for a moment.
 
 A dump that exits non-zero, is killed or writes nothing fails that dump alone, with one line
 naming it; the others still run, and the run (which then prunes nothing) fails at the end, so
@@ -30,6 +30,7 @@ from keyforge.errors import CommandError, ConfigError, KeyforgeError
 from keyforge.infra import runner, tools
 from keyforge.layout import DUMP, ArchiveEntry, dump_name, dump_source
 from keyforge.sender import dump_producer
+from keyforge.sender.pipeline import Written
 
 ALL = "all"  # databases = ["all"]: every database of the server
 GLOBALS = "globals"  # the unit holding PostgreSQL's roles and tablespaces
@@ -219,13 +220,12 @@ def describe(config: Config) -> list[str]:
 
 # --- the edge: one stream into one archive -------------------------------------------------------
 
-# what the archive pipeline is given: the producer's argv, the archive's final path, a judge
-# of the producer's result (it raises to discard the archive) and the reporter's tick; it
-# commits the archive under its final name and returns the producer's result and the
-# archive's size and sha256 (keyforge.sender.backup.write_produced)
-Produced = tuple[runner.Result, int, str]
+# the archive pipeline a dump goes through (keyforge.sender.pipeline.write_archive with the
+# run's [backup] settings): the producer's argv, the archive's final path, a judge of the
+# producer's result (it raises to discard the archive) and the reporter's tick; it commits the
+# archive under its final name (compressed, and encrypted with encrypt_to, in one stream)
 Judge = Callable[[runner.Result], None]
-Pipeline = Callable[[Sequence[str], Path, Judge, Callable[[int], None]], Produced]
+Write = Callable[[Sequence[str], Path, Judge, Callable[[int], None]], Written]
 
 
 def producer_failure(unit: DumpUnit, result: runner.Result) -> str | None:
@@ -268,11 +268,12 @@ def make_dump(
     config: Config,
     unit: DumpUnit,
     stamp: str,
-    pipeline: Pipeline,
+    write: Write,
     on_progress: Callable[[int], None],
 ) -> ArchiveEntry:
-    """Write one dump's archive through ``pipeline``; nothing stays behind when it fails."""
-    name = dump_name(config.host, unit.unit, stamp, config.backup.compression)
+    """Write one dump's archive through ``write``; nothing stays behind when it fails."""
+    encrypted = bool(config.backup.encrypt_to)
+    name = dump_name(config.host, unit.unit, stamp, config.backup.compression, encrypted=encrypted)
 
     def judge(result: runner.Result) -> None:
         problem = producer_failure(unit, result)
@@ -281,20 +282,21 @@ def make_dump(
 
     try:
         producer = dump_producer.argv(unit.argv)
-        result, size, sha256 = pipeline(producer, config.backup_dir / name, judge, on_progress)
+        written = write(producer, config.backup_dir / name, judge, on_progress)
     except KeyforgeError as err:
         if not str(err).startswith(f"dump {unit.unit}"):
             raise type(err)(f"dump {unit.unit}: {err}") from err
         raise
-    warnings = producer_warnings(unit, result)
+    warnings = producer_warnings(unit, written.producer)
     return ArchiveEntry(
         name=name,
         source=dump_source(unit.unit),
         kind=DUMP,
         chain=name,
-        size=size,
-        sha256=sha256,
+        size=written.size,
+        sha256=written.sha256,
         warnings=warnings,
+        encrypted_to=written.encrypted_to,
     )
 
 
@@ -308,7 +310,7 @@ class DumpOutcome:
 def run_dumps(
     config: Config,
     stamp: str,
-    pipeline: Pipeline,
+    write: Write,
     commit: Callable[[ArchiveEntry], None],
     *,
     on_progress: Callable[[str, int, float], None] | None = None,
@@ -332,7 +334,7 @@ def run_dumps(
                     on_progress(f"dump {unit.unit}", written, time.monotonic() - started)
 
             try:
-                archive = make_dump(config, unit, stamp, pipeline, tick)
+                archive = make_dump(config, unit, stamp, write, tick)
             except KeyforgeError as err:
                 outcome.failures.append(err)
                 continue

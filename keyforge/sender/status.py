@@ -20,7 +20,8 @@ from typing import Any
 
 from keyforge.config import Config, snapshot_source
 from keyforge.errors import FileError
-from keyforge.layout import MANIFEST_SUFFIX, load_manifest, source_slug
+from keyforge.layout import MANIFEST_SUFFIX, Manifest, load_manifest, source_slug
+from keyforge.monitor import runs
 from keyforge.sender import sync
 from keyforge.sender.backup import human_size
 
@@ -74,6 +75,8 @@ def last_backups(directory: Path, host: str, sources: Sequence[str]) -> dict[str
             done = {source_slug(a.source) for a in manifest.archives}
             if not wanted <= done:
                 continue  # a run that stopped part way is not a success
+        elif not arrived_whole(directory, manifest):
+            continue  # a push cut short: the manifest came, not (all of) its archives
         size = sum(a.size for a in manifest.archives)
         found = best.get(manifest.host)
         if found is None or when > found.when:
@@ -81,6 +84,18 @@ def last_backups(directory: Path, host: str, sources: Sequence[str]) -> dict[str
             alerts = tuple(alert for a in manifest.archives for alert in a.alerts)
             best[manifest.host] = Success(when, size, f"{count} archive(s), {path.name}", alerts)
     return best
+
+
+def arrived_whole(directory: Path, manifest: Manifest) -> bool:
+    """Every archive a pushed manifest lists is in ``directory`` at its recorded size: the
+    push that brought it was complete."""
+    for archive in manifest.archives:
+        try:
+            if (directory / archive.name).stat().st_size != archive.size:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def backup_items(
@@ -189,6 +204,32 @@ def sync_items(
     return items
 
 
+# the freshness check judges the others; its own last run is not one of its reasons
+NOT_JUDGED_RUNS = ("freshness",)
+
+
+def run_items(records: Iterable[runs.RunRecord]) -> list[Item]:
+    """One failing item per job whose last run failed, however recent its last success: a
+    backup that failed last night is not ok because the one before it is young."""
+    items = []
+    for job, record in sorted(runs.last_by_job(records).items()):
+        if record.ok or job in NOT_JUDGED_RUNS:
+            continue
+        when = record.end.isoformat(timespec="seconds")
+        detail = f": {record.message}" if record.message else ""
+        items.append(
+            Item(
+                name=f"last {job} run",
+                last_success=None,
+                last_failure=f"{when}: exit {record.exit_code}{detail}",
+                age_hours=None,
+                ok=False,
+                problem=f"the last {job} run failed (exit {record.exit_code})",
+            )
+        )
+    return items
+
+
 def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
     source = status_dir(config)
     found = last_backups(source, config.host, config.backup.sources) if source.is_dir() else {}
@@ -196,6 +237,7 @@ def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
     names = [t.name for t in sync.select_targets(config.targets, None)] if config.targets else []
     records = read_sync_log(Path(config.sync.log))
     items += sync_items(records, names, now, max_age_hours)
+    items += run_items(runs.read(runs.run_log_path(config)))
     return Status(tuple(items), max_age_hours)
 
 
@@ -236,6 +278,12 @@ def as_json(status: Status) -> str:
     document = {
         "ok": status.ok,
         "max_age_hours": status.max_age_hours,
+        # why it is not ok, one line per item that fails
+        "reasons": reasons(status),
         "items": [item_json(item) for item in status.items],
     }
     return json.dumps(document, indent=2)
+
+
+def reasons(status: Status) -> list[str]:
+    return [f"{item.name}: {item.problem}" for item in status.items if not item.ok]

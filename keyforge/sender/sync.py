@@ -276,6 +276,16 @@ def rsync_argv(tools: Tools, source: Path, target: Target, settings: SyncConfig)
     return argv
 
 
+PROGRESS_OPTION = "--info=progress2"
+
+
+def with_progress(argv: Sequence[str]) -> list[str]:
+    """``argv`` with rsync's whole-transfer progress on its stdout, for a terminal. The option
+    stays on this side: the ``rsync --server`` line (and so a locked key's command) is the
+    same with it or without."""
+    return [argv[0], PROGRESS_OPTION, *argv[1:]]
+
+
 def display(argv: Sequence[str]) -> str:
     """``argv`` as a line a user can paste into a shell."""
     return shlex.join(argv)
@@ -675,13 +685,34 @@ class Plan:
 
     source: Path
     commands: tuple[tuple[Target, tuple[str, ...]], ...]
+    # targets whose [[targets]] source differs from [sync] source, by name
+    own_sources: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+
+    def source_for(self, target: Target) -> Path:
+        return self.own_sources.get(target.name, self.source)
+
+    def by_source(self) -> dict[Path, list[tuple[Target, tuple[str, ...]]]]:
+        """The commands grouped by what they send, in the config's order: one lock each."""
+        groups: dict[Path, list[tuple[Target, tuple[str, ...]]]] = {}
+        for target, argv in self.commands:
+            groups.setdefault(self.source_for(target), []).append((target, argv))
+        return groups
+
+
+def target_sources(config: Config) -> dict[str, Path]:
+    """The targets with a source of their own ([[targets]] source), by target name."""
+    targets = zip(select_targets(config.targets, None), config.targets, strict=True)
+    return {target.name: Path(cfg.source) for target, cfg in targets if cfg.source}
 
 
 def plan(config: Config, target_name: str | None, tools: Tools) -> Plan:
     source = source_dir(config)
     targets = select_targets(config.targets, target_name)
-    commands = tuple((t, tuple(rsync_argv(tools, source, t, config.sync))) for t in targets)
-    return Plan(source, commands)
+    own = {n: p for n, p in target_sources(config).items() if any(t.name == n for t in targets)}
+    commands = tuple(
+        (t, tuple(rsync_argv(tools, own.get(t.name, source), t, config.sync))) for t in targets
+    )
+    return Plan(source, commands, own)
 
 
 def dry_run(
@@ -689,11 +720,12 @@ def dry_run(
 ) -> list[str]:
     """The commands, checked but not run; nothing connects anywhere."""
     the_plan = plan(config, target_name, tools)
-    check_source(the_plan.source)
-    for target, _ in the_plan.commands:
-        check_target(the_plan.source, target)
-        if not accept_loss:
-            check_losses(config, the_plan.source, target, datetime.now().date())
+    for source, commands in the_plan.by_source().items():
+        check_source(source)
+        for target, _ in commands:
+            check_target(source, target)
+            if not accept_loss:
+                check_losses(config, source, target, datetime.now().date())
     return [display(argv) for _, argv in the_plan.commands]
 
 
@@ -740,33 +772,52 @@ def sync(
         effects.syslog(report)
         reports.append(report)
 
-    try:
-        check_source(the_plan.source)
-    except KeyforgeError as err:
-        for target, argv in the_plan.commands:
-            record(refused(target, argv, err, effects.now()))
-        raise
-    # the same lock as keyforge backup: never send a directory while a backup rewrites it
-    with fsutil.locked(lock_path(the_plan.source), wait=wait):
-        for target, argv in the_plan.commands:
-            try:
-                # again before each target: the wait for the lock or the last push left time
-                # for the backup disk to be unmounted
-                check_source(the_plan.source)
-                check_target(the_plan.source, target)
-                today = effects.now().astimezone().date()
-                if accept_loss:
-                    sending = archives_in(the_plan.source)
-                else:
-                    sending = check_losses(config, the_plan.source, target, today)
-            except KeyforgeError as err:
+    groups = the_plan.by_source()
+    first_error: KeyforgeError | None = None
+    for source, commands in list(groups.items()):
+        try:
+            check_source(source)
+        except KeyforgeError as err:
+            for target, argv in commands:
                 record(refused(target, argv, err, effects.now()))
-                continue
-            report = push(argv, target, config.sync, effects)
-            record(report)
-            if report.ok:
-                try:
-                    record_sent(config, target, sending, report.end)
-                except KeyforgeError as err:
-                    effects.notify(f"sync {target.name}: pushed, but {err}")
+            first_error = first_error or err
+            del groups[source]
+    if not groups and first_error is not None:
+        raise first_error  # nothing to send at all: one line says why
+    for source, commands in groups.items():
+        # the same lock as keyforge backup: never send a directory while a backup rewrites it
+        with fsutil.locked(lock_path(source), wait=wait):
+            for target, argv in commands:
+                _push_one(config, (source, target, argv), accept_loss, effects, record)
     return reports
+
+
+def _push_one(
+    config: Config,
+    job: tuple[Path, Target, Sequence[str]],
+    accept_loss: bool,
+    effects: Effects,
+    record: Callable[[Report], None],
+) -> None:
+    """One target's checks and push, recorded; a refusal is recorded, never raised."""
+    source, target, argv = job
+    try:
+        # again before each target: the wait for the lock or the last push left time
+        # for the backup disk to be unmounted
+        check_source(source)
+        check_target(source, target)
+        today = effects.now().astimezone().date()
+        if accept_loss:
+            sending = archives_in(source)
+        else:
+            sending = check_losses(config, source, target, today)
+    except KeyforgeError as err:
+        record(refused(target, argv, err, effects.now()))
+        return
+    report = push(argv, target, config.sync, effects)
+    record(report)
+    if report.ok:
+        try:
+            record_sent(config, target, sending, report.end)
+        except KeyforgeError as err:
+            effects.notify(f"sync {target.name}: pushed, but {err}")

@@ -93,7 +93,7 @@ def test_backup_restore_verify_prune_from_the_command_line(tmp_path: Path) -> No
     (src / "d/f").write_text("hello\n")
     config = str(write_config(tmp_path, src))
     runner = CliRunner()
-    made = runner.invoke(app, ["backup", "--config", config])
+    made = runner.invoke(app, ["backup", "--config", config, "--verbose"])
     assert made.exit_code == 0, made.output
     assert made.stdout.startswith("backup server1 ")
     assert "1 archives (1 master, 0 incremental)" in made.stdout

@@ -108,10 +108,10 @@ def test_schedule_install_is_idempotent_and_says_what_changed(tmp_path: Path) ->
     argv = ["schedule", "--systemd", "--install", "--dest", str(dest), "--config", str(config)]
     first = runner.invoke(app, argv)
     assert first.exit_code == 0, first.output
-    assert first.output.count("created: ") == 4
+    assert first.output.count("created: ") == 5  # two jobs, two units each, and the notifier
     assert "systemctl daemon-reload" in first.output
     second = runner.invoke(app, argv)
-    assert second.output.count("unchanged: ") == 4
+    assert second.output.count("unchanged: ") == 5
     assert "systemctl" not in second.output
 
 

@@ -28,11 +28,15 @@ def test_schedule_installs_only_the_snapshot_timer_on_a_receiving_host(tmp_path:
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in dest.iterdir()) == [
+        "keyforge-freshness.service",
+        "keyforge-freshness.timer",
+        "keyforge-notify@.service",
         "keyforge-snapshot.service",
         "keyforge-snapshot.timer",
     ]
     assert result.output.endswith(
-        "next: systemctl daemon-reload && systemctl enable --now keyforge-snapshot.timer\n"
+        "next: systemctl daemon-reload && systemctl enable --now keyforge-snapshot.timer "
+        "keyforge-freshness.timer\n"
     )
 
 

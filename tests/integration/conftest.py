@@ -503,3 +503,20 @@ def locked(lab: Lab, keys: Keys, rsync_server_command: str) -> str:
     lab.write_authorized_keys(f"{keys.admin_public}\n")
     lab.keyforge_install(keys.backup_public, command=rsync_server_command)
     return lab.authorized_keys()
+
+
+# --- the fleet: three sending servers and the receiving host ---------------------------------
+
+FLEET_SERVICES = ("sender", "sender2", "sender3")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    receiver: Host
+    senders: tuple[Host, ...]
+
+
+@pytest.fixture(scope="session")
+def fleet(lab: Lab) -> Fleet:
+    """The receiving host and the three sending servers of docker/compose.yaml."""
+    return Fleet(lab.receiver, tuple(started_host(service) for service in FLEET_SERVICES))

@@ -73,7 +73,7 @@ def test_postgresql_dump_restores_row_for_row_after_the_database_is_dropped(
     src = tmp_path / "src"
     src.mkdir()
     cfg = write_config(tmp_path, [src], dumps=[pg.dump_entry("shop", ["shop"])])
-    made = CliRunner().invoke(app, ["backup", "--config", str(cfg)])
+    made = CliRunner().invoke(app, ["backup", "--config", str(cfg), "--verbose"])
     assert made.exit_code == 0, made.output
     assert "1 dump" in made.stdout
     [dump] = sorted((tmp_path / "backups").glob("server1-shop.*.dump.zst"))

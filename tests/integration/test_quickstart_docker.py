@@ -96,7 +96,7 @@ def test_the_readme_quickstart_works_as_written(lab):
     assert command in printed.splitlines()
 
     # on server1: the push works, the key does one thing, the schedule, the status
-    synced = on_server1("sync")
+    synced = on_server1("sync", "--verbose")  # quiet by default, as under cron
     assert "sync offsite: ok" in synced.stdout
     sent = lab.tree_hashes(server1, BACKUPS)
     del sent["./.keyforge.lock"]  # sync leaves the lock behind, by design

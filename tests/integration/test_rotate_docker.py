@@ -128,6 +128,6 @@ def test_rotation_keeps_every_sync_working_and_leaves_only_the_new_key(
     refused = lab.ssh(lab.sender, SAVED_OLD_KEY, f"foo@{lab.RECEIVER_IP}")
     assert refused.returncode == 255
     assert "Permission denied" in refused.stderr
-    pushed = _keyforge(lab.sender, "sync", "--config", CONFIG)
+    pushed = _keyforge(lab.sender, "sync", "--config", CONFIG, "--verbose")
     assert pushed.returncode == 0, pushed.stderr
     assert "sync pi: ok" in pushed.stdout

@@ -58,7 +58,22 @@ def test_the_check_notices_a_setting_systemd_would_ignore(tmp_path: Path) -> Non
 def test_systemd_analyze_verify_accepts_the_receiving_hosts_snapshot_units(tmp_path: Path) -> None:
     snapshot = {"source": str(tmp_path / "copy"), "directory": str(tmp_path / "snaps")}
     paths = _write_units(tmp_path, sections={"snapshot": snapshot})
-    assert sorted(p.name for p in paths) == sorted(schedule.SNAPSHOT_UNIT_NAMES)
+    assert sorted(p.name for p in paths) == sorted(
+        [*schedule.SNAPSHOT_UNIT_NAMES, *schedule.FRESHNESS_UNIT_NAMES, schedule.NOTIFY_UNIT_NAME]
+    )
+    result = _verify(paths)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_systemd_analyze_verify_accepts_a_second_configs_units(tmp_path: Path) -> None:
+    config = parse({"backup": {"directory": str(tmp_path)}})
+    jobs = schedule.jobs_for(config, Path("/etc/keyforge/drive.toml"), [sys.executable])
+    paths = []
+    for name, text in schedule.render_systemd(config.schedule, jobs).items():
+        (tmp_path / name).write_text(text)
+        paths.append(tmp_path / name)
+    assert sorted(p.name for p in paths)[0] == "keyforge-drive-backup.service"
     result = _verify(paths)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""

@@ -36,7 +36,10 @@ chown -R foo:foo /mnt/snapshot-test
 
 def _snapshot(lab, *args: str, user: str = "root"):
     return lab.receiver.run(
-        ["keyforge", "snapshot", "--config", CONFIG, *args], user=user, check=False, timeout=120
+        ["keyforge", "snapshot", "--config", CONFIG, "--verbose", *args],
+        user=user,
+        check=False,
+        timeout=120,
     )
 
 
@@ -211,8 +214,12 @@ def test_a_stolen_key_pushing_junk_with_a_manifest_of_braces_is_not_a_good_copy(
 def test_schedule_on_the_receiver_installs_the_snapshot_job_alone_as_root(lab, history):
     result = lab.receiver.run(["keyforge", "schedule", "--cron", "--config", CONFIG])
     jobs = [line for line in result.stdout.splitlines() if line[:1].isdigit()]
-    assert len(jobs) == 1
+    # the snapshot, and the hourly check that the pushes keep arriving; nothing that pushes
+    assert len(jobs) == 2
     fields = jobs[0].split()
     assert fields[:2] == ["30", "5"]  # two hours after the default sync_at, 03:30
     assert fields[5] == "root"  # not foo, whom the backup key logs in as
     assert fields[7:] == ["snapshot", "--config", CONFIG]
+    check = jobs[1].split()
+    assert check[:2] == ["17", "*"] and check[5] == "root"
+    assert check[7:] == ["status", "--config", CONFIG, "--max-age", "26", "--ping"]

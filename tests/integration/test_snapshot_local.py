@@ -214,7 +214,7 @@ def test_the_command_lists_snapshots_and_fails_on_a_wiped_copy(tmp_path: Path, c
     path = tmp_path / "keyforge.toml"
     path.write_text(f'[snapshot]\nsource = "{copy}"\ndirectory = "{tmp_path}/store"\n')
     runner = CliRunner()
-    taken = runner.invoke(app, ["snapshot", "--config", str(path)])
+    taken = runner.invoke(app, ["snapshot", "--config", str(path), "--verbose"])
     assert taken.exit_code == 0, taken.output
     assert taken.output.startswith(f"took snapshot {tmp_path}/store/")
     listed = runner.invoke(app, ["snapshot", "--list", "--config", str(path)])

@@ -53,7 +53,7 @@ def synced(lab, keys):
     lab.receiver.sh(f"rm -rf {COPY}")
     lab.write_authorized_keys(f"{keys.admin_public}\n")
     lab.keyforge_install(keys.backup_public, command=forced)
-    result = _keyforge(lab.sender, "sync", "--config", SENDER_CONFIG)
+    result = _keyforge(lab.sender, "sync", "--config", SENDER_CONFIG, "--verbose")
     assert result.returncode == 0, result.stderr
     return result
 

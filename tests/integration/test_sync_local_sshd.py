@@ -55,7 +55,7 @@ def test_the_forced_command_carries_the_receivers_guards(lab: Lab) -> None:
 
 
 def test_sync_through_the_command_line_prints_the_summary(lab: Lab) -> None:
-    result = run_keyforge("sync", "--config", str(lab.write_config(max_delete=5)))
+    result = run_keyforge("sync", "--config", str(lab.write_config(max_delete=5)), "--verbose")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("sync offsite: ok in ")
     assert tree(lab.copy) == tree(lab.source)
@@ -166,7 +166,7 @@ def test_a_sync_killed_halfway_then_run_again_completes_exactly(lab: Lab, tmp_pa
 
 def test_a_held_lock_refuses_a_second_run(lab: Lab) -> None:
     with fsutil.locked(lab.source / ".keyforge.lock"):
-        result = run_keyforge("sync", "--config", str(lab.write_config(max_delete=5)))
+        result = run_keyforge("sync", "--config", str(lab.write_config(max_delete=5)), "--verbose")
     assert result.returncode == 75
     assert "another keyforge run holds" in result.stderr
 

@@ -52,7 +52,7 @@ def test_a_mounted_drive_gets_an_exact_copy_of_the_copy(tmp_path: Path, drive: P
     config = _config(tmp_path, drive)
     stale = drive / "server1-etc.20261101.master.tar.zst"
     stale.write_bytes(b"pruned on the sending server since")
-    result = CliRunner().invoke(app, ["sync", "--config", str(config)])
+    result = CliRunner().invoke(app, ["sync", "--config", str(config), "--verbose"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("sync external: ok in ")
     sent = _files(tmp_path / "srvbackups")

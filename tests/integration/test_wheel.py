@@ -48,7 +48,7 @@ print(json.dumps(report))
 # What a wheel may hold: the package's modules, its templates and the wheel's metadata.
 SHIPPED = re.compile(
     r"keyforge/(?:[A-Za-z_][A-Za-z0-9_]*/)*[A-Za-z_][A-Za-z0-9_]*\.py"
-    r"|keyforge/templates/[A-Za-z0-9_.-]+\.j2"
+    r"|keyforge/templates/[A-Za-z0-9_.@-]+\.j2"  # "@": a systemd template unit's name
     r"|keyforge-[^/]+\.dist-info/(?:METADATA|WHEEL|RECORD|entry_points\.txt|licenses/.+)"
 )
 

@@ -117,7 +117,9 @@ def test_the_rendered_default_config_parses_to_exactly_the_default_config() -> N
 def _uncomment_every_setting(text: str) -> str:
     """Every setting and example uncommented; where an example shows a key again (exclude),
     the example's line wins, as a user's edit of it would."""
-    setting = re.compile(r"^#(\[\[(?:targets|dumps)\]\]|\[snapshot\]|\[hooks\]|([a-z_]+) = .*)$")
+    setting = re.compile(
+        r"^#(\[\[(?:targets|dumps)\]\]|\[snapshot\]|\[hooks\]|\[monitor\]|([a-z_]+) = .*)$"
+    )
     lines: list[str] = []
     shown: dict[str, int] = {}  # key -> its uncommented line, in the current table
     for line in text.splitlines():
@@ -139,7 +141,7 @@ def _uncomment_every_setting(text: str) -> str:
 def _uncomment_defaults(text: str) -> str:
     """Every "#key = value" line the template shows as a default, and the section headers,
     never the lines of an example (from a comment saying "Example" to the next blank line)."""
-    setting = re.compile(r"^#(\[snapshot\]|\[hooks\]|[a-z_]+ = .*)$")
+    setting = re.compile(r"^#(\[snapshot\]|\[hooks\]|\[monitor\]|[a-z_]+ = .*)$")
     lines, in_example = [], False
     for line in text.splitlines():
         if not line.strip():
@@ -174,6 +176,8 @@ def test_uncommenting_the_examples_too_changes_only_what_they_show() -> None:
     assert cfg.schedule == dataclasses.replace(defaults.schedule, snapshot_at="05:30")
     assert cfg.snapshot == dataclasses.replace(defaults.snapshot, source="/home/foo/srvbackups")
     assert cfg.hooks.before == ("mount", "/mnt/backups")
+    assert cfg.monitor == defaults.monitor == config.MonitorConfig()
+    assert "monitor" in cfg.sections  # the section was there, every value its default
     assert len(cfg.targets) == 2
 
 
@@ -210,3 +214,28 @@ def test_a_value_ending_in_a_newline_is_refused(document: dict[str, object]) -> 
     # '$' in a regular expression also matches before a final newline; the checks must not
     with pytest.raises(ConfigError):
         config.parse(document)
+
+
+def test_the_template_shows_encrypt_to_only_as_its_empty_default() -> None:
+    """No recipient-looking value a user could uncomment and get encryption to a stranger's
+    key (or a parse error): the one assignment is the default, the example is prose."""
+    text = config.render_default("server1")
+    assignments = [ln for ln in text.splitlines() if re.match(r"^#?\s*encrypt_to\s*=", ln)]
+    assert assignments == ["#encrypt_to = []"]
+    assert "keyforge keygen-age" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (["age1qqqq"], "entry 1: 'age1qqqq' is not a valid age recipient"),
+        (["ecdsa-sha2-nistp256 AAAA"], "ssh-ed25519 and ssh-rsa keys only"),
+        (["hello"], "is not an age recipient"),
+    ],
+)
+def test_an_encrypt_to_entry_that_is_no_recipient_is_a_config_error(
+    value: list[str], reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)) as caught:
+        config.parse({"backup": {"encrypt_to": value}})
+    assert str(caught.value).startswith("keyforge.toml: [backup] encrypt_to ")

@@ -53,3 +53,36 @@ def test_the_summary_is_one_line_with_counts_size_pruning_warnings_and_time() ->
         "backup server1 20261128: 2 archives (1 master, 1 incremental), 3.0 MB, "
         "pruned 1 old chain(s), 1 warning(s), 4.2 s"
     )
+
+
+# --- estimates, percent and ETA; the sync's rsync progress ------------------------------------
+
+
+def test_with_an_estimate_the_line_shows_percent_rate_and_eta() -> None:
+    line = progress.backup_progress_line("/etc", 25 * 1024 * 1024, 10.0, 100 * 1024 * 1024)
+    assert line == "  /etc: 25.0 MB of ~100.0 MB (25%), 2.5 MB/s, ETA 0:00:30"
+
+
+def test_an_estimate_that_ran_out_stays_below_100_percent() -> None:
+    line = progress.backup_progress_line("/etc", 300, 1.0, 100)
+    assert "(99%)" in line and "ETA ?" in line
+
+
+def test_the_terminal_display_uses_the_totals_it_was_given() -> None:
+    out = io.StringIO()
+    reporter = progress.TerminalReporter(out, totals={"/etc": 4 * 1024 * 1024})
+    reporter.progress("/etc", 1024 * 1024, 1.0)
+    assert "1.0 MB of ~4.0 MB (25%), 1.0 MB/s, ETA 0:00:03" in out.getvalue()
+
+
+def test_the_sync_display_reads_progress_split_across_chunks() -> None:
+    out = io.StringIO()
+    display = progress.SyncDisplay("pi", out)
+    text = b"sending incremental file list\n     1,048,576  50%    2.00MB/s    0:00:01\r"
+    text += b"     2,097,152 100%    2.00MB/s    0:00:01 (xfr#1, to-chk=0/2)\n"
+    for i in range(0, len(text), 7):
+        display.feed(text[i : i + 7])
+    assert display.last == progress.SyncProgress(2_097_152, 100, 2.0 * 1024**2, "0:00:01")
+    assert "sync pi: 2.0 MB (100%), 2.0 MB/s, ETA 0:00:01" in out.getvalue()
+    display.close()
+    assert out.getvalue().endswith("\r\x1b[K")

@@ -114,7 +114,7 @@ def test_empty_mailto_is_written_as_an_empty_string() -> None:
 
 
 def test_cron_command_quotes_for_the_shell_and_escapes_percent() -> None:
-    config = _config()
+    config = _config(name="odd")  # cron cannot name a file after 100%
     jobs = schedule.jobs_for(config, Path("/etc/key forge/100%.toml"), KEYFORGE)
     text = schedule.render_cron(config.schedule, jobs)
     assert cron_d_problems("keyforge", text) == []
@@ -126,7 +126,7 @@ def test_cron_command_quotes_for_the_shell_and_escapes_percent() -> None:
 def test_systemd_units_carry_persistent_random_delay_nice_and_idle_io() -> None:
     config = _config(randomized_delay=20)
     units = schedule.render_systemd(config.schedule, _jobs(config))
-    assert sorted(units) == sorted(schedule.UNIT_NAMES)
+    assert sorted(units) == sorted([*schedule.UNIT_NAMES, schedule.NOTIFY_UNIT_NAME])
     for name in ("keyforge-backup.timer", "keyforge-sync.timer"):
         assert "\nPersistent=true\n" in units[name]
         assert "\nRandomizedDelaySec=20min\n" in units[name]
@@ -230,7 +230,10 @@ def test_a_config_with_only_snapshot_schedules_the_snapshot_alone_in_cron() -> N
     assert cron_d_problems(schedule.CRON_FILE_NAME, text) == []
     jobs = [line for line in text.splitlines() if line[:1].isdigit()]
     assert jobs == [
-        "30 5 * * * root /usr/local/bin/keyforge snapshot --config /etc/keyforge/keyforge.toml"
+        "30 5 * * * root /usr/local/bin/keyforge snapshot --config /etc/keyforge/keyforge.toml",
+        # the freshness check, hourly, with its own ping
+        "17 * * * * root /usr/local/bin/keyforge status --config /etc/keyforge/keyforge.toml "
+        "--max-age 26 --ping",
     ]
 
 
@@ -250,10 +253,14 @@ def test_a_receiving_host_that_also_syncs_gets_sync_and_snapshot_but_no_backup()
     jobs = _jobs(config)
     assert jobs.backup is None
     assert jobs.sync is not None and jobs.snapshot is not None
-    assert jobs.timers == ["keyforge-sync.timer", "keyforge-snapshot.timer"]
+    assert jobs.timers == [
+        "keyforge-sync.timer",
+        "keyforge-snapshot.timer",
+        "keyforge-freshness.timer",
+    ]
     text = schedule.render_cron(config.schedule, jobs)
     assert cron_d_problems(schedule.CRON_FILE_NAME, text) == []
-    assert len([line for line in text.splitlines() if line[:1].isdigit()]) == 2
+    assert len([line for line in text.splitlines() if line[:1].isdigit()]) == 3
 
 
 def test_a_config_without_snapshot_schedules_backup_and_sync_as_before() -> None:
@@ -265,7 +272,9 @@ def test_a_config_without_snapshot_schedules_backup_and_sync_as_before() -> None
 def test_the_snapshot_units_run_as_the_schedule_user_with_both_directories_mounted() -> None:
     config = _receiver_config(schedule={"user": "snapper", "randomized_delay": 5})
     units = schedule.render_systemd(config.schedule, _jobs(config))
-    assert sorted(units) == sorted(schedule.SNAPSHOT_UNIT_NAMES)
+    assert sorted(units) == sorted(
+        [*schedule.SNAPSHOT_UNIT_NAMES, *schedule.FRESHNESS_UNIT_NAMES, schedule.NOTIFY_UNIT_NAME]
+    )
     service = units["keyforge-snapshot.service"]
     assert "\nUser=snapper\n" in service
     assert "\nRequiresMountsFor=/home/foo/srvbackups /var/backups/snaps\n" in service

@@ -14,14 +14,25 @@ from keyforge.sender import status
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def _manifest(directory: Path, name: str, host: str, sources: list[str], when: datetime) -> None:
-    """A run manifest as keyforge backup writes it, dated ``when``."""
+def _manifest(
+    directory: Path,
+    name: str,
+    host: str,
+    sources: list[str],
+    when: datetime,
+    *,
+    archives: bool = True,
+) -> None:
+    """A run manifest as keyforge backup writes it, dated ``when``, with its archives (of the
+    recorded size) unless ``archives`` is false."""
     entries = []
     for source in sources:
         archive = layout.archive_name(
             host, layout.source_slug(source), "20260301", "master", "zstd"
         )
         entries.append(layout.ArchiveEntry(archive, source, "master", archive, 1000, "0" * 64))
+        if archives:
+            (directory / archive).write_bytes(b"x" * 1000)
     path = directory / name
     path.write_bytes(layout.manifest_json(host, "20260301", when, entries))
     os.utime(path, (when.timestamp(), when.timestamp()))
@@ -161,3 +172,20 @@ def test_json_output_carries_the_verdict_and_each_item(tmp_path: Path) -> None:
     assert document["ok"] is False
     assert document["max_age_hours"] == 12
     assert [i["name"] for i in document["items"]] == ["backup", "sync external"]
+
+
+def test_a_push_cut_short_does_not_make_the_copy_look_fresh(tmp_path: Path) -> None:
+    copy = tmp_path / "srvbackups"
+    copy.mkdir()
+    _manifest(
+        copy, "server1.20260301.manifest.json", "server1", ["/etc"], NOW - timedelta(hours=30)
+    )
+    # the newest manifest arrived, its archive did not (only part of it)
+    _manifest(copy, "server1.20260302.manifest.json", "server1", ["/var"], NOW - timedelta(hours=1))
+    var = layout.archive_name("server1", layout.source_slug("/var"), "20260301", "master", "zstd")
+    (copy / var).write_bytes(b"x" * 10)
+    config = parse({"general": {"host": "raspberrypi"}, "snapshot": {"source": str(copy)}})
+    [item] = status.assess(config, NOW, 26).items
+    assert item.name == "pushed copy of server1"
+    assert not item.ok
+    assert item.age_hours is not None and 29.9 < item.age_hours < 30.1

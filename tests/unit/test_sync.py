@@ -564,3 +564,60 @@ def test_what_a_push_sent_is_kept_per_destination_not_per_target_name(tmp_path: 
     drive = sync.LocalTarget("pi", tmp_path / "drive", require_mountpoint=False)
     assert state(drive) != state(remote(f"{tmp_path / 'drive'}/"))
     assert state(drive).name.startswith("sync-pi-")
+
+
+# --- a source per target ---------------------------------------------------------------------
+
+
+def _local_targets_config(tmp_path: Path, **drive: object) -> Config:
+    return parse(
+        {
+            "backup": {"directory": str(tmp_path / "backups")},
+            "sync": {"log": str(tmp_path / "sync.log")},
+            "general": {"state_dir": str(tmp_path / "state")},
+            "targets": [
+                {"name": "mirror", "path": str(tmp_path / "mirror")},
+                {"name": "drive", "path": str(tmp_path / "drive"), **drive},
+            ],
+        }
+    )
+
+
+def test_a_target_with_a_source_of_its_own_gets_that_source_and_the_others_the_default(
+    tmp_path: Path,
+) -> None:
+    default = _backup_dir(tmp_path)
+    (tmp_path / "pushed-copy").mkdir()
+    own_source = _backup_dir(tmp_path / "pushed-copy")
+    (own_source / "only-in-the-copy").write_text("c")
+    for name in ("mirror", "drive"):
+        (tmp_path / name).mkdir()
+    config = _local_targets_config(tmp_path, source=str(own_source))
+    reports = sync.sync(config, None, effects=sync.Effects(syslog=lambda report: None))
+    assert [r.ok for r in reports] == [True, True], [r.message for r in reports]
+    sent = sorted(p.name for p in (tmp_path / "mirror").iterdir())
+    assert sent == sorted(p.name for p in default.iterdir() if p.name != ".keyforge.lock")
+    assert (tmp_path / "drive" / "only-in-the-copy").read_text() == "c"
+    assert not (tmp_path / "mirror" / "only-in-the-copy").exists()
+    plan = sync.plan(config, None, TOOLS)
+    assert [plan.source_for(t) for t, _ in plan.commands] == [default, own_source]
+
+
+def test_a_target_source_without_a_manifest_refuses_that_target_only(tmp_path: Path) -> None:
+    _backup_dir(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("mirror", "drive"):
+        (tmp_path / name).mkdir()
+    config = _local_targets_config(tmp_path, source=str(empty))
+    fake = FakeRsync([0])
+    reports = sync.sync(config, None, tools=TOOLS, effects=fake.effects())
+    assert [(r.target, r.ok) for r in reports] == [("drive", False), ("mirror", True)]
+    assert "holds no keyforge manifest" in reports[0].message
+    assert len(fake.calls) == 1
+    assert fake.calls[0][-2] == f"{tmp_path / 'backups'}/"
+
+
+def test_a_target_source_must_be_absolute() -> None:
+    with pytest.raises(ConfigError, match=r"\[\[targets\]\] #1 source must hold absolute paths"):
+        parse({"targets": [{"name": "d", "path": "/mnt/d", "source": "relative"}]})
