@@ -132,6 +132,11 @@ def dump_source(unit: str) -> str:
     return f"{DUMP}:{unit}"
 
 
+def is_dump_source(source: str) -> bool:
+    """Whether a record's source (or slug) is a dump's, not a path's."""
+    return source.startswith(dump_source(""))
+
+
 def parse_dump_name(name: str, host: str) -> ArchiveRecord | None:
     """The record of a dump of ``host``, its unit as slug, or None for any other name. A dump
     is whole on its own, so its record is a master: retention keeps each unit's newest."""

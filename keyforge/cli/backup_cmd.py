@@ -274,7 +274,8 @@ def verify_command(
 ) -> None:
     """Prove the backups restore: check every archive's sha256 against the manifests, then
     restore the latest chain of each source and compare content, modes, owners, mtimes,
-    symlinks, hard links and xattrs with what the archives record.
+    symlinks, hard links and xattrs with what the archives record, and read the newest
+    archive of each [[dumps]] stream back whole (decrypted and decompressed, into nothing).
 
     Encrypted archives are restored for the check only with --identity FILE. Without it (as
     on the receiving host, which holds no key) each one's size, sha256 and age header are
@@ -284,6 +285,7 @@ def verify_command(
     copy nothing is written into it: no lock, and the trial restores go to --scratch or the
     system's temporary directory."""
     from keyforge.sender import restore
+    from keyforge.sender.backup import human_size
 
     cfg = options.load_config(config_path)
     notice = restore.owner_notice(verify=True)
@@ -301,9 +303,18 @@ def verify_command(
             )
             continue
         say(f"{verdict.source}: {count} archive(s), {verdict.entries} entries, {state}")
+    for verdict in report.dumps:
+        state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
+        if not verdict.content_checked:
+            say(
+                f"{verdict.source}: encrypted dump: ciphertext and age header match the "
+                "manifest; content not checked (no --identity)"
+            )
+            continue
+        say(f"{verdict.source}: {human_size(verdict.dump_bytes)} read back whole, {state}")
     if not report.ok:
         problems = [*report.problems]
-        for verdict in report.sources:
+        for verdict in [*report.sources, *report.dumps]:
             problems += [f"{verdict.source}: {p}" for p in verdict.problems]
         raise KeyforgeError(f"verify failed: {restore.summarize_problems(problems)}")
     unchecked = report.unchecked_sources

@@ -264,7 +264,8 @@ def status_command(
     """When the last backup and the last sync of each target succeeded: age and size.
 
     Exits 1 when any of them is older than --max-age or never succeeded, when a target's last
-    sync failed, or when the last run of any job (backup, sync, snapshot) failed, so a
+    sync failed, when the newest backup run made no archive of a [[dumps]] entry (it failed),
+    or when the last run of any job (backup, sync, snapshot) failed, so a
     monitoring system (Nagios, a cron MAILTO, a systemd OnFailure) can call it as is; --json
     lists the reasons. Reads the newest complete manifest in the backup directory, the sync
     log and the run log; connects nowhere (but for --ping). On a receiving host the manifests

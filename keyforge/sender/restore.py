@@ -527,6 +527,8 @@ class SourceVerdict:
     # False for an encrypted chain verified without an identity: its ciphertext, size and
     # age header were checked, its content was not
     content_checked: bool = True
+    # a dump's verdict (its source is "dump:UNIT"): the bytes its stream decompressed to
+    dump_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -534,15 +536,17 @@ class VerifyReport:
     checked_archives: int
     sources: tuple[SourceVerdict, ...]
     problems: tuple[str, ...]
+    # the newest archive of each dump, read back whole through the read pipeline
+    dumps: tuple[SourceVerdict, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.problems and all(not s.problems for s in self.sources)
+        return not self.problems and all(not s.problems for s in (*self.sources, *self.dumps))
 
     @property
     def unchecked_sources(self) -> tuple[str, ...]:
-        """Sources whose content was not checked (encrypted, and no identity given)."""
-        return tuple(s.source for s in self.sources if not s.content_checked)
+        """Sources and dumps whose content was not checked (encrypted, and no identity)."""
+        return tuple(s.source for s in (*self.sources, *self.dumps) if not s.content_checked)
 
 
 def archive_problems(path: Path, entry: Mapping[str, Any]) -> list[str]:
@@ -609,7 +613,45 @@ def run_verify(
                 _verify_source(config, source, records, work / str(index), identity)
                 for index, source in enumerate(config.backup.sources)
             ]
-    return VerifyReport(count, tuple(verdicts), tuple(problems))
+        dumps = [_verify_dump(config, record, identity) for record in newest_dumps(records)]
+    return VerifyReport(count, tuple(verdicts), tuple(problems), tuple(dumps))
+
+
+def newest_dumps(records: Iterable[ArchiveRecord]) -> list[ArchiveRecord]:
+    """The newest archive of each dump among ``records`` (sorted by run), in unit order."""
+    newest: dict[str, ArchiveRecord] = {}
+    for record in records:
+        if layout.is_dump_source(record.slug):
+            newest[record.slug] = record
+    return [newest[slug] for slug in sorted(newest)]
+
+
+def _verify_dump(
+    config: Config, record: ArchiveRecord, identity: pipeline.Identity | None
+) -> SourceVerdict:
+    """Read the dump back whole, decrypted and decompressed, as restore --dump would, into
+    nothing: a stream that does not decompress (or decrypt) to its end is a problem. An
+    encrypted one without ``identity`` was checked by its ciphertext and header alone."""
+    names = (record.name,)
+    if identity is None and layout.is_encrypted_name(record.name):
+        return SourceVerdict(record.slug, names, 0, (), content_checked=False)
+    try:
+        size = pipeline.read_archive(
+            config.backup_dir / record.name,
+            _count_stream,
+            identity=identity,
+            encrypted_to=encrypted_to_of(config).get(record.name, ()),
+        )
+    except KeyforgeError as err:
+        return SourceVerdict(record.slug, names, 0, (str(err),))
+    return SourceVerdict(record.slug, names, 0, (), dump_bytes=size)
+
+
+def _count_stream(stream: IO[bytes], chunk: int = 1 << 20) -> int:
+    count = 0
+    while data := stream.read(chunk):
+        count += len(data)
+    return count
 
 
 def _verify_source(
@@ -667,7 +709,7 @@ def plan_dump_restore(config: Config, unit: str, at: dt.date | None) -> ArchiveR
     if found:
         return found[-1]
     prefix = layout.dump_source("")
-    units = sorted({r.slug[len(prefix) :] for r in records if r.slug.startswith(prefix)})
+    units = sorted({r.slug[len(prefix) :] for r in records if layout.is_dump_source(r.slug)})
     when = f" on or before {at.isoformat()}" if at else ""
     known = f" (dumps there: {', '.join(units)})" if units else ""
     raise FileError(f"no dump {unit}{when} in {config.backup_dir}{known}")

@@ -20,7 +20,15 @@ from typing import Any
 
 from keyforge.config import Config, snapshot_source
 from keyforge.errors import FileError
-from keyforge.layout import MANIFEST_SUFFIX, Manifest, load_manifest, source_slug
+from keyforge.layout import (
+    MANIFEST_SUFFIX,
+    Manifest,
+    dump_source,
+    load_manifest,
+    run_manifests,
+    source_slug,
+    stamp_key,
+)
 from keyforge.monitor import runs
 from keyforge.sender import sync
 from keyforge.sender.backup import human_size
@@ -119,6 +127,43 @@ def judge_backup(name: str, success: Success | None, now: datetime, max_age: flo
     if success is not None and success.alerts and item.ok:
         return dataclasses.replace(item, ok=False, problem="; ".join(success.alerts))
     return item
+
+
+def dumps_missing(manifest: Manifest, dumps: Iterable[str]) -> list[str]:
+    """The [[dumps]] entries (by name) of which ``manifest`` lists no archive (pure): each
+    makes one archive a run, or one per database (``NAME-DATABASE``), unless it failed."""
+    made = {archive.source for archive in manifest.archives}
+    return [
+        name
+        for name in dumps
+        if dump_source(name) not in made
+        and not any(s.startswith(dump_source(f"{name}-")) for s in made)
+    ]
+
+
+def last_run_dumps_missing(
+    directory: Path, host: str, dumps: Sequence[str]
+) -> tuple[str, list[str]]:
+    """The newest run manifest of ``host`` and the dumps it lacks; ("", []) with none."""
+    found = run_manifests(directory, host)
+    if not found or not dumps:
+        return "", []
+    path = found[max(found, key=stamp_key)]
+    try:
+        return path.name, dumps_missing(load_manifest(path), dumps)
+    except FileError:
+        return path.name, []  # an unreadable manifest is not this check's to judge
+
+
+def judge_dumps(item: Item, manifest: str, missing: Sequence[str]) -> Item:
+    """A backup whose last run made no archive of a configured dump is not ok, however recent
+    its sources: a failed dump must not look like a good night (pure)."""
+    if not missing:
+        return item
+    problem = f"the last run ({manifest}) made no dump of {', '.join(missing)}: it failed"
+    if item.problem:
+        problem = f"{item.problem}; {problem}"
+    return dataclasses.replace(item, ok=False, problem=problem)
 
 
 def reads_copy(config: Config) -> bool:
@@ -234,6 +279,10 @@ def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
     source = status_dir(config)
     found = last_backups(source, config.host, config.backup.sources) if source.is_dir() else {}
     items = backup_items(found, config.host, now, max_age_hours, copy=reads_copy(config))
+    if not reads_copy(config) and source.is_dir():
+        names = [entry.name for entry in config.dumps]
+        manifest, missing = last_run_dumps_missing(source, config.host, names)
+        items = [judge_dumps(i, manifest, missing) if i.name == "backup" else i for i in items]
     names = [t.name for t in sync.select_targets(config.targets, None)] if config.targets else []
     records = read_sync_log(Path(config.sync.log))
     items += sync_items(records, names, now, max_age_hours)

@@ -356,3 +356,59 @@ def test_a_dump_entry_missing_what_its_kind_needs_stops_the_run_before_anything(
         'keyforge: error: [[dumps]] #1 (app): kind = "sqlite" needs path\n'
     )
     assert not (tmp_path / "backups").exists()
+
+
+def test_verify_reads_each_dump_back_whole_and_names_one_that_does_not_decompress(
+    tmp_path: Path,
+) -> None:
+    """A dump whose bytes match its manifest but whose stream is cut short (recorded so by a
+    damaged disk before the manifest was written, say) is caught by reading it back."""
+    payload = tmp_path / "payload"
+    payload.write_bytes(os.urandom(1 << 16))
+    cfg = write_config(
+        tmp_path,
+        [_src(tmp_path)],
+        dumps=[{"name": "pipe", "kind": "command", "command": ["cat", str(payload)]}],
+    )
+    assert _backup(cfg).exit_code == 0  # type: ignore[attr-defined]
+    good = CliRunner().invoke(app, ["verify", "--config", str(cfg)])
+    assert good.exit_code == 0, good.output
+    assert "dump:pipe: 64.0 KB read back whole, ok" in good.output
+    [archive] = _dumps(tmp_path, "pipe")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    for manifest in (tmp_path / "backups").glob("*.json"):
+        document = json.loads(manifest.read_text())
+        for entry in document["archives"]:
+            if entry["name"] == archive.name:
+                entry.update(size=archive.stat().st_size, sha256=sha256_of(archive))
+        manifest.write_text(json.dumps(document))
+    cut = CliRunner().invoke(app, ["verify", "--config", str(cfg)])
+    assert cut.exit_code != 0
+    assert f"cannot read {archive.name}" in cut.output
+
+
+def test_status_names_a_dump_that_failed_in_the_last_backup_even_without_the_run_log(
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(
+        tmp_path,
+        [_src(tmp_path)],
+        dumps=[
+            {"name": "fine", "kind": "command", "command": ["echo", "x"]},
+            {"name": "broken", "kind": "command", "command": ["sh", "-c", "echo oops >&2; exit 3"]},
+        ],
+    )
+    assert _backup(cfg).exit_code != 0  # type: ignore[attr-defined]
+    shown = CliRunner().invoke(app, ["status", "--config", str(cfg), "--json"])
+    assert shown.exit_code == 1
+    reasons = json.loads(shown.stdout)["reasons"]
+    assert any("made no dump of broken" in r for r in reasons), reasons
+    assert any(r.startswith("last backup run") for r in reasons), reasons  # the run log
+    # the manifest alone tells: a run log in another state directory, or gone
+    for log in (tmp_path / "state").glob("runs.log*"):
+        log.unlink()
+    alone = CliRunner().invoke(app, ["status", "--config", str(cfg)])
+    assert alone.exit_code == 1
+    assert "FAIL backup" in alone.stdout
+    assert "made no dump of broken: it failed" in alone.stdout
+    assert "fine" not in alone.stdout.split("made no dump of", 1)[1]

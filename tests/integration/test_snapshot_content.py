@@ -10,6 +10,7 @@ final name dated 1970; a junk push (as many empty files as the copy holds and a 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -22,7 +23,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import layout
+from keyforge import age, layout
+from keyforge import config as config_module
 from keyforge.cli import app
 from keyforge.config import Config, SyncConfig, parse
 from keyforge.receiver import snapshot
@@ -296,3 +298,39 @@ def test_accept_takes_a_removed_source_but_never_a_damaged_archive(
         w.startswith("accepted as meant:") and "no full backup of server1:" in w
         for w in accepted.warnings
     )
+
+
+def test_an_encrypted_dump_is_judged_like_every_archive_of_the_copy(
+    tmp_path: Path, sender: Sender
+) -> None:
+    """A [[dumps]] archive with encrypt_to (.dump.zst.age) is listed, hashed and claimed by
+    its manifest on the receiving host as a source's archive is; the host holds no key."""
+    made = age.new_identity()
+    sender.config = dataclasses.replace(
+        sender.config,
+        backup=dataclasses.replace(sender.config.backup, encrypt_to=(made.recipient.text,)),
+        dumps=(config_module.DumpConfig(name="app", kind="command", command=("echo", "rows")),),
+    )
+    run = sender.backup(23)
+    [dump] = [e for e in run.entries if e.kind == layout.DUMP]
+    assert dump.name.endswith(".dump.zst.age") and dump.encrypted_to
+    sender.push()
+    config = _config(tmp_path, sender.copy)
+    good = snapshot.run_snapshot(config, now=_at(23))
+    assert good.problem is None
+    # a stray encrypted dump no manifest lists is named, as any stray archive is
+    stray = sender.copy / layout.dump_name("server1", "ghost", "20261124", "zstd", encrypted=True)
+    stray.write_bytes(b"age-encryption.org/v1\n")
+    os.chown(stray, NOBODY, NOBODY)
+    found = snapshot.run_snapshot(config, now=_at(24)).problem or ""
+    assert f"{stray.name}: an archive no manifest lists" in found
+    stray.unlink()
+    # the next night's dump, damaged on its way: hashed as new, and named
+    [dump] = [e for e in sender.backup(25).entries if e.kind == layout.DUMP]
+    sender.push()
+    copied = sender.copy / dump.name
+    data = bytearray(copied.read_bytes())
+    data[-1] ^= 0xFF
+    copied.write_bytes(bytes(data))
+    damaged = snapshot.run_snapshot(config, now=_at(25))
+    assert damaged.problem == f"{dump.name}: its content does not match the manifest's sha256"

@@ -155,15 +155,41 @@ units = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,40}", fullmatch=True)
 hosts = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}", fullmatch=True)
 
 
-@given(host=hosts, unit=units, day=st.dates(dt.date(2000, 1, 1), dt.date(2099, 12, 31)))
-def test_a_dump_name_reads_back_as_its_unit_and_stamp(host: str, unit: str, day: dt.date) -> None:
+@given(
+    host=hosts,
+    unit=units,
+    day=st.dates(dt.date(2000, 1, 1), dt.date(2099, 12, 31)),
+    compression=st.sampled_from(["zstd", "gzip", "pigz"]),
+    encrypted=st.booleans(),
+)
+def test_a_dump_name_reads_back_as_its_unit_and_stamp(
+    host: str, unit: str, day: dt.date, compression: str, encrypted: bool
+) -> None:
     stamp = day.strftime("%Y%m%d")
-    name = layout.dump_name(host, unit, stamp, "zstd")
+    name = layout.dump_name(host, unit, stamp, compression, encrypted=encrypted)
     record = layout.parse_dump_name(name, host)
     assert record is not None
     assert (record.slug, record.stamp, record.kind) == (layout.dump_source(unit), stamp, "master")
     assert layout.is_archive_name(name)
+    assert layout.is_encrypted_name(name) == encrypted
+    assert name.endswith(".age") == encrypted
+    assert [r.name for r in layout.archive_records([name])] == [name]
     assert layout.parse_archive_name(name, host, [unit]) is None  # never a source's archive
+    assert layout.is_dump_source(record.slug)
+    assert not layout.is_dump_source(unit)
+
+
+def test_an_encrypted_dump_and_the_plaintext_one_before_it_are_one_units_history() -> None:
+    names = [
+        layout.dump_name("server1", "pg", "20261101", "zstd"),
+        layout.dump_name("server1", "pg", "20261120", "zstd", encrypted=True),
+    ]
+    records = sorted(r for r in (layout.parse_dump_name(n, "server1") for n in names) if r)
+    assert {r.slug for r in records} == {"dump:pg"}
+    doomed = backup.chains_to_remove(records, dt.date(2026, 11, 30), 14)
+    assert [c.name for c in doomed] == [names[0]]
+    assert layout.parse_dump_name(names[1] + ".partial", "server1") is None
+    assert layout.parse_dump_name(names[1].replace(".age", ".gpg"), "server1") is None
 
 
 def test_dump_records_age_out_as_whole_chains_and_the_newest_stays() -> None:

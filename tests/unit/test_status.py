@@ -189,3 +189,55 @@ def test_a_push_cut_short_does_not_make_the_copy_look_fresh(tmp_path: Path) -> N
     assert item.name == "pushed copy of server1"
     assert not item.ok
     assert item.age_hours is not None and 29.9 < item.age_hours < 30.1
+
+
+def _dump_entry(unit: str) -> layout.ArchiveEntry:
+    name = layout.dump_name("server1", unit, "20260301", "zstd")
+    return layout.ArchiveEntry(name, layout.dump_source(unit), layout.DUMP, name, 10, "0" * 64)
+
+
+def test_a_dump_entry_the_last_manifest_lacks_is_missing_however_its_units_are_named() -> None:
+    manifest = layout.Manifest(
+        "server1", (_dump_entry("app"), _dump_entry("pg-shop"), _dump_entry("pg-globals"))
+    )
+    assert status.dumps_missing(manifest, ["app", "pg", "shop", "pg-shop"]) == ["shop"]
+    assert status.dumps_missing(manifest, []) == []
+    # "pg-" is not a prefix of "pgx": a dump named pgx made nothing
+    assert status.dumps_missing(manifest, ["pgx"]) == ["pgx"]
+
+
+def test_a_failed_dump_fails_the_backup_item_naming_it_and_the_manifest() -> None:
+    fresh = status.Item("backup", None, None, 1.0, ok=True, problem=None)
+    judged = status.judge_dumps(fresh, "server1.20260301.manifest.json", ["shop"])
+    assert not judged.ok
+    assert judged.problem == (
+        "the last run (server1.20260301.manifest.json) made no dump of shop: it failed"
+    )
+    assert status.judge_dumps(fresh, "server1.20260301.manifest.json", []) == fresh
+
+
+def test_status_fails_when_the_newest_run_made_no_dump_of_a_configured_entry(
+    tmp_path: Path,
+) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    document = {
+        "general": {"host": "server1", "state_dir": str(tmp_path / "state")},
+        "backup": {"sources": ["/etc"], "directory": str(backups)},
+        "sync": {"log": str(tmp_path / "sync.log")},
+        "dumps": [{"name": "app", "kind": "command", "command": ["true"]}],
+    }
+    cfg = parse(document)
+    etc = layout.archive_name("server1", "etc", "20260301", "master", "zstd")
+    entries = [layout.ArchiveEntry(etc, "/etc", "master", etc, 1000, "0" * 64)]
+    path = backups / layout.manifest_name("server1", "20260301")
+    path.write_bytes(layout.manifest_json("server1", "20260301", NOW, entries))
+    result = status.assess(cfg, NOW, 26)
+    [backup] = [item for item in result.items if item.name == "backup"]
+    assert not backup.ok
+    assert backup.problem is not None and "made no dump of app" in backup.problem
+    path.write_bytes(
+        layout.manifest_json("server1", "20260301", NOW, [*entries, _dump_entry("app")])
+    )
+    [backup] = [i for i in status.assess(cfg, NOW, 26).items if i.name == "backup"]
+    assert backup.ok, backup.problem
