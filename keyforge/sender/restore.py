@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from keyforge import layout
+from keyforge import layout, signing
 from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner
@@ -202,6 +202,11 @@ def extract_archive(archive: Path, target: Path) -> None:
         )
 
 
+def check_chain(config: Config, archives: Iterable[ArchiveRecord], trust: signing.Trust) -> None:
+    """The chain's signatures, links, sizes and hashes, before any of it is applied."""
+    signing.verify_chain(config.backup_dir, config.host, [a.name for a in archives], trust)
+
+
 def apply_chain(config: Config, archives: Iterable[ArchiveRecord], target: Path) -> None:
     for record in archives:
         extract_archive(config.backup_dir / record.name, target)
@@ -215,14 +220,22 @@ def run_restore(
     at: dt.date | None = None,
     force: bool = False,
     dry_run: bool = False,
+    trust: signing.Trust | None = None,
 ) -> list[ArchiveRecord]:
-    """Rebuild ``source`` as of the end of day ``at`` (default: the latest run) in ``target``."""
+    """Rebuild ``source`` as of the end of day ``at`` (default: the latest run) in ``target``.
+
+    The chain is checked against ``trust`` first (default: the config's allowed signers, see
+    ``signing.trust_for``): a chain that is unsigned, badly signed, cut, or not what its
+    signed manifests record is refused before anything is written."""
     archives = plan_restore(config, source, at)
+    trust = trust if trust is not None else signing.trust_for(config)
     if dry_run:
+        check_chain(config, archives, trust)
         return archives
     target = target.absolute()
     fresh = _target_is_fresh(target, force=force)
     with reading_lock(config.backup_dir):
+        check_chain(config, archives, trust)
         if fresh:
             _restore_whole(config, archives, target)
         else:
@@ -510,8 +523,12 @@ def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[i
     return count, problems
 
 
-def run_verify(config: Config, *, scratch: Path | None = None) -> VerifyReport:
-    """Checksums of every archive, then a trial restore of each source's latest chain."""
+def run_verify(
+    config: Config, *, scratch: Path | None = None, trust: signing.Trust | None = None
+) -> VerifyReport:
+    """Signatures of every chain (refused as restore refuses them), checksums of every
+    archive, then a trial restore of each source's latest chain."""
+    trust = trust if trust is not None else signing.trust_for(config)
     backup_dir = config.backup_dir
     if not backup_dir.is_dir():
         raise FileError(f"backup directory {backup_dir} does not exist")
@@ -519,6 +536,16 @@ def run_verify(config: Config, *, scratch: Path | None = None) -> VerifyReport:
         records = backup.scan_archives(config)
         if not records:
             raise FileError(f"no archives of {config.host} in {backup_dir}")
+        for chains in backup.chains_of(records).values():
+            for chain in chains:
+                # the hashes are compared just below, against the manifests proved here
+                signing.verify_chain(
+                    backup_dir,
+                    config.host,
+                    [a.name for a in chain.archives],
+                    trust,
+                    hash_archives=False,
+                )
         count, problems = check_checksums(config, records)
         with scratch_dir(backup_dir, scratch) as work:
             verdicts = [
