@@ -344,3 +344,18 @@ def test_snapshot_with_allowed_signers_takes_a_planted_copy_as_not_good(server1:
     assert second.problem is not None
     assert f"{planted}: server1.20261124.manifest.json is not signed" in second.problem
     assert "keyforge-manifest.json is not signed" in second.problem
+
+
+def test_prune_removes_run_manifests_only_from_the_oldest_end(server1: Server1) -> None:
+    """A run manifest in the middle that lists no archive any more still carries the link
+    between the runs around it; only a run older than every archive left goes."""
+    reports = [server1.backup(n, f"{n}\n") for n in (1, 2, 3)]
+    backup_dir = server1.config.backup_dir
+    runs = [backup_dir / layout.manifest_name("server1", r.plan.stamp) for r in reports]
+    (backup_dir / reports[1].entries[0].name).unlink()
+    backup.remove_chains(server1.config, [])
+    assert all(p.exists() for p in runs)
+    (backup_dir / reports[0].entries[0].name).unlink()
+    backup.remove_chains(server1.config, [])
+    assert [p.exists() for p in runs] == [False, False, True]
+    assert not layout.signature_path(runs[0]).exists()
