@@ -125,11 +125,19 @@ def day_two(root: Path, files: list[Path], rng: random.Random, pool: bytes) -> d
 # --- the runs --------------------------------------------------------------------------------
 
 
-def keyforge_config(path: Path, src: Path, backup_dir: Path, *, test: bool, niced: bool) -> Path:
+def keyforge_config(
+    path: Path, src: Path, backup_dir: Path, *, test: bool, niced: bool, env: dict[str, str]
+) -> Path:
+    """keyforge as it is meant to run: its manifests signed, so restore checks every one."""
     priority = "" if niced else 'nice = 0\nionice = "none"\n'
+    key = path.with_suffix(".signing-key")
+    subprocess.run(
+        keyforge("pair", "--signing", str(key)), env=env, check=True, stdout=subprocess.DEVNULL
+    )
     path.write_text(
         f'[general]\nhost = "bench"\n[backup]\nsources = ["{src}"]\ndirectory = "{backup_dir}"\n'
         f"full_every = 7\ntest_archives = {'true' if test else 'false'}\n{priority}"
+        f'signing_key = "{key}"\n'
     )
     return path
 
@@ -193,7 +201,9 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
     hand.mkdir()
     kf_dirs = {name: work / name for name in ("kf-notest", "kf")}
     configs = {
-        name: keyforge_config(work / f"{name}.toml", src, d, test=(name == "kf"), niced=args.niced)
+        name: keyforge_config(
+            work / f"{name}.toml", src, d, test=(name == "kf"), niced=args.niced, env=env
+        )
         for name, d in kf_dirs.items()
     }
 

@@ -226,10 +226,25 @@ def chain_problems(
 ) -> list[str]:
     """Why the chain ``archives`` (its master first, then incrementals in order) is not
     authentic, each problem naming the archive; empty when it is. See ``verify_chain``."""
+    return _check_chain(backup_dir, host, archives, signers, now=now, hash_archives=hash_archives)[
+        0
+    ]
+
+
+def _check_chain(
+    backup_dir: Path,
+    host: str,
+    archives: Sequence[str],
+    signers: allowed_signers.AllowedSigners,
+    *,
+    now: dt.datetime | None,
+    hash_archives: bool,
+) -> tuple[list[str], dict[str, layout.ArchiveEntry]]:
+    """The problems of a chain, and the signed entry of each of its archives."""
     when = now or dt.datetime.now(dt.UTC)
     records = layout.archive_records(archives)
     if not records:
-        return []
+        return [], {}
     runs = layout.run_manifests(backup_dir, host)
     checked: dict[str, Checked] = {}
     problems: list[str] = []
@@ -255,7 +270,7 @@ def chain_problems(
             continue
         entries[record.name] = entry
     if problems:
-        return problems
+        return problems, entries
     master, newest = records[0], records[-1]
     problems += _link_problems(backup_dir, runs, (master, newest), proved=proved, entries=entries)
     for record in records:
@@ -264,7 +279,7 @@ def chain_problems(
             problems.append(f"{record.name}: its signed manifest puts it in another chain")
         elif hash_archives:
             problems += _content_problems(backup_dir / record.name, entry)
-    return problems
+    return problems, entries
 
 
 def _link_problems(
@@ -326,6 +341,12 @@ def _run_problem(
     return None
 
 
+def content_problems(backup_dir: Path, entries: Sequence[layout.ArchiveEntry]) -> list[str]:
+    """Each archive's size and sha256 against its signed entry (what ``verify_chain``
+    returned), for a caller that hashes beside other work."""
+    return [p for e in entries for p in _content_problems(backup_dir / e.name, e)]
+
+
 def _content_problems(path: Path, entry: layout.ArchiveEntry) -> list[str]:
     try:
         size = path.stat().st_size
@@ -348,19 +369,27 @@ def verify_chain(
     *,
     now: dt.datetime | None = None,
     hash_archives: bool = True,
-) -> None:
+) -> dict[str, layout.ArchiveEntry]:
     """Verify this chain against these signers: the one check before an archive is trusted.
 
     ``archives`` is a chain as restore applies it (a master, then incrementals in order).
     Raises SignatureError naming the first archive that is unsigned, badly signed, signed by a
     key ``trust`` does not admit for ``host``, cut from its chain, or not the size and sha256
-    its signed manifest records. With ``INSECURE`` nothing is checked.
+    its signed manifest records. With ``INSECURE`` nothing is checked. Returns each archive's
+    signed entry (none with ``INSECURE``); without ``hash_archives`` the caller hashes them
+    against it (``content_problems``) before it trusts what it read.
     """
     if trust.signers is None:
-        return
-    problems = chain_problems(
+        return {}
+    problems, entries = _check_chain(
         backup_dir, host, archives, trust.signers, now=now, hash_archives=hash_archives
     )
+    refuse(problems)
+    return entries
+
+
+def refuse(problems: Sequence[str]) -> None:
+    """The one line a refusal prints: the first problem, and how many more there are."""
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SignatureError(f"refusing {problems[0]}{more}")

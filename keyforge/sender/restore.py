@@ -20,7 +20,8 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -160,8 +161,44 @@ def staging_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.keyforge-partial")
 
 
-def _restore_whole(config: Config, archives: Iterable[ArchiveRecord], target: Path) -> None:
-    """Apply the chain beside ``target``, then rename it into place.
+@contextlib.contextmanager
+def _hashing(backup_dir: Path, entries: list[layout.ArchiveEntry]) -> Iterator[Callable[[], None]]:
+    """Hash ``entries`` in a thread (hashlib releases the GIL, so it runs beside tar); the
+    function yielded waits for it and raises SignatureError for an archive that does not match."""
+    found: list[list[str]] = []
+    worker = threading.Thread(
+        target=lambda: found.append(signing.content_problems(backup_dir, entries)), daemon=True
+    )
+    worker.start()
+
+    def check() -> None:
+        worker.join()
+        signing.refuse(found[0] if found else ["the archives could not be hashed"])
+
+    try:
+        yield check
+    except KeyforgeError as err:
+        # tar choking on an archive that is not what was signed: say that, not tar's words
+        worker.join()
+        if found and found[0]:
+            try:
+                signing.refuse(found[0])
+            except KeyforgeError as refusal:
+                raise refusal from err
+        raise
+    finally:
+        worker.join()
+
+
+def _restore_whole(
+    config: Config,
+    archives: Iterable[ArchiveRecord],
+    target: Path,
+    *,
+    before_rename: Callable[[], None] | None = None,
+) -> None:
+    """Apply the chain beside ``target``, then rename it into place (``before_rename`` may
+    still refuse it).
 
     A restore that fails half-way (a damaged archive, a full disk) then leaves ``target`` as it
     was, missing or empty, never half-filled: rename() replaces an empty directory whole.
@@ -175,6 +212,8 @@ def _restore_whole(config: Config, archives: Iterable[ArchiveRecord], target: Pa
         raise FileError.from_os_error("create", staging, err) from err
     try:
         apply_chain(config, archives, staging)
+        if before_rename is not None:
+            before_rename()
         staging.rename(target)
         fsutil.fsync_dir(target.parent)
     except OSError as err:
@@ -235,10 +274,17 @@ def run_restore(
     target = target.absolute()
     fresh = _target_is_fresh(target, force=force)
     with reading_lock(config.backup_dir):
-        check_chain(config, archives, trust)
         if fresh:
-            _restore_whole(config, archives, target)
+            # signatures and links first; the archives' hashes beside the extraction, into a
+            # staging directory that becomes ``target`` only once both passed
+            names = [a.name for a in archives]
+            entries = signing.verify_chain(
+                config.backup_dir, config.host, names, trust, hash_archives=False
+            )
+            with _hashing(config.backup_dir, [entries[n] for n in names if n in entries]) as check:
+                _restore_whole(config, archives, target, before_rename=check)
         else:
+            check_chain(config, archives, trust)
             apply_chain(config, archives, target)  # --force: onto what is there, in place
     return archives
 
