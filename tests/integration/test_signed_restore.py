@@ -241,6 +241,14 @@ def test_a_tampered_manifest_or_a_swapped_archive_is_refused(server1: Server1) -
         restore.run_restore(
             server1.config, str(server1.src), server1.tmp / "b", trust=server1.trust
         )
+    assert not (server1.tmp / "b").exists()
+    # onto a non-empty directory (--force) the hash is checked before tar writes a byte
+    kept = server1.tmp / "in-place"
+    (kept / "etc").mkdir(parents=True)
+    (kept / "etc/motd").write_text("mine\n")
+    with pytest.raises(SignatureError, match="not what its signed manifest records"):
+        restore.run_restore(server1.config, str(server1.src), kept, force=True, trust=server1.trust)
+    assert sorted(p.name for p in kept.rglob("*")) == ["etc", "motd"]
 
 
 def test_removing_a_middle_incremental_and_its_manifest_is_detected(server1: Server1) -> None:
