@@ -274,9 +274,17 @@ def load_manifest(path: Path) -> Manifest:
     (backup, verify, status, snapshot) reads it here, so they all agree on what one is.
     """
     try:
-        document = json.loads(path.read_bytes())
+        data = path.read_bytes()
     except OSError as err:
         raise FileError.from_os_error("read manifest", path, err) from err
+    return manifest_from_bytes(data, path)
+
+
+def manifest_from_bytes(data: bytes, path: Path) -> Manifest:
+    """``load_manifest`` on bytes already read (a signature was checked on these very bytes);
+    ``path`` names them in errors."""
+    try:
+        document = json.loads(data)
     except ValueError as err:
         raise FileError(f"cannot read manifest {path}: not JSON ({err})") from None
     problem = _manifest_problem(document)

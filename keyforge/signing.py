@@ -209,7 +209,7 @@ def check_manifest(
             f"{path.name} is signed by {sig.fingerprint}, which {signers.path or 'allowed_signers'}"
             f" does not allow to sign {principal}'s manifests"
         )
-    manifest = layout.load_manifest(path)
+    manifest = layout.manifest_from_bytes(data, path)  # the bytes signed, not a second read
     if manifest.host != principal:
         raise SignatureError(f"{path.name} is a manifest of {manifest.host}, not {principal}")
     return Checked(path, manifest, hashlib.sha256(data).hexdigest(), sig.public_blob)

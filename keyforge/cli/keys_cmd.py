@@ -131,13 +131,17 @@ def _signing_pair(
 ) -> None:
     """``pair --signing``: the Ed25519 key every manifest is signed with."""
     from keyforge import config, signing
-    from keyforge.errors import KeyMaterialError
+    from keyforge.errors import ConfigError, KeyMaterialError
     from keyforge.ssh import keys
 
     if key_type.lower() != "ed25519":
         raise KeyMaterialError("the manifest-signing key is always Ed25519; leave out --type")
     config_path = config.resolve_path(None)
-    host = config.load(config_path).host if config_path.is_file() else config.default_host()
+    try:
+        # the principal of the line to pin: the name this server's archives carry
+        host = config.load(config_path).host
+    except ConfigError:
+        host = config.default_host()  # no config (yet) this user can read
     target = path or signing.default_key_path(config_path)
     text = keys.check_comment(comment if comment is not None else f"keyforge-manifests@{host}")
     private, public = keys.check_destination(target, force=force)
