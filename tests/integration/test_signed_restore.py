@@ -367,3 +367,22 @@ def test_prune_removes_run_manifests_only_from_the_oldest_end(server1: Server1) 
     backup.remove_chains(server1.config, [])
     assert [p.exists() for p in runs] == [False, False, True]
     assert not layout.signature_path(runs[0]).exists()
+
+
+def test_a_last_run_whose_signature_no_longer_matches_starts_a_new_master(
+    server1: Server1,
+) -> None:
+    """A run killed between writing its manifest and its signature: the chain is not extended
+    from a manifest the key cannot vouch for."""
+    first = server1.backup(1, "one\n")
+    manifest = server1.config.backup_dir / layout.manifest_name("server1", first.plan.stamp)
+    sig = layout.signature_path(manifest)
+    sig.write_bytes(signing.load_key(server1.key).sign(b"an earlier version"))
+    reporter = backup.SilentReporter()
+    (server1.src / "etc/motd").write_text("two\n")
+    second = backup.run_backup(server1.config, now=day(2), reporter=reporter)
+    assert [e.kind for e in second.entries] == [layout.MASTER]
+    assert any("a signature that does not match it" in w for w in reporter.warnings)
+    out = server1.tmp / "latest"
+    restore.run_restore(server1.config, str(server1.src), out, trust=server1.trust)
+    assert (out / "etc/motd").read_text() == "two\n"
