@@ -609,7 +609,13 @@ def link_to_last_run(config: Config, key: signing.SigningKey | None) -> RunLink:
     try:
         before = signer_of(last, data)
     except ValueError:
-        before = "a signature that does not match it"
+        if mine is None:
+            return RunLink(link, None)
+        return RunLink(
+            link,
+            f"{last.name} has a signature that does not match it (a run killed while "
+            "signing?): every source starts a new master",
+        )
     if before == mine:
         return RunLink(link, None)
     if mine is None:

@@ -382,7 +382,9 @@ def test_a_last_run_whose_signature_no_longer_matches_starts_a_new_master(
     (server1.src / "etc/motd").write_text("two\n")
     second = backup.run_backup(server1.config, now=day(2), reporter=reporter)
     assert [e.kind for e in second.entries] == [layout.MASTER]
-    assert any("a signature that does not match it" in w for w in reporter.warnings)
+    assert any(
+        f"{manifest.name} has a signature that does not match it" in w for w in reporter.warnings
+    )
     out = server1.tmp / "latest"
     restore.run_restore(server1.config, str(server1.src), out, trust=server1.trust)
     assert (out / "etc/motd").read_text() == "two\n"
