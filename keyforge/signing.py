@@ -21,7 +21,7 @@ from pathlib import Path
 
 from keyforge import layout
 from keyforge.config import Config
-from keyforge.errors import FileError, KeyMaterialError, SignatureError, UsageError
+from keyforge.errors import ConfigError, FileError, KeyMaterialError, SignatureError, UsageError
 from keyforge.infra import fsutil
 from keyforge.ssh import allowed_signers, keys, sshsig, wire
 
@@ -88,7 +88,7 @@ def load_key(path: Path) -> SigningKey:
 def check_key_placement(key_path: Path, backup_dir: Path) -> None:
     """The signing key must not lie in the backup directory: sync would send it away."""
     if key_path.absolute().is_relative_to(backup_dir.absolute()):
-        raise UsageError(
+        raise ConfigError(
             f"[backup] signing_key {key_path} lies inside the backup directory {backup_dir}, "
             "which is pushed offsite; keep it outside (e.g. /etc/keyforge)"
         )

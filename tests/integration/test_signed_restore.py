@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from keyforge import config, layout, signing
 from keyforge.cli import app
-from keyforge.errors import SignatureError
+from keyforge.errors import ConfigError, SignatureError
 from keyforge.receiver import snapshot
 from keyforge.sender import backup, restore
 from keyforge.ssh import allowed_signers, keys
@@ -388,3 +388,15 @@ def test_a_last_run_whose_signature_no_longer_matches_starts_a_new_master(
     out = server1.tmp / "latest"
     restore.run_restore(server1.config, str(server1.src), out, trust=server1.trust)
     assert (out / "etc/motd").read_text() == "two\n"
+
+
+def test_a_signing_key_inside_the_backup_directory_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "backups").mkdir(mode=0o700)
+    key = tmp_path / "backups/manifest-signing-key"
+    make_key(key)
+    cfg = make_config(tmp_path, src, tmp_path / "backups", key)
+    with pytest.raises(ConfigError, match="lies inside the backup directory"):
+        backup.run_backup(cfg, now=day(1))
+    assert not list((tmp_path / "backups").glob("*.manifest.json"))
