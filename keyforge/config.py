@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from keyforge.errors import ConfigError
+from keyforge.errors import ConfigError, KeyMaterialError
 from keyforge.infra import fsutil
 from keyforge.ssh import client
 
@@ -94,6 +94,16 @@ def _check_excludes(value: Any) -> str | None:
     for item in value:
         if not item or "\n" in item or "\0" in item:
             return f"must hold non-empty patterns without newlines, got {item!r}"
+    return None
+
+
+def _check_recipients(value: Any) -> str | None:
+    from keyforge import age  # noqa: PLC0415 - the age reader only for a config that encrypts
+
+    try:
+        age.parse_recipients(value)
+    except KeyMaterialError as err:
+        return f"{err}"
     return None
 
 
@@ -181,6 +191,9 @@ class BackupConfig:
     # who may sign the manifests restore and verify read (OpenSSH's allowed_signers format);
     # "": the public half of signing_key, where there is one
     allowed_signers: str = _field("", _unless_empty(_check_absolute_path))
+    # age recipients (age1…, ssh-ed25519 …, ssh-rsa …): archives become .tar.zst.age, and
+    # only the holders of the matching identities can read them; empty: no encryption
+    encrypt_to: tuple[str, ...] = _field((), _check_recipients)
 
 
 def _check_bwlimit(value: Any) -> str | None:

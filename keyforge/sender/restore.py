@@ -17,20 +17,19 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from keyforge import layout, signing
+from keyforge import age, layout, signing
 from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner
 from keyforge.layout import ArchiveRecord
-from keyforge.sender import backup
+from keyforge.sender import backup, pipeline
 
 SCRATCH_NAME = ".verify-scratch"
 MAX_PROBLEMS_SHOWN = 5
@@ -194,6 +193,7 @@ def _restore_whole(
     config: Config,
     archives: Iterable[ArchiveRecord],
     target: Path,
+    identity: pipeline.Identity | None = None,
     *,
     before_rename: Callable[[], None] | None = None,
 ) -> None:
@@ -211,7 +211,7 @@ def _restore_whole(
     except OSError as err:
         raise FileError.from_os_error("create", staging, err) from err
     try:
-        apply_chain(config, archives, staging)
+        apply_chain(config, archives, staging, identity)
         if before_rename is not None:
             before_rename()
         staging.rename(target)
@@ -224,16 +224,16 @@ def _restore_whole(
         raise
 
 
-def extract_archive(archive: Path, target: Path) -> None:
+def extract_archive(
+    archive: Path,
+    target: Path,
+    *,
+    identity: pipeline.Identity | None = None,
+    encrypted_to: Sequence[str] = (),
+) -> None:
     """Apply one archive of a chain onto ``target`` (GNU tar incremental extraction)."""
     extract = backup.tar_extract_argv(target, same_owner=restores_owners())
-    result = runner.run_pipe(backup.decompress_argv(archive), extract)
-    decompress, tar = result.first, result.second
-    if decompress.returncode != 0:
-        raise CommandError(
-            f"cannot read {archive.name}: "
-            + runner.first_error_line(decompress.stderr, fallback=f"exit {decompress.returncode}")
-        )
+    tar = pipeline.read_archive(archive, extract, identity=identity, encrypted_to=encrypted_to)
     if tar.returncode != 0:
         raise CommandError(
             f"tar failed restoring {archive.name}: "
@@ -246,9 +246,37 @@ def check_chain(config: Config, archives: Iterable[ArchiveRecord], trust: signin
     signing.verify_chain(config.backup_dir, config.host, [a.name for a in archives], trust)
 
 
-def apply_chain(config: Config, archives: Iterable[ArchiveRecord], target: Path) -> None:
+def encrypted_to_of(config: Config) -> dict[str, tuple[str, ...]]:
+    """Each archive's recipients' fingerprints, from this host's manifests, by name."""
+    recorded = layout.read_manifests(config.backup_dir, config.host)
+    return {name: tuple(entry.get("encrypted_to") or ()) for name, entry in recorded.items()}
+
+
+def check_chain_identity(
+    config: Config, archives: Iterable[ArchiveRecord], identity: pipeline.Identity | None
+) -> None:
+    """Refuse before anything is applied a chain holding an encrypted archive that
+    ``identity`` cannot open (none given, or not among its recipients)."""
+    recipients = encrypted_to_of(config)
     for record in archives:
-        extract_archive(config.backup_dir / record.name, target)
+        if layout.is_encrypted_name(record.name):
+            pipeline.check_identity(record.name, recipients.get(record.name, ()), identity)
+
+
+def apply_chain(
+    config: Config,
+    archives: Iterable[ArchiveRecord],
+    target: Path,
+    identity: pipeline.Identity | None = None,
+) -> None:
+    recipients = encrypted_to_of(config)
+    for record in archives:
+        extract_archive(
+            config.backup_dir / record.name,
+            target,
+            identity=identity,
+            encrypted_to=recipients.get(record.name, ()),
+        )
 
 
 def run_restore(
@@ -259,15 +287,20 @@ def run_restore(
     at: dt.date | None = None,
     force: bool = False,
     dry_run: bool = False,
+    identity: pipeline.Identity | None = None,
     trust: signing.Trust | None = None,
 ) -> list[ArchiveRecord]:
     """Rebuild ``source`` as of the end of day ``at`` (default: the latest run) in ``target``.
 
     The chain is checked against ``trust`` first (default: the config's allowed signers, see
     ``signing.trust_for``): a chain that is unsigned, badly signed, cut, or not what its
-    signed manifests record is refused before anything is written."""
+    signed manifests record is refused before anything is written. Encrypted archives need
+    ``identity`` (``pipeline.load_identity``), checked against every archive's recipients
+    before anything is written.
+    """
     archives = plan_restore(config, source, at)
     trust = trust if trust is not None else signing.trust_for(config)
+    check_chain_identity(config, archives, identity)
     if dry_run:
         check_chain(config, archives, trust)
         return archives
@@ -282,10 +315,11 @@ def run_restore(
                 config.backup_dir, config.host, names, trust, hash_archives=False
             )
             with _hashing(config.backup_dir, [entries[n] for n in names if n in entries]) as check:
-                _restore_whole(config, archives, target, before_rename=check)
+                _restore_whole(config, archives, target, identity, before_rename=check)
         else:
             check_chain(config, archives, trust)
-            apply_chain(config, archives, target)  # --force: onto what is there, in place
+            # --force: onto what is there, in place
+            apply_chain(config, archives, target, identity)
     return archives
 
 
@@ -385,48 +419,53 @@ def _expected_of(member: tarfile.TarInfo, content: IO[bytes] | None) -> Expected
     return Expected("other", **common)
 
 
-@contextlib.contextmanager
-def _open_stream(archive: Path) -> Iterator[tarfile.TarFile]:
-    proc = runner.spawn(
-        backup.decompress_argv(archive), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    assert proc.stdout is not None
-    try:
-        with tarfile.open(
-            fileobj=proc.stdout, mode="r|", encoding="utf-8", errors="surrogateescape"
-        ) as tf:
-            yield tf
-    finally:
-        proc.stdout.close()
-        proc.kill()
-        proc.wait()
-
-
-def expected_state(archives: Iterable[Path]) -> dict[bytes, Expected]:
+def expected_state(
+    archives: Iterable[Path],
+    *,
+    identity: pipeline.Identity | None = None,
+    encrypted_to: Mapping[str, Sequence[str]] | None = None,
+) -> dict[bytes, Expected]:
     """The tree a chain rebuilds, computed by reading the archives (not by extracting them)."""
     state: dict[bytes, Expected] = {}
     for archive in archives:
-        dumps: dict[bytes, set[bytes]] = {}
-        try:
-            with _open_stream(archive) as tf:
-                for member in tf:
-                    path = _member_path(member.name)
-                    stream = (
-                        tf.extractfile(member) if member.isreg() or member.type == b"D" else None
-                    )
-                    data = stream.read() if member.type == b"D" and stream is not None else None
-                    dumpdir = _dumpdir_of(member, data)
-                    if dumpdir is not None:
-                        dumps[path] = _present_names(dumpdir)
-                        for old, new in _renames(dumpdir):
-                            _apply_rename(state, old, new)
-                    if member.type == b"D":
-                        member.type = tarfile.DIRTYPE
-                    state[path] = _expected_of(member, stream)
-        except tarfile.TarError as err:
-            raise CommandError(f"cannot read {archive.name}: {err}") from err
+
+        def read(stream: IO[bytes], archive: Path = archive) -> dict[bytes, set[bytes]]:
+            return _read_members(archive, stream, state)
+
+        dumps = pipeline.read_archive(
+            archive,
+            read,
+            identity=identity,
+            encrypted_to=(encrypted_to or {}).get(archive.name, ()),
+        )
         _drop_deleted(state, dumps)
     return state
+
+
+def _read_members(
+    archive: Path, stream: IO[bytes], state: dict[bytes, Expected]
+) -> dict[bytes, set[bytes]]:
+    """Apply one archive's members to ``state``; the names each dump directory lists."""
+    dumps: dict[bytes, set[bytes]] = {}
+    try:
+        with tarfile.open(
+            fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
+        ) as tf:
+            for member in tf:
+                path = _member_path(member.name)
+                content = tf.extractfile(member) if member.isreg() or member.type == b"D" else None
+                data = content.read() if member.type == b"D" and content is not None else None
+                dumpdir = _dumpdir_of(member, data)
+                if dumpdir is not None:
+                    dumps[path] = _present_names(dumpdir)
+                    for old, new in _renames(dumpdir):
+                        _apply_rename(state, old, new)
+                if member.type == b"D":
+                    member.type = tarfile.DIRTYPE
+                state[path] = _expected_of(member, content)
+    except tarfile.TarError as err:
+        raise CommandError(f"cannot read {archive.name}: {err}") from err
+    return dumps
 
 
 def _drop_deleted(state: dict[bytes, Expected], dumps: dict[bytes, set[bytes]]) -> None:
@@ -539,6 +578,9 @@ class SourceVerdict:
     archives: tuple[str, ...]
     entries: int
     problems: tuple[str, ...]
+    # False for an encrypted chain verified without an identity: its ciphertext, size and
+    # age header were checked, its content was not
+    content_checked: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,9 +593,41 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems and all(not s.problems for s in self.sources)
 
+    @property
+    def unchecked_sources(self) -> tuple[str, ...]:
+        """Sources whose content was not checked (encrypted, and no identity given)."""
+        return tuple(s.source for s in self.sources if not s.content_checked)
+
+
+def archive_problems(path: Path, entry: Mapping[str, Any]) -> list[str]:
+    """What ``path`` does not match of its manifest entry: size and sha256 (of the ciphertext,
+    for an encrypted archive), and for an encrypted one its age header (addressed to the
+    recorded recipients, framed as age frames it): all that can be checked without a key."""
+    name = path.name
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(age.MAX_HEADER_BYTES)
+    except OSError as err:
+        return [f"{name}: cannot read it: {err.strerror or err}"]
+    problems: list[str] = []
+    if size != entry.get("size"):
+        problems.append(f"{name}: {size} bytes, the manifest records {entry.get('size')}")
+    if layout.sha256_of(path) != entry.get("sha256"):
+        problems.append(f"{name}: sha256 differs from the manifest")
+    if layout.is_encrypted_name(name):
+        try:
+            header = age.parse_header(head)
+        except ValueError as err:
+            return [*problems, f"{name}: {err}"]
+        found = age.header_problems(header, size - header.size, entry.get("encrypted_to") or ())
+        problems += [f"{name}: {p}" for p in found]
+    return problems
+
 
 def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[int, list[str]]:
-    """Every archive's sha256 against its manifest; archives no manifest lists are problems."""
+    """Every archive against its manifest (``archive_problems``); archives no manifest lists
+    are problems."""
     recorded = layout.read_manifests(config.backup_dir, config.host)
     problems: list[str] = []
     count = 0
@@ -563,17 +637,24 @@ def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[i
             problems.append(f"{record.name}: listed in no manifest")
             continue
         count += 1
-        path = config.backup_dir / record.name
-        if layout.sha256_of(path) != entry.get("sha256"):
-            problems.append(f"{record.name}: sha256 differs from the manifest")
+        problems += archive_problems(config.backup_dir / record.name, entry)
     return count, problems
 
 
 def run_verify(
-    config: Config, *, scratch: Path | None = None, trust: signing.Trust | None = None
+    config: Config,
+    *,
+    scratch: Path | None = None,
+    identity: pipeline.Identity | None = None,
+    trust: signing.Trust | None = None,
 ) -> VerifyReport:
     """Signatures of every chain (refused as restore refuses them), checksums of every
-    archive, then a trial restore of each source's latest chain."""
+    archive, then a trial restore of each source's latest chain.
+
+    An encrypted chain is restored only with ``identity``; without one its archives are
+    checked against their manifests and age headers alone, and its verdict says its content
+    was not checked (as on a receiving host, which holds no key).
+    """
     trust = trust if trust is not None else signing.trust_for(config)
     backup_dir = config.backup_dir
     if not backup_dir.is_dir():
@@ -595,28 +676,36 @@ def run_verify(
         count, problems = check_checksums(config, records)
         with scratch_dir(backup_dir, scratch) as work:
             verdicts = [
-                _verify_source(config, source, records, work / str(index))
+                _verify_source(config, source, records, work / str(index), identity)
                 for index, source in enumerate(config.backup.sources)
             ]
     return VerifyReport(count, tuple(verdicts), tuple(problems))
 
 
 def _verify_source(
-    config: Config, source: str, records: list[ArchiveRecord], work: Path
+    config: Config,
+    source: str,
+    records: list[ArchiveRecord],
+    work: Path,
+    identity: pipeline.Identity | None,
 ) -> SourceVerdict:
     slug = layout.source_slug(source)
     archives = backup.select_for_restore(records, slug, None)
     names = tuple(a.name for a in archives)
     if not archives:
         return SourceVerdict(source, names, 0, ("no full backup to restore",))
+    if identity is None and any(layout.is_encrypted_name(n) for n in names):
+        return SourceVerdict(source, names, 0, (), content_checked=False)
+    recipients = encrypted_to_of(config)
     _make_private(work)
     try:
         paths = [config.backup_dir / n for n in names]
         try:
-            apply_chain(config, archives, work)
+            check_chain_identity(config, archives, identity)
+            apply_chain(config, archives, work, identity)
+            expected = expected_state(paths, identity=identity, encrypted_to=recipients)
         except KeyforgeError as err:
             return SourceVerdict(source, names, 0, (str(err),))
-        expected = expected_state(paths)
         problems = compare_tree(expected, work, owners=restores_owners())
         return SourceVerdict(source, names, len(expected), tuple(problems))
     finally:
