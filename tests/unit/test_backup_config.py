@@ -130,10 +130,16 @@ def test_uncommenting_every_shown_default_changes_nothing_but_the_examples() -> 
         defaults.backup,
         exclude=("/var/cache", "/var/tmp", "lost+found"),
         allow_empty=("/srv/spool",),
+        signing_key="/etc/keyforge/manifest-signing-key",
+        allowed_signers="/etc/keyforge/allowed_signers",
     )
     assert cfg.sync == dataclasses.replace(defaults.sync, source="/home/foo/srvbackups")
     assert cfg.schedule == dataclasses.replace(defaults.schedule, snapshot_at="05:30")
-    assert cfg.snapshot == dataclasses.replace(defaults.snapshot, source="/home/foo/srvbackups")
+    assert cfg.snapshot == dataclasses.replace(
+        defaults.snapshot,
+        source="/home/foo/srvbackups",
+        allowed_signers="/etc/keyforge/allowed_signers",
+    )
     assert cfg.monitor == defaults.monitor == config.MonitorConfig()
     assert "monitor" in cfg.sections  # the section was there, every value its default
     assert len(cfg.targets) == 2
