@@ -8,6 +8,8 @@ run, on the same tree and with the same tar options:
     encrypted    keyforge backup with encrypt_to  vs  the same keyforge backup without (age)
     incremental  keyforge backup (day 2)         vs  the same, on a copy of the day-1 snapshot
     restore      keyforge restore (both archives) vs  zstd -dc | tar -x --listed-incremental=...
+                 and vs the same after ssh-keygen -Y verify of each manifest and sha256sum of
+                 each archive: keyforge's restore checks both before it trusts an archive
 
 For each: wall time, CPU (user + system of every process involved), peak memory (the largest
 resident set of any process involved) and archive size, with the ratios the targets ask for.
@@ -127,13 +129,26 @@ def day_two(root: Path, files: list[Path], rng: random.Random, pool: bytes) -> d
 
 
 def keyforge_config(
-    path: Path, src: Path, backup_dir: Path, *, test: bool, niced: bool, encrypt_to: str = ""
+    path: Path,
+    src: Path,
+    backup_dir: Path,
+    *,
+    test: bool,
+    niced: bool,
+    env: dict[str, str],
+    encrypt_to: str = "",
 ) -> Path:
+    """keyforge as it is meant to run: its manifests signed, so restore checks every one."""
     priority = "" if niced else 'nice = 0\nionice = "none"\n'
     encrypt = f'encrypt_to = ["{encrypt_to}"]\n' if encrypt_to else ""
+    key = path.with_suffix(".signing-key")
+    subprocess.run(
+        keyforge("pair", "--signing", str(key)), env=env, check=True, stdout=subprocess.DEVNULL
+    )
     path.write_text(
         f'[general]\nhost = "bench"\n[backup]\nsources = ["{src}"]\ndirectory = "{backup_dir}"\n'
         f"full_every = 7\ntest_archives = {'true' if test else 'false'}\n{priority}{encrypt}"
+        f'signing_key = "{key}"\n'
     )
     return path
 
@@ -214,6 +229,7 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
             d,
             test=not name.endswith("notest"),
             niced=args.niced,
+            env=env,
             encrypt_to=recipient if "-age" in name else "",
         )
         for name, d in kf_dirs.items()
@@ -244,6 +260,7 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
             "hand incremental",
             "keyforge incremental",
             "hand restore",
+            "hand checked restore",
             "keyforge restore",
         )
     }
@@ -284,7 +301,32 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
 
     master, incremental = archive_of(kf_dir, "master"), archive_of(kf_dir, "incremental")
     extract = f"tar -x --listed-incremental=/dev/null {TAR_OPTS} --same-owner --same-permissions"
+    # what a careful admin types to trust the archives first: each run manifest's signature
+    # (ssh-keygen -Y verify against the pinned key) and each archive's sha256, as restore checks
+    signers = work / "allowed_signers"
+    signers.write_text(
+        'bench namespaces="keyforge-manifest" '
+        + configs["kf"].with_suffix(".signing-key.pub").read_text()
+    )
+    verify_runs = "; ".join(
+        f"ssh-keygen -Y verify -f {signers} -I bench -n keyforge-manifest -s {m}.sig < {m}"
+        " > /dev/null || exit 1"
+        for m in sorted(kf_dir.glob("bench.*.manifest.json"))
+    )
     for _ in range(args.repeat):
+        out = work / "hand-checked-restore"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        results["hand checked restore"].append(
+            measure(
+                sh(
+                    f"{verify_runs}; sha256sum {master} {incremental} > /dev/null; "
+                    f"zstd -dc -q {master} | {extract} -C {out} -f -; "
+                    f"zstd -dc -q {incremental} | {extract} -C {out} -f -"
+                ),
+                env,
+            )
+        )
         out = work / "hand-restore"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
@@ -371,6 +413,12 @@ def report(results: dict[str, list[Sample]], sizes: dict[str, tuple[int, int]], 
             "<= 0.50",
         ),
         ("restore / hand", med["keyforge restore"].wall / med["hand restore"].wall, "<= 1.10"),
+        # the same work on both sides: signatures and sha256 checked before extracting
+        (
+            "restore / hand checked",
+            med["keyforge restore"].wall / med["hand checked restore"].wall,
+            "<= 1.10",
+        ),
         ("keyforge peak MB", max(med[k].peak_mb for k in med if k.startswith("keyforge")), "< 100"),
     ]
     print(f"{'target':30} {'value':>8}  goal")

@@ -209,6 +209,11 @@ class BackupConfig:
     shrink_warn_percent: int = _field(50, _in_range(0, 100))
     # sources meant to be empty: no warning when they are
     allow_empty: tuple[str, ...] = _field((), _check_absolute_paths)
+    # the Ed25519 key that signs every manifest (keyforge pair --signing); "": unsigned
+    signing_key: str = _field("", _unless_empty(_check_absolute_path))
+    # who may sign the manifests restore and verify read (OpenSSH's allowed_signers format);
+    # "": the public half of signing_key, where there is one
+    allowed_signers: str = _field("", _unless_empty(_check_absolute_path))
     # age recipients (age1…, ssh-ed25519 …, ssh-rsa …): archives become .tar.zst.age, and
     # only the holders of the matching identities can read them; empty: no encryption
     encrypt_to: tuple[str, ...] = _field((), _check_recipients)
@@ -308,6 +313,8 @@ class SnapshotConfig:
     min_keep: int = _field(7, _at_least(1))
     # a copy that lost more than this percent of the last good snapshot's files looks wiped
     wipe_loss_percent: int = _field(50, _in_range(1, 100))
+    # with it, a copy is good only if every manifest is signed by a key it allows for its host
+    allowed_signers: str = _field("", _unless_empty(_check_absolute_path))
 
 
 # a [[dumps]] name: it goes into archive names as it is, and '.' separates a name's parts

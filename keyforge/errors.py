@@ -42,6 +42,11 @@ EXIT_CODES = (
     (12, "audit: the worst finding is high"),
     (13, "audit: the worst finding is critical"),
     (14, "the private sshd (demo, tests) could not be configured or started"),
+    (
+        16,
+        "a manifest or archive that is not authentic: unsigned, badly signed, signed by a key "
+        "allowed_signers does not allow, or not what its signed manifest records",
+    ),
     (75, "another keyforge run holds the lock: try again later (EX_TEMPFAIL)"),
     (130, "interrupted (Ctrl-C)"),
 )
@@ -166,6 +171,13 @@ class GateUsageError(KeyforgeError):
     """The gate's own command line (in authorized_keys) is wrong: a wrong request."""
 
     exit_code = 2
+
+
+class SignatureError(KeyforgeError):
+    """A manifest or archive is not authentic: no signature, a bad one, a signer that
+    allowed_signers does not admit, a broken chain, or content that is not what it signed."""
+
+    exit_code = 16
 
 
 # --- the lab ---------------------------------------------------------------------------------

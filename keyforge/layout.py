@@ -45,6 +45,14 @@ PARTIAL_SUFFIX = ".partial"
 MANIFEST_SUFFIX = ".manifest.json"
 
 
+# beside every manifest keyforge writes: its detached SSHSIG signature (``ssh-keygen -Y verify
+# -n SIGNATURE_NAMESPACE`` checks it), made with the sending server's manifest-signing key
+SIGNATURE_SUFFIX = ".sig"
+
+
+SIGNATURE_NAMESPACE = "keyforge-manifest"
+
+
 EXTENSIONS = {"zstd": "zst", "gzip": "gz", "pigz": "gz"}
 
 
@@ -132,6 +140,12 @@ def dump_source(unit: str) -> str:
     return f"{DUMP}:{unit}"
 
 
+def record_kind(kind: str) -> str:
+    """The kind an archive's record (its name) carries for its manifest entry's ``kind``: a
+    dump is whole, a chain of one, so its record is a master."""
+    return MASTER if kind == DUMP else kind
+
+
 def is_dump_source(source: str) -> bool:
     """Whether a record's source (or slug) is a dump's, not a path's."""
     return source.startswith(dump_source(""))
@@ -152,6 +166,10 @@ def parse_dump_name(name: str, host: str) -> ArchiveRecord | None:
 
 def manifest_name(host: str, stamp: str) -> str:
     return f"{host}.{stamp}{MANIFEST_SUFFIX}"
+
+
+def signature_path(manifest: Path) -> Path:
+    return manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
 
 
 def partial_name(name: str) -> str:
@@ -236,16 +254,36 @@ class ArchiveEntry:
         return data
 
 
+@dataclasses.dataclass(frozen=True)
+class ManifestLink:
+    """The run manifest before this one, by name and the sha256 of its bytes: dropping a run
+    from the middle of a chain (its archives and its manifest) breaks the link."""
+
+    name: str
+    sha256: str
+
+
 def manifest_json(
-    host: str, stamp: str, started: dt.datetime, entries: Sequence[ArchiveEntry]
+    host: str,
+    stamp: str,
+    started: dt.datetime,
+    entries: Sequence[ArchiveEntry],
+    *,
+    previous: ManifestLink | None = None,
+    signed_by: str | None = None,
 ) -> bytes:
-    document = {
+    document: dict[str, Any] = {
         "format": 1,
         "host": host,
         "run": stamp,
         "started": started.isoformat(timespec="seconds"),
         "archives": [e.to_json() for e in entries],
     }
+    # added fields: a reader of the first format ignores them
+    if previous is not None:
+        document["previous"] = dataclasses.asdict(previous)
+    if signed_by is not None:
+        document["signed_by"] = signed_by
     return (json.dumps(document, indent=2, sort_keys=False) + "\n").encode()
 
 
@@ -280,6 +318,9 @@ class Manifest:
 
     host: str
     archives: tuple[ArchiveEntry, ...]
+    previous: ManifestLink | None = None
+    # the fingerprint (SHA256:...) of the key that signs this manifest, None when unsigned
+    signed_by: str | None = None
 
 
 def is_archive_name(name: str) -> bool:
@@ -295,14 +336,23 @@ def load_manifest(path: Path) -> Manifest:
     (backup, verify, status, snapshot) reads it here, so they all agree on what one is.
     """
     try:
-        document = json.loads(path.read_bytes())
+        data = path.read_bytes()
     except OSError as err:
         raise FileError.from_os_error("read manifest", path, err) from err
+    return manifest_from_bytes(data, path)
+
+
+def manifest_from_bytes(data: bytes, path: Path) -> Manifest:
+    """``load_manifest`` on bytes already read (a signature was checked on these very bytes);
+    ``path`` names them in errors."""
+    try:
+        document = json.loads(data)
     except ValueError as err:
         raise FileError(f"cannot read manifest {path}: not JSON ({err})") from None
     problem = _manifest_problem(document)
     if problem is not None:
         raise FileError(f"cannot read manifest {path}: {problem}")
+    previous = document.get("previous")
     return Manifest(
         document["host"],
         tuple(
@@ -321,6 +371,8 @@ def load_manifest(path: Path) -> Manifest:
             )
             for a in document["archives"]
         ),
+        previous=ManifestLink(previous["name"], previous["sha256"]) if previous else None,
+        signed_by=document.get("signed_by"),
     )
 
 
@@ -336,11 +388,37 @@ def _manifest_problem(document: object) -> str | None:
         (isinstance(document.get("host"), str), "no host"),
         (isinstance(archives, list), "no archive list"),
     ]
+    header += [
+        (_is_link(document.get("previous")), "a malformed previous manifest"),
+        (
+            document.get("signed_by") is None or _is_fingerprint(document["signed_by"]),
+            "a malformed signed_by",
+        ),
+    ]
     problems = (problem for ok, problem in header if not ok)
     if not isinstance(archives, list):
         return next(problems)
     entries = (_archive_problem(index, archive) for index, archive in enumerate(archives))
     return next(problems, None) or next((p for p in entries if p is not None), None)
+
+
+def _is_link(value: object) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, dict) or set(value) != {"name", "sha256"}:
+        return False
+    name, sha256 = value["name"], value["sha256"]
+    return (
+        isinstance(name, str)
+        and _MANIFEST_RE.match(name) is not None
+        and "/" not in name
+        and isinstance(sha256, str)
+        and _SHA256_RE.match(sha256) is not None
+    )
+
+
+def _is_fingerprint(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", value) is not None
 
 
 def _is_count(value: object) -> bool:

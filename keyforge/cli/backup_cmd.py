@@ -196,6 +196,8 @@ def restore_command(
         bool,
         options.dry_run("List the archives that would be applied; change nothing."),
     ] = False,
+    allowed_signers: options.AllowedSignersOption = None,
+    insecure_unsigned: options.InsecureUnsignedOption = False,
     identity: options.IdentityOption = None,
 ) -> None:
     """Rebuild a source as it was at a date: its master, then each incremental in order.
@@ -207,9 +209,11 @@ def restore_command(
     result is the tree as it stood, not a union of every version. Run as root to give files
     their recorded owners back; anyone else gets them as their own (tar --no-same-owner), and
     is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
-    lock is there) does restore take that lock. With --dump NAME, writes that dump (checked
-    against its manifest's sha256) to --to FILE or to standard output; an encrypted dump
-    (*.dump.zst.age) needs --identity FILE too, and is decrypted on its way out.
+    lock is there) does restore take that lock. Every manifest of the chain must be signed by
+    a key allowed_signers admits, and every archive be what it records; else nothing is
+    restored. With --dump NAME, writes that dump (signed and checked against its manifest's
+    sha256 alike) to --to FILE or to standard output; an encrypted dump (*.dump.zst.age)
+    needs --identity FILE too, and is decrypted on its way out.
     """
     from keyforge.sender import restore
 
@@ -228,6 +232,7 @@ def restore_command(
             dry_run=dry_run,
             stdout=_stdout_fd,
             identity=options.load_identity(identity),
+            trust=options.trust(cfg, allowed_signers, insecure=insecure_unsigned),
         )
         if dry_run:
             say(f"would write {record.name}")
@@ -236,12 +241,14 @@ def restore_command(
         return
     if source is None or to is None:
         raise UsageError("restore needs --source PATH and --to DIR (or --dump NAME)")
+    restore.slug_for(cfg, source)  # a wrong request first, then who may sign
+    trust = options.trust(cfg, allowed_signers, insecure=insecure_unsigned)
     notice = restore.owner_notice()
     if notice:
         warn(notice)
     key = options.load_identity(identity)
     archives = restore.run_restore(
-        cfg, source, to, at=day, force=force, dry_run=dry_run, identity=key
+        cfg, source, to, at=day, force=force, dry_run=dry_run, identity=key, trust=trust
     )
     verb = "would apply" if dry_run else "applied"
     for record in archives:
@@ -270,6 +277,8 @@ def verify_command(
             "where keyforge backup writes, the system's temporary directory for a synced copy.",
         ),
     ] = None,
+    allowed_signers: options.AllowedSignersOption = None,
+    insecure_unsigned: options.InsecureUnsignedOption = False,
     identity: options.IdentityOption = None,
 ) -> None:
     """Prove the backups restore: check every archive's sha256 against the manifests, then
@@ -283,16 +292,18 @@ def verify_command(
 
     Owners are compared only when run as root (no one else can restore them). On a synced
     copy nothing is written into it: no lock, and the trial restores go to --scratch or the
-    system's temporary directory."""
+    system's temporary directory. Every chain's manifests must be signed by a key
+    allowed_signers admits (--insecure-unsigned for an old, unsigned chain)."""
     from keyforge.sender import restore
     from keyforge.sender.backup import human_size
 
     cfg = options.load_config(config_path)
+    trust = options.trust(cfg, allowed_signers, insecure=insecure_unsigned)
     notice = restore.owner_notice(verify=True)
     if notice:
         warn(notice)
     key = options.load_identity(identity)
-    report = restore.run_verify(cfg, scratch=scratch, identity=key)
+    report = restore.run_verify(cfg, scratch=scratch, identity=key, trust=trust)
     for verdict in report.sources:
         state = "ok" if not verdict.problems else f"{len(verdict.problems)} problem(s)"
         count = len(verdict.archives)

@@ -72,6 +72,15 @@ def pair_command(
     dry_run: Annotated[
         bool, options.dry_run("Check everything and say what would be written.")
     ] = False,
+    signing: Annotated[
+        bool,
+        typer.Option(
+            "--signing",
+            help="Make the manifest-signing key instead (Ed25519; default PATH "
+            "/etc/keyforge/manifest-signing-key, beside the config file), and print the "
+            "allowed_signers line to pin on the receiving host and keep offline.",
+        ),
+    ] = False,
 ) -> None:
     """Make the passphraseless backup key pair on the sending server.
 
@@ -85,6 +94,9 @@ def pair_command(
     key_type = options.deprecated_spelling(
         ctx, old="-t", new="--type", param="key_type", old_value=old_type, value=key_type
     )
+    if signing:
+        _signing_pair(path, key_type, comment, force=force, dry_run=dry_run)
+        return
     size = keys.resolve_bits(key_type, bits)
     text = keys.check_comment(keys.default_comment() if comment is None else comment)
     private, public = keys.check_destination(path, force=force)
@@ -114,6 +126,43 @@ def pair_command(
         "--from <this server's address> --command '<forced command>'"
     )
     say("Not sure which command rsync sends? Run 'keyforge capture start' there to learn it.")
+
+
+def _signing_pair(
+    path: Path | None, key_type: str, comment: str | None, *, force: bool, dry_run: bool
+) -> None:
+    """``pair --signing``: the Ed25519 key every manifest is signed with."""
+    from keyforge import config, signing
+    from keyforge.errors import ConfigError, KeyMaterialError
+    from keyforge.ssh import keys
+
+    if key_type.lower() != "ed25519":
+        raise KeyMaterialError("the manifest-signing key is always Ed25519; leave out --type")
+    config_path = config.resolve_path(None)
+    try:
+        # the principal of the line to pin: the name this server's archives carry
+        host = config.load(config_path).host
+    except ConfigError:
+        host = config.default_host()  # no config (yet) this user can read
+    target = path or signing.default_key_path(config_path)
+    text = keys.check_comment(comment if comment is not None else f"keyforge-manifests@{host}")
+    private, public = keys.check_destination(target, force=force)
+    if dry_run:
+        say(f"would make the Ed25519 manifest-signing key {private} (mode 0600) and {public}")
+        return
+    pair = signing.make_key(text)
+    written = keys.write_pair(private, pair, force=force)
+    say(f"Wrote the manifest-signing key {written.private_path} (mode 0600, never in an archive)")
+    say(f"and its public half {written.public_path}")
+    say(pair.fingerprint)
+    for message in written.warnings:
+        warn(message)
+    say("")
+    say(f'Set it in [backup]:  signing_key = "{written.private_path}"')
+    say("Pin this allowed_signers line on the receiving host ([snapshot] allowed_signers) and")
+    say("keep a copy offline, to check a restore when this server is gone:")
+    say("  " + signing.signer_line(pair.public_line, host))
+    say("The next backup starts a new master for every source, signed by this key.")
 
 
 def keygen_age_command(

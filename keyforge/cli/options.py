@@ -20,6 +20,7 @@ from keyforge.errors import UsageError
 if TYPE_CHECKING:
     from keyforge.config import Config
     from keyforge.sender.pipeline import Identity
+    from keyforge.signing import Trust
     from keyforge.ssh.authorized_keys import Entry
 
 _CONFIG_HELP = "The config file. Default: $KEYFORGE_CONFIG, else /etc/keyforge/keyforge.toml."
@@ -165,3 +166,35 @@ def deprecated_spelling(
 def split_patterns(values: list[str] | None) -> list[str] | None:
     """--from: each value may hold several patterns, comma-separated."""
     return [pattern for value in values for pattern in value.split(",")] if values else None
+
+
+AllowedSignersOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--allowed-signers",
+        metavar="FILE",
+        show_default=False,
+        help="Who may sign the manifests (OpenSSH allowed_signers: the line 'keyforge pair "
+        "--signing' printed). Default: [backup] allowed_signers, else the public half of "
+        "[backup] signing_key. Every manifest of the chain must be signed by a key it allows "
+        "for the host.",
+    ),
+]
+InsecureUnsignedOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-unsigned",
+        help="Trust an old, unsigned chain: no signature is checked, and keyforge says so. "
+        "Anyone who could write the backup directory could have written what is restored.",
+    ),
+]
+
+
+def trust(config: Config, allowed: Path | None, *, insecure: bool) -> Trust:
+    """The signers a restore checks against; the warning --insecure-unsigned earns."""
+    from keyforge import signing
+
+    found = signing.trust_for(config, allowed, insecure=insecure)
+    if found.insecure:
+        warn(signing.INSECURE_NOTICE)
+    return found

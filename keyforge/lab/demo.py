@@ -27,15 +27,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from keyforge import config, layout
+from keyforge import config, layout, signing
 from keyforge.errors import DemoError, KeyforgeError
 from keyforge.infra import fsutil, runner, tools
 from keyforge.infra.templating import render
 from keyforge.lab.sshd import LOOPBACK, PrivateSshd, is_running, private_sshd, stop_stragglers
 from keyforge.receiver import capture, install
 from keyforge.sender import backup, check, restore, sync
+from keyforge.ssh import allowed_signers, keys
 from keyforge.ssh import authorized_keys as ak
-from keyforge.ssh import keys
 
 STEPS = 10
 HOST = "server1"
@@ -72,6 +72,15 @@ class Layout:
     @property
     def key(self) -> Path:
         return self.sender / ".ssh" / "backups"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.sender / "manifest-signing-key"
+
+    @property
+    def allowed_signers(self) -> Path:
+        """The sending server's signing key, pinned on the receiving host."""
+        return self.receiver / "allowed_signers"
 
     @property
     def sample(self) -> Path:
@@ -204,6 +213,7 @@ class _Run:
     say: Say
     server: PrivateSshd | None = None
     public_key: ak.Entry | None = None
+    signer_line: str = ""
     cfg: config.Config | None = None
     forced_command: str = ""
     line: str = ""
@@ -250,6 +260,10 @@ def step_pair(run: _Run) -> None:
     run.public_key = install.public_key_from_text(pair.public_line, source=str(written.public_path))
     run.detail(f"{written.private_path} (0600, no passphrase) and {written.public_path.name}")
     run.detail(pair.fingerprint)
+    signer = signing.make_key(f"keyforge-manifests@{HOST}")
+    keys.write_pair(run.layout.signing_key, signer, force=False)
+    run.signer_line = signing.signer_line(signer.public_line, HOST)
+    run.detail(f"manifest-signing key {run.layout.signing_key} (0600): {signer.fingerprint}")
 
 
 def step_receiver(run: _Run, server: PrivateSshd) -> None:
@@ -275,6 +289,7 @@ def step_config(run: _Run, server: PrivateSshd) -> None:
         port=server.port,
         user=config.toml_string(server.user),
         key=config.toml_string(str(layout.key)),
+        signing_key=config.toml_string(str(layout.signing_key)),
         remote_path=config.toml_string(f"{layout.offsite}/"),
         known_hosts=config.toml_string(str(server.known_hosts)),
     )
@@ -363,13 +378,19 @@ def step_verify(run: _Run) -> None:
     cfg = run.need_config()
     offsite_backup = dataclasses.replace(cfg.backup, directory=str(run.layout.offsite))
     offsite = dataclasses.replace(cfg, backup=offsite_backup)
-    report = restore.run_verify(offsite)
+    pinned = run.layout.allowed_signers
+    fsutil.atomic_write(pinned, (run.signer_line + "\n").encode(), mode=fsutil.PRIVATE_FILE)
+    trust = signing.Trust(allowed_signers.load(pinned))
+    report = restore.run_verify(offsite, trust=trust)
     problems = [*report.problems, *(p for s in report.sources for p in s.problems)]
     if problems:
         raise DemoError(f"the offsite copy does not verify: {restore.summarize_problems(problems)}")
-    run.detail(f"{report.checked_archives} archives match the sha256 in their manifests")
+    run.detail(
+        f"{report.checked_archives} archives match the sha256 in their manifests, each signed "
+        f"by {HOST}'s key ({pinned.name})"
+    )
     source = cfg.backup.sources[0]
-    archives = restore.run_restore(offsite, source, run.layout.restored)
+    archives = restore.run_restore(offsite, source, run.layout.restored, trust=trust)
     run.detail(f"restored {' + '.join(a.kind for a in archives)} into {run.layout.restored}")
     expected = tree_snapshot(run.layout.sample)
     differences = tree_differences(expected, tree_snapshot(run.layout.restored))

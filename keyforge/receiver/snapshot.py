@@ -32,12 +32,13 @@ import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from keyforge import layout
+from keyforge import layout, signing
 from keyforge.config import Config, SnapshotConfig
 from keyforge.config import snapshot_source as source_of
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner, tools
 from keyforge.layout import MANIFEST_NAME, MANIFEST_SUFFIX, PARTIAL_SUFFIX, partial_name
+from keyforge.ssh import allowed_signers
 
 LOCK_NAME = ".keyforge-snapshot.lock"
 DOOMED_SUFFIX = ".deleting"
@@ -271,6 +272,19 @@ def to_hash(
                     continue
         new.append(path)
     return new
+
+
+def signature_problems(
+    top: Path, signers: allowed_signers.AllowedSigners, now: dt.datetime
+) -> list[str]:
+    """With [snapshot] allowed_signers: every manifest of the copy at ``top`` (in any of its
+    directories) signed by a key ``signers`` admits for its host, every chain in it whole."""
+    problems: list[str] = []
+    for directory, names in _files_by_directory(top):
+        if any(is_manifest_name(n) for n in names):
+            found = signing.directory_problems(top / directory, signers, now=now)
+            problems += [f"{directory}/{p}" if directory else p for p in found]
+    return problems
 
 
 def loss_problems(listing: Listing, good_listing: Listing | None) -> list[str]:
@@ -673,7 +687,12 @@ def run_snapshot(
     fd = open_source(source)
     try:
         check_placement(source, os.fstat(fd), store)
-        run = _Run(settings, source, store, fd, now, rsync or find_rsync(), accept)
+        signers = (
+            allowed_signers.load(Path(settings.allowed_signers))
+            if settings.allowed_signers
+            else None
+        )
+        run = _Run(settings, source, store, fd, now, rsync or find_rsync(), accept, signers)
         if dry_run:
             return run.plan()
         warnings = prepare_store(store)
@@ -693,6 +712,7 @@ class _Run:
     now: dt.datetime
     rsync: str
     accept: bool
+    signers: allowed_signers.AllowedSigners | None = None
 
     def judge(
         self, tree: Path, count: TreeCount, earlier: Sequence[str], *, hashing: bool
@@ -707,11 +727,10 @@ class _Run:
         new = set(to_hash(tree, listing, good, good_listing)) if hashing else set()
         previous = count_tree(str(good)) if good else None
         wiped = wipe_reason(count, previous, self.settings.wipe_loss_percent)
-        return Verdict(
-            wiped,
-            tuple(loss_problems(listing, good_listing)),
-            tuple(content_problems(tree, listing, hash_new=new)),
-        )
+        damaged = content_problems(tree, listing, hash_new=new)
+        if self.signers is not None:
+            damaged += signature_problems(tree, self.signers, self.now)
+        return Verdict(wiped, tuple(loss_problems(listing, good_listing)), tuple(damaged))
 
     def prune(self, verdict: Verdict, earlier: Sequence[str], stamp: str) -> list[str]:
         """What retention removes after this snapshot: nothing unless it is a good copy."""

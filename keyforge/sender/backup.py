@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from keyforge import age
+from keyforge import age, signing
 from keyforge.config import WEEKDAYS, BackupConfig, Config
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
 from keyforge.infra import fsutil, runner
@@ -40,6 +41,7 @@ from keyforge.layout import (
     SNAPSHOT_DIR,
     ArchiveEntry,
     ArchiveRecord,
+    ManifestLink,
     archive_name,
     backup_lock,
     index_json,
@@ -51,6 +53,7 @@ from keyforge.layout import (
     parse_dump_name,
     read_manifests,
     run_manifests,
+    signature_path,
     source_slug,
     stamp_key,
     work_snapshot_of,
@@ -430,7 +433,11 @@ def plan_backup(
                 name=name,
                 chain=chain,
                 snapshot=snapshot,
-                tar_argv=tuple(tar_create_argv(source, work_snapshot_of(snapshot), backup)),
+                tar_argv=tuple(
+                    tar_create_argv(
+                        source, work_snapshot_of(snapshot), backup, exclude=secret_excludes(backup)
+                    )
+                ),
                 compress_argv=tuple(compress_argv(backup.compression, backup.compression_level)),
                 encrypt_argv=tuple(age.age_encrypt_argv(recipients)) if recipients else (),
             )
@@ -441,6 +448,14 @@ def plan_backup(
     ]
     prune = chains_to_remove(future, now.date(), backup.retention_days)
     return BackupPlan(stamp, now, tuple(planned), tuple(prune))
+
+
+def secret_excludes(backup: BackupConfig) -> list[str]:
+    """What no archive may hold: the manifest-signing key (both halves' names), which would
+    let whoever reads an archive sign manifests as this server."""
+    if not backup.signing_key:
+        return []
+    return [backup.signing_key]
 
 
 def check_sources_exist(sources: Iterable[str]) -> None:
@@ -584,7 +599,76 @@ def write_index(config: Config, now: dt.datetime) -> None:
     recorded = read_manifests(backup_dir, config.host)
     present = scan_archives(config)
     data = index_json(config.host, now, [recorded[r.name] for r in present if r.name in recorded])
-    fsutil.atomic_write(backup_dir / MANIFEST_NAME, data, mode=fsutil.PRIVATE_FILE)
+    signing.write_signed(backup_dir / MANIFEST_NAME, data, signing_key_of(config))
+
+
+def signing_key_of(config: Config) -> signing.SigningKey | None:
+    """[backup] signing_key, loaded, or None when manifests go unsigned."""
+    if not config.backup.signing_key:
+        return None
+    path = Path(config.backup.signing_key)
+    signing.check_key_placement(path, config.backup_dir)
+    return signing.load_key(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLink:
+    """What a run takes from the run before it: the link its manifest carries, and whether
+    every source must start a new master because the signing key changed."""
+
+    previous: ManifestLink | None
+    new_key: str | None  # the announcement, when the signer changed
+
+
+def link_to_last_run(config: Config, key: signing.SigningKey | None) -> RunLink:
+    """The newest run manifest's name and hash; a new master is due when it was signed by
+    another key (or by none), or its signature no longer matches it (a run killed between
+    writing the manifest and its signature): a chain is signed by one key from its master on."""
+    runs = run_manifests(config.backup_dir, config.host)
+    if not runs:
+        return RunLink(None, None)
+    last = runs[max(runs, key=stamp_key)]
+    try:
+        data = last.read_bytes()
+    except OSError as err:
+        raise FileError.from_os_error("read manifest", last, err) from err
+    link = ManifestLink(last.name, hashlib.sha256(data).hexdigest())
+    mine = key.fingerprint if key is not None else None
+    try:
+        before = signer_of(last, data)
+    except ValueError:
+        if mine is None:
+            return RunLink(link, None)
+        return RunLink(
+            link,
+            f"{last.name} has a signature that does not match it (a run killed while "
+            "signing?): every source starts a new master",
+        )
+    if before == mine:
+        return RunLink(link, None)
+    if mine is None:
+        return RunLink(
+            link, f"manifests are no longer signed (the last run was signed by {before})"
+        )
+    return RunLink(
+        link,
+        f"new manifest-signing key {mine} (the last run, {last.name}, was signed by "
+        f"{before or 'no key'}): every source starts a new master",
+    )
+
+
+def signer_of(manifest: Path, data: bytes) -> str | None:
+    """The fingerprint of the key whose signature beside ``manifest`` matches ``data``, None
+    when it has none; ValueError when the signature does not match."""
+    from keyforge.ssh import sshsig  # noqa: PLC0415
+
+    try:
+        armored = signature_path(manifest).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise FileError.from_os_error("read signature", signature_path(manifest), err) from err
+    return sshsig.check(armored, data, signing.NAMESPACE).fingerprint
 
 
 def _tar_messages(stderr: str) -> list[str]:
@@ -691,14 +775,21 @@ def remove_chains(config: Config, chains: Iterable[Chain]) -> None:
             except OSError as err:
                 raise FileError.from_os_error("remove", backup_dir / record.name, err) from err
     present = {p.name for p in backup_dir.iterdir()}
-    for path in run_manifests(backup_dir, config.host).values():
+    runs = run_manifests(backup_dir, config.host)
+    # oldest first, and only until the first one still listing an archive: each run manifest
+    # names the one before it, so one in the middle stays to keep the later chains linked
+    for stamp in sorted(runs, key=stamp_key):
+        path = runs[stamp]
         try:
             document = json.loads(path.read_text())
             names = {a["name"] for a in document["archives"]}
         except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if names and not names & present:
-            path.unlink()
+            break
+        if not names or names & present:
+            break
+        path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            signature_path(path).unlink()
     fsutil.fsync_dir(backup_dir)
 
 
@@ -747,10 +838,15 @@ def run_backup(
     warnings += same_filesystem_warnings(backup_dir, present)
     for warning in warnings:
         reporter.warn(warning)
+    key = signing_key_of(config)
     with backup_lock(backup_dir):
         remove_leftovers(backup_dir)
-        plan = _plan_from_disk(config, now, force_full=force_full)
-        run = _SourceRun(config, plan, now, reporter, allow_empty=allow_empty)
+        link = link_to_last_run(config, key)
+        if link.new_key is not None:
+            reporter.warn(link.new_key)
+        new_master = force_full or (link.new_key is not None and key is not None)
+        plan = _plan_from_disk(config, now, force_full=new_master)
+        run = _SourceRun(config, plan, now, reporter, allow_empty=allow_empty, key=key, link=link)
         for item in plan.archives:
             run.archive(item)
         run.dump_all()
@@ -791,7 +887,11 @@ class _SourceRun:
         reporter: Reporter,
         *,
         allow_empty: bool,
+        key: signing.SigningKey | None = None,
+        link: RunLink | None = None,
     ) -> None:
+        self.key = key
+        self.previous = link.previous if link is not None else None
         self.config = config
         self.plan = plan
         self.now = now
@@ -815,11 +915,7 @@ class _SourceRun:
             entry = _archive_source(
                 config, item, self.masters, self.reporter, allow_empty=self.allow_empty
             )
-            fsutil.atomic_write(
-                self.manifest,
-                manifest_json(config.host, self.plan.stamp, self.now, [*self.entries, entry]),
-                mode=fsutil.PRIVATE_FILE,
-            )
+            self.write_manifest([*self.entries, entry])
         except KeyforgeError as err:
             # an archive no manifest lists would look complete yet be unverifiable
             _discard(config.backup_dir / item.name, item.work_snapshot)
@@ -838,13 +934,22 @@ class _SourceRun:
             # the archive is complete and its run manifest lists it; only the index lags
             self._failed(MANIFEST_NAME, err)
 
-    def commit(self, entry: ArchiveEntry) -> None:
-        """List a finished archive in the run manifest and the index."""
-        fsutil.atomic_write(
-            self.manifest,
-            manifest_json(self.config.host, self.plan.stamp, self.now, [*self.entries, entry]),
-            mode=fsutil.PRIVATE_FILE,
+    def write_manifest(self, entries: Sequence[ArchiveEntry]) -> None:
+        """The run manifest listing ``entries``, linked to the last run and signed (with
+        [backup] signing_key): one writer for a source's archive and a dump's alike."""
+        document = manifest_json(
+            self.config.host,
+            self.plan.stamp,
+            self.now,
+            entries,
+            previous=self.previous,
+            signed_by=self.key.fingerprint if self.key is not None else None,
         )
+        signing.write_signed(self.manifest, document, self.key)
+
+    def commit(self, entry: ArchiveEntry) -> None:
+        """List a finished dump's archive in the run manifest and the index."""
+        self.write_manifest([*self.entries, entry])
         self.entries.append(entry)
         self.warnings += entry.warnings
         try:

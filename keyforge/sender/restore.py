@@ -19,11 +19,12 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from keyforge import age, layout
+from keyforge import age, layout, signing
 from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner
@@ -159,13 +160,45 @@ def staging_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.keyforge-partial")
 
 
+@contextlib.contextmanager
+def _hashing(backup_dir: Path, entries: list[layout.ArchiveEntry]) -> Iterator[Callable[[], None]]:
+    """Hash ``entries`` in a thread (hashlib releases the GIL, so it runs beside tar); the
+    function yielded waits for it and raises SignatureError for an archive that does not match."""
+    found: list[list[str]] = []
+    worker = threading.Thread(
+        target=lambda: found.append(signing.content_problems(backup_dir, entries)), daemon=True
+    )
+    worker.start()
+
+    def check() -> None:
+        worker.join()
+        signing.refuse(found[0] if found else ["the archives could not be hashed"])
+
+    try:
+        yield check
+    except KeyforgeError as err:
+        # tar choking on an archive that is not what was signed: say that, not tar's words
+        worker.join()
+        if found and found[0]:
+            try:
+                signing.refuse(found[0])
+            except KeyforgeError as refusal:
+                raise refusal from err
+        raise
+    finally:
+        worker.join()
+
+
 def _restore_whole(
     config: Config,
     archives: Iterable[ArchiveRecord],
     target: Path,
     identity: pipeline.Identity | None = None,
+    *,
+    before_rename: Callable[[], None] | None = None,
 ) -> None:
-    """Apply the chain beside ``target``, then rename it into place.
+    """Apply the chain beside ``target``, then rename it into place (``before_rename`` may
+    still refuse it).
 
     A restore that fails half-way (a damaged archive, a full disk) then leaves ``target`` as it
     was, missing or empty, never half-filled: rename() replaces an empty directory whole.
@@ -179,6 +212,8 @@ def _restore_whole(
         raise FileError.from_os_error("create", staging, err) from err
     try:
         apply_chain(config, archives, staging, identity)
+        if before_rename is not None:
+            before_rename()
         staging.rename(target)
         fsutil.fsync_dir(target.parent)
     except OSError as err:
@@ -204,6 +239,11 @@ def extract_archive(
             f"tar failed restoring {archive.name}: "
             + runner.first_error_line(tar.stderr, fallback=f"exit {tar.returncode}")
         )
+
+
+def check_chain(config: Config, archives: Iterable[ArchiveRecord], trust: signing.Trust) -> None:
+    """The chain's signatures, links, sizes and hashes, before any of it is applied."""
+    signing.verify_chain(config.backup_dir, config.host, [a.name for a in archives], trust)
 
 
 def encrypted_to_of(config: Config) -> dict[str, tuple[str, ...]]:
@@ -248,22 +288,36 @@ def run_restore(
     force: bool = False,
     dry_run: bool = False,
     identity: pipeline.Identity | None = None,
+    trust: signing.Trust | None = None,
 ) -> list[ArchiveRecord]:
     """Rebuild ``source`` as of the end of day ``at`` (default: the latest run) in ``target``.
 
-    Encrypted archives need ``identity`` (``pipeline.load_identity``), checked against every
-    archive's recipients before anything is written.
+    The chain is checked against ``trust`` first (default: the config's allowed signers, see
+    ``signing.trust_for``): a chain that is unsigned, badly signed, cut, or not what its
+    signed manifests record is refused before anything is written. Encrypted archives need
+    ``identity`` (``pipeline.load_identity``), checked against every archive's recipients
+    before anything is written.
     """
     archives = plan_restore(config, source, at)
+    trust = trust if trust is not None else signing.trust_for(config)
     check_chain_identity(config, archives, identity)
     if dry_run:
+        check_chain(config, archives, trust)
         return archives
     target = target.absolute()
     fresh = _target_is_fresh(target, force=force)
     with reading_lock(config.backup_dir):
         if fresh:
-            _restore_whole(config, archives, target, identity)
+            # signatures and links first; the archives' hashes beside the extraction, into a
+            # staging directory that becomes ``target`` only once both passed
+            names = [a.name for a in archives]
+            entries = signing.verify_chain(
+                config.backup_dir, config.host, names, trust, hash_archives=False
+            )
+            with _hashing(config.backup_dir, [entries[n] for n in names if n in entries]) as check:
+                _restore_whole(config, archives, target, identity, before_rename=check)
         else:
+            check_chain(config, archives, trust)
             # --force: onto what is there, in place
             apply_chain(config, archives, target, identity)
     return archives
@@ -592,14 +646,20 @@ def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[i
 
 
 def run_verify(
-    config: Config, *, scratch: Path | None = None, identity: pipeline.Identity | None = None
+    config: Config,
+    *,
+    scratch: Path | None = None,
+    identity: pipeline.Identity | None = None,
+    trust: signing.Trust | None = None,
 ) -> VerifyReport:
-    """Checksums of every archive, then a trial restore of each source's latest chain.
+    """Signatures of every chain (refused as restore refuses them), checksums of every
+    archive, then a trial restore of each source's latest chain.
 
     An encrypted chain is restored only with ``identity``; without one its archives are
     checked against their manifests and age headers alone, and its verdict says its content
     was not checked (as on a receiving host, which holds no key).
     """
+    trust = trust if trust is not None else signing.trust_for(config)
     backup_dir = config.backup_dir
     if not backup_dir.is_dir():
         raise FileError(f"backup directory {backup_dir} does not exist")
@@ -607,6 +667,16 @@ def run_verify(
         records = backup.scan_archives(config)
         if not records:
             raise FileError(f"no archives of {config.host} in {backup_dir}")
+        for chains in backup.chains_of(records).values():
+            for chain in chains:
+                # the hashes are compared just below, against the manifests proved here
+                signing.verify_chain(
+                    backup_dir,
+                    config.host,
+                    [a.name for a in chain.archives],
+                    trust,
+                    hash_archives=False,
+                )
         count, problems = check_checksums(config, records)
         with scratch_dir(backup_dir, scratch) as work:
             verdicts = [
@@ -725,11 +795,14 @@ def run_dump_restore(
     dry_run: bool = False,
     stdout: Callable[[], int] | None = None,
     identity: pipeline.Identity | None = None,
+    trust: signing.Trust | None = None,
 ) -> ArchiveRecord:
     """Write dump ``unit`` as the database's tool made it, to ``target`` or to ``stdout``.
 
-    Its sha256 is checked against the manifest first: a damaged dump fed to pg_restore or
-    mariadb would fail half-way through a reload. An encrypted dump needs ``identity``, checked
+    Its manifest's signature is checked against ``trust`` (default: the config's allowed
+    signers), as a source's chain is: a dump is a chain of one. Its size and sha256 are
+    checked against that manifest first: a damaged dump fed to pg_restore or mariadb would
+    fail half-way through a reload. An encrypted dump needs ``identity``, checked
     against the recipients its manifest records before anything is written; it is decrypted
     and decompressed in one stream (``pipeline.read_archive``) straight into the output. A
     file appears whole or not at all (written beside it 0600, renamed when complete); an
@@ -737,10 +810,12 @@ def run_dump_restore(
     descriptor ``stdout`` returns (default 1), asked for only once there is a dump to write.
     """
     record = plan_dump_restore(config, unit, at)
+    trust = trust if trust is not None else signing.trust_for(config)
     encrypted_to = encrypted_to_of(config).get(record.name, ())
     if layout.is_encrypted_name(record.name):
         pipeline.check_identity(record.name, encrypted_to, identity)
     if dry_run:
+        check_chain(config, [record], trust)
         return record
     if target is not None:
         target = target.absolute()
@@ -757,9 +832,12 @@ def run_dump_restore(
         )
 
     with reading_lock(config.backup_dir):
-        _, problems = check_checksums(config, [record])
-        if problems:
-            raise KeyforgeError(f"cannot restore dump {unit}: {problems[0]}")
+        if trust.insecure:
+            _, problems = check_checksums(config, [record])
+            if problems:
+                raise KeyforgeError(f"cannot restore dump {unit}: {problems[0]}")
+        else:
+            check_chain(config, [record], trust)  # signed, and the size and sha256 signed
         if target is None:
             write_to(stdout() if stdout is not None else 1)
             return record

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from keyforge import signing
 from keyforge.cli import app
 from keyforge.errors import ConfigError
+from keyforge.ssh import keys
 
 
 def restore_args(config: str, source: str, to: Path, *more: str) -> list[str]:
@@ -20,9 +22,12 @@ def restore_args(config: str, source: str, to: Path, *more: str) -> list[str]:
 
 def write_config(tmp_path: Path, src: Path) -> Path:
     path = tmp_path / "keyforge.toml"
+    key = tmp_path / "manifest-signing-key"
+    keys.write_pair(key, signing.make_key("server1"), force=False)
     path.write_text(
         f'[general]\nhost = "server1"\n[backup]\nsources = ["{src}"]\n'
         f'directory = "{tmp_path}/backups"\nfull_every = 7\nnice = 0\nionice = "none"\n'
+        f'signing_key = "{key}"\n'
     )
     return path
 

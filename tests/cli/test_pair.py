@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from keyforge import signing
 from keyforge.cli import app
 from keyforge.errors import KeyMaterialError
+from keyforge.ssh import allowed_signers, keys
 
 runner = CliRunner()
 
@@ -228,3 +230,37 @@ def test_pair_help_explains_the_options() -> None:
         "DSA is refused",
     ):
         assert text in result.stdout
+
+
+def test_pair_signing_makes_the_manifest_key_beside_the_config_and_prints_the_line_to_pin(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "etc/keyforge/keyforge.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[general]\nhost = "server1"\n')
+    env = {"KEYFORGE_CONFIG": str(config)}
+    dry = CliRunner().invoke(app, ["pair", "--signing", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    key = config.parent / "manifest-signing-key"
+    assert not key.exists()
+    made = CliRunner().invoke(app, ["pair", "--signing"], env=env)
+    assert made.exit_code == 0, made.output
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert f'signing_key = "{key}"' in made.stdout
+    [line] = [ln.strip() for ln in made.stdout.splitlines() if ln.startswith("  server1 ")]
+    pinned = allowed_signers.parse(line)
+    loaded = signing.load_key(key)
+    assert pinned.find("server1", signing.NAMESPACE, loaded.public_blob) is not None
+    assert pinned.find("server1", "file", loaded.public_blob) is None  # namespaces= pinned
+    again = CliRunner().invoke(app, ["pair", "--signing"], env=env)
+    assert again.exit_code != 0  # never replaced without --force
+    refused = CliRunner().invoke(app, ["pair", "--signing", "--type", "rsa", "x"], env=env)
+    assert refused.exit_code == 7
+
+
+def test_a_signing_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    keys.write_pair(key, signing.make_key("c"), force=False)
+    key.chmod(0o640)
+    with pytest.raises(KeyMaterialError, match="mode 0640"):
+        signing.load_key(key)

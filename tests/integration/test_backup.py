@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import config, layout
+from keyforge import config, layout, signing
 from keyforge.cli import app
 from keyforge.errors import CommandError, FileError, KeyforgeError, LockedError
 from keyforge.infra import fsutil
 from keyforge.sender import backup, pipeline, restore
+from keyforge.ssh import keys
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="backups of owners need root")
 
@@ -38,12 +39,17 @@ DAY3 = DAY1 + dt.timedelta(days=2)
 
 
 def make_config(tmp_path: Path, *sources: Path, **backup_values: object) -> config.Config:
+    """Backups signed with a manifest-signing key, which restore and verify check."""
+    key = tmp_path / "manifest-signing-key"
+    if not key.exists():
+        keys.write_pair(key, signing.make_key("server1"), force=False)
     values: dict[str, object] = {
         "sources": [str(s) for s in sources],
         "directory": str(tmp_path / "backups"),
         "full_every": 7,
         "nice": 0,
         "ionice": "none",
+        "signing_key": str(key),
     }
     values.update(backup_values)
     return config.parse({"general": {"host": "server1"}, "backup": values})

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from keyforge import layout
 from keyforge.cli import app
+from keyforge.errors import SignatureError
 from keyforge.layout import sha256_of
 from tests.integration.dump_config import write_config
 
@@ -63,11 +65,13 @@ def test_a_command_dump_is_archived_listed_and_restored_as_it_was(tmp_path: Path
     assert checked.exit_code == 0, checked.output
 
 
-def test_restore_dump_refuses_a_dump_whose_sha256_differs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signed", [True, False])
+def test_restore_dump_refuses_a_dump_whose_sha256_differs(tmp_path: Path, signed: bool) -> None:
     cfg = write_config(
         tmp_path,
         [_src(tmp_path)],
         dumps=[{"name": "pipe", "kind": "command", "command": ["echo", "x"]}],
+        signed=signed,
     )
     assert _backup(cfg).exit_code == 0  # type: ignore[attr-defined]
     [archive] = _dumps(tmp_path, "pipe")
@@ -75,11 +79,16 @@ def test_restore_dump_refuses_a_dump_whose_sha256_differs(tmp_path: Path) -> Non
     data[-1] ^= 0xFF  # the same size, other bytes: only the checksum can tell
     archive.write_bytes(bytes(data))
     out = tmp_path / "restored"
+    insecure = [] if signed else ["--insecure-unsigned"]
     done = CliRunner().invoke(
-        app, ["restore", "--config", str(cfg), "--dump", "pipe", "--to", str(out)]
+        app, ["restore", "--config", str(cfg), "--dump", "pipe", "--to", str(out), *insecure]
     )
-    assert done.exit_code == 1
-    assert "sha256 differs" in done.stderr
+    if signed:  # a dump is a chain of one: its signed manifest's sha256 refuses it
+        assert done.exit_code == SignatureError.exit_code, done.output
+        assert "is not what its signed manifest records (sha256)" in done.stderr
+    else:
+        assert done.exit_code == 1, done.output
+        assert "sha256 differs" in done.stderr
     assert not out.exists()
 
 
@@ -369,9 +378,10 @@ def test_verify_reads_each_dump_back_whole_and_names_one_that_does_not_decompres
         tmp_path,
         [_src(tmp_path)],
         dumps=[{"name": "pipe", "kind": "command", "command": ["cat", str(payload)]}],
+        signed=False,  # the manifests are rewritten below, as only an unsigned one can be
     )
     assert _backup(cfg).exit_code == 0  # type: ignore[attr-defined]
-    good = CliRunner().invoke(app, ["verify", "--config", str(cfg)])
+    good = CliRunner().invoke(app, ["verify", "--config", str(cfg), "--insecure-unsigned"])
     assert good.exit_code == 0, good.output
     assert "dump:pipe: 64.0 KB read back whole, ok" in good.output
     [archive] = _dumps(tmp_path, "pipe")
@@ -382,7 +392,7 @@ def test_verify_reads_each_dump_back_whole_and_names_one_that_does_not_decompres
             if entry["name"] == archive.name:
                 entry.update(size=archive.stat().st_size, sha256=sha256_of(archive))
         manifest.write_text(json.dumps(document))
-    cut = CliRunner().invoke(app, ["verify", "--config", str(cfg)])
+    cut = CliRunner().invoke(app, ["verify", "--config", str(cfg), "--insecure-unsigned"])
     assert cut.exit_code != 0
     assert f"cannot read {archive.name}" in cut.output
 
@@ -412,3 +422,35 @@ def test_status_names_a_dump_that_failed_in_the_last_backup_even_without_the_run
     assert "FAIL backup" in alone.stdout
     assert "made no dump of broken: it failed" in alone.stdout
     assert "fine" not in alone.stdout.split("made no dump of", 1)[1]
+
+
+def test_a_dump_manifest_is_signed_like_the_others_and_an_unsigned_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(
+        tmp_path,
+        [_src(tmp_path)],
+        dumps=[{"name": "pipe", "kind": "command", "command": ["echo", "signed rows"]}],
+    )
+    assert _backup(cfg).exit_code == 0  # type: ignore[attr-defined]
+    [archive] = _dumps(tmp_path, "pipe")
+    backups = tmp_path / "backups"
+    [manifest] = backups.glob("server1.*.manifest.json")
+    signature = layout.signature_path(manifest)
+    assert signature.is_file()
+    listed = [a.name for a in layout.load_manifest(manifest).archives]
+    assert archive.name in listed  # the dump's entry is in what was signed
+    out = tmp_path / "out"
+    restore = ["restore", "--config", str(cfg), "--dump", "pipe", "--to", str(out)]
+    done = CliRunner().invoke(app, restore)
+    assert done.exit_code == 0, done.output
+    assert out.read_bytes() == b"signed rows\n"
+    out.unlink()
+    verified = CliRunner().invoke(app, ["verify", "--config", str(cfg)])
+    assert verified.exit_code == 0, verified.output
+    signature.unlink()
+    refused = CliRunner().invoke(app, restore)
+    assert refused.exit_code == SignatureError.exit_code
+    assert f"refusing {archive.name}: {manifest.name} is not signed" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from keyforge import age, config, layout
 from keyforge.cli import app
-from keyforge.errors import CommandError, KeyMaterialError
+from keyforge.errors import CommandError, KeyMaterialError, SignatureError
 from keyforge.sender import backup, pipeline, restore
+from keyforge.signing import INSECURE
 from keyforge.ssh import keys
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="backups of owners need root")
@@ -174,8 +175,13 @@ def test_a_flipped_byte_makes_verify_fail_naming_the_archive(
         report = restore.run_verify(cfg, identity=key)
         assert not report.ok
         assert f"{entry.name}: sha256 differs from the manifest" in report.problems
-    with pytest.raises(CommandError, match=f"cannot decrypt {entry.name}: .*corrupted"):
+    # the signed manifest's sha256 refuses it first; unsigned, age itself would
+    with pytest.raises(SignatureError, match=f"{entry.name}: its content is not what its signed"):
         restore.run_restore(cfg, str(src), tmp_path / "r", identity=identity(age_keys.identity))
+    with pytest.raises(CommandError, match=f"cannot decrypt {entry.name}: .*corrupted"):
+        restore.run_restore(
+            cfg, str(src), tmp_path / "r", identity=identity(age_keys.identity), trust=INSECURE
+        )
     assert not (tmp_path / "r").exists()
 
 
@@ -189,8 +195,12 @@ def test_a_truncated_ciphertext_is_named_by_verify_and_restore(
         handle.truncate(entry.size - 1000)
     problems = restore.run_verify(cfg).problems
     assert f"{entry.name}: {entry.size - 1000} bytes, the manifest records {entry.size}" in problems
-    with pytest.raises(CommandError, match=f"cannot decrypt {entry.name}"):
+    with pytest.raises(SignatureError, match=f"{entry.name}: {entry.size - 1000} bytes where"):
         restore.run_restore(cfg, str(src), tmp_path / "r", identity=identity(age_keys.identity))
+    with pytest.raises(CommandError, match=f"cannot decrypt {entry.name}"):
+        restore.run_restore(
+            cfg, str(src), tmp_path / "r", identity=identity(age_keys.identity), trust=INSECURE
+        )
 
 
 def test_a_header_addressed_to_other_keys_fails_verify_without_identity(
@@ -212,7 +222,15 @@ def test_a_header_addressed_to_other_keys_fails_verify_without_identity(
     manifest = cfg.backup_dir / layout.manifest_name("server1", "20261123")
     text = manifest.read_text().replace(entry.sha256, layout.sha256_of(archive))
     manifest.write_text(text.replace(f'"size": {entry.size}', f'"size": {len(forged)}'))
-    problems = restore.run_verify(cfg).problems
+    # the planted archive re-encrypted to the same recipient, with a manifest to match: the
+    # manifest's signature is no longer server1's, so verify and restore refuse it
+    with pytest.raises(SignatureError, match=f"refusing {entry.name}: .* is badly signed"):
+        restore.run_verify(cfg)
+    with pytest.raises(SignatureError, match=f"refusing {entry.name}: .* is badly signed"):
+        restore.run_restore(cfg, str(_src), tmp_path / "r", identity=identity(age_keys.identity))
+    assert not (tmp_path / "r").exists()
+    # without signatures (--insecure-unsigned) the header check still names it
+    problems = restore.run_verify(cfg, trust=INSECURE).problems
     assert problems == (
         f"{entry.name}: its header is addressed to an ssh-ed25519 key the manifest does not list",
     )
@@ -477,6 +495,7 @@ def _write(tmp_path: Path, cfg: config.Config) -> str:
         f"sources = {json.dumps(list(b.sources))}\ndirectory = {json.dumps(b.directory)}\n"
         f'full_every = 7\nnice = 0\nionice = "none"\n'
         f"encrypt_to = {json.dumps(list(b.encrypt_to))}\n"
+        f"signing_key = {json.dumps(b.signing_key)}\n"
     )
     return str(path)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from keyforge import signing
+
 pytestmark = pytest.mark.docker
 
 HOME = "/home/foo"
@@ -22,15 +24,20 @@ RECEIVER_CONFIG = f"{HOME}/enc-receiver.toml"
 IDENTITY = "/root/offline/key.txt"
 ELSEWHERE = "/root/from-the-receiver"
 CANARY = "keyforge-canary-3b1f6c0d-only-on-the-sender"
+# signing on: every manifest signed on the sender, checked wherever an archive is trusted
+SIGNING_KEY = f"{HOME}/enc-manifest-signing-key"
+PINNED = f"{HOME}/enc-allowed_signers"
+PINNED_ELSEWHERE = "/root/offline/allowed_signers"
 
 
 def _keyforge(host, *args: str, user: str = "foo", check: bool = False):
     return host.run(["keyforge", *args], user=user, check=check, timeout=180)
 
 
-def _receiver_config(directory: str) -> str:
+def _receiver_config(directory: str, pinned: str = PINNED) -> str:
     return (
         f'[general]\nhost = "server1"\n[backup]\nsources = ["{DATA}"]\ndirectory = "{directory}"\n'
+        f'allowed_signers = "{pinned}"\n'
     )
 
 
@@ -50,8 +57,9 @@ def encrypted_sync(lab, keys, recipient):
         f"rm -rf {DATA} {BACKUPS} && mkdir -p {DATA}/etc {DATA}/home && "
         f"printf '%s\\n' '{CANARY}' > {DATA}/etc/shadow && "
         f"head -c 200000 /dev/urandom > {DATA}/home/random.bin && "
-        f"chown -R foo:foo {DATA}"
+        f"chown -R foo:foo {DATA} && rm -f {SIGNING_KEY} {SIGNING_KEY}.pub"
     )
+    _keyforge(lab.sender, "pair", "--signing", SIGNING_KEY, check=True)
     config = lab.sender_config(
         data=DATA,
         backups=BACKUPS,
@@ -61,7 +69,9 @@ def encrypted_sync(lab, keys, recipient):
     )
     # the archive test on: with encryption it reads the stream ahead of age
     config = config.replace("test_archives = false", "test_archives = true")
-    config = config.replace("[sync]", f'encrypt_to = ["{recipient}"]\n[sync]')
+    config = config.replace(
+        "[sync]", f'encrypt_to = ["{recipient}"]\nsigning_key = "{SIGNING_KEY}"\n[sync]'
+    )
     lab.sender.write_file(SENDER_CONFIG, config)
     _keyforge(lab.sender, "backup", "--config", SENDER_CONFIG, check=True)
     lab.sender.sh(
@@ -74,6 +84,9 @@ def encrypted_sync(lab, keys, recipient):
     lab.keyforge_install(keys.backup_public, command=forced)
     result = _keyforge(lab.sender, "sync", "--config", SENDER_CONFIG)
     assert result.returncode == 0, result.stderr
+    line = signing.signer_line(lab.sender.read_file(f"{SIGNING_KEY}.pub"), "server1") + "\n"
+    lab.receiver.write_file(PINNED, line, mode="0644")
+    lab.intruder.write_file(PINNED_ELSEWHERE, line, user="root")
     lab.receiver.write_file(RECEIVER_CONFIG, _receiver_config(COPY))
     return sorted(
         n for n in lab.receiver.run(["ls", "-1", COPY]).stdout.split() if n.endswith(".age")
@@ -110,7 +123,9 @@ def test_a_restore_with_the_identity_elsewhere_equals_the_tree(lab, encrypted_sy
     lab.intruder.sh(f"rm -rf {ELSEWHERE} /root/restored && mkdir -p {ELSEWHERE}")
     lab.intruder.copy_in(local, f"{ELSEWHERE}/")
     copy = f"{ELSEWHERE}/copy"
-    lab.intruder.write_file("/root/elsewhere.toml", _receiver_config(copy), user="root")
+    lab.intruder.write_file(
+        "/root/elsewhere.toml", _receiver_config(copy, PINNED_ELSEWHERE), user="root"
+    )
     without = _keyforge(
         lab.intruder, "restore", "--config", "/root/elsewhere.toml", "--source", DATA,
         "--to", "/root/restored", user="root",

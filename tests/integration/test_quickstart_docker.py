@@ -12,6 +12,8 @@ pytestmark = pytest.mark.docker
 CONFIG = "/etc/keyforge/keyforge.toml"
 PINNED = "/etc/keyforge/known_hosts"
 BACKUPS = "/mnt/backups/server1"
+SIGNING_KEY = "/etc/keyforge/manifest-signing-key"
+ALLOWED_SIGNERS = "/etc/keyforge/allowed_signers"
 TARGET_BLOCK = """#[[targets]]
 #name = "offsite"
 #host = "raspberrypi"
@@ -29,6 +31,8 @@ def edited_config(text: str, receiver_ip: str) -> str:
     assert TARGET_BLOCK in text, "keyforge init no longer writes the entry README describes"
     target = "".join(line[1:] + "\n" for line in TARGET_BLOCK.splitlines())
     text = text.replace(TARGET_BLOCK, target.replace('"raspberrypi"', f'"{receiver_ip}"'))
+    assert f'#signing_key = "{SIGNING_KEY}"' in text
+    text = text.replace(f'#signing_key = "{SIGNING_KEY}"', f'signing_key = "{SIGNING_KEY}"')
     text = text.replace(
         'sources = ["/etc", "/home", "/var", "/boot", "/root"]', 'sources = ["/etc/ssh"]'
     )
@@ -43,7 +47,7 @@ def fresh_hosts(lab):
     lab.receiver.sh(
         f"find {lab.FOO_HOME} -mindepth 1 -maxdepth 1 ! -name .ssh -exec rm -rf {{}} +"
         f" && find {lab.FOO_HOME}/.ssh -mindepth 1 -exec rm -rf {{}} +"
-        " && rm -rf /root/server1.toml /root/restored"
+        f" && rm -rf /root/server1.toml /root/restored {ALLOWED_SIGNERS}"
     )
 
 
@@ -67,6 +71,8 @@ def test_the_readme_quickstart_works_as_written(lab):
     pinned = server1.read_file(PINNED).split()
     assert pinned[1:3] == pi.read_file("/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
     on_server1("pair")
+    signing = on_server1("pair", "--signing").stdout
+    [pin] = [ln.strip() for ln in signing.splitlines() if ln.startswith("  server1 ")]
     on_server1("backup")
     public_key = server1.read_file("/root/.ssh/backups.pub")
     pi.write_file(f"{lab.FOO_HOME}/backups.pub", public_key, user="foo", mode="0644")
@@ -118,6 +124,10 @@ def test_the_readme_quickstart_works_as_written(lab):
         f" -e 's|^directory = .*|directory = \"{lab.FOO_HOME}/srvbackups\"|'"
         " /root/server1.toml"
     )
+    pi.sh(f"mkdir -p /etc/keyforge && echo '{pin}' > {ALLOWED_SIGNERS}")
+    unpinned = pi.run(["keyforge", "restore", "--config", "/root/server1.toml", "--source",
+                       "/etc/ssh", "--to", "/root/restored"], check=False)  # fmt: skip
+    assert unpinned.returncode == 16, unpinned.stderr
     pi.run(["keyforge", "restore", "--config", "/root/server1.toml", "--source", "/etc/ssh",
-            "--to", "/root/restored"])  # fmt: skip
+            "--to", "/root/restored", "--allowed-signers", ALLOWED_SIGNERS])  # fmt: skip
     assert lab.tree_hashes(pi, "/root/restored") == lab.tree_hashes(server1, "/etc/ssh")

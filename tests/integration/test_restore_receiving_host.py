@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from keyforge import layout
+from keyforge import layout, signing
 from keyforge.cli import app
 from keyforge.config import SyncConfig, parse
 from keyforge.sender import backup, restore, sync
+from keyforge.ssh import keys
 
 NOBODY = 65534
 
@@ -79,10 +80,22 @@ def receiver(world: Path) -> dict[str, Path]:
     os.chown(src / "ssl" / "alice.pem", 1001, 1002)
     (src / "localtime").symlink_to("/usr/share/zoneinfo/UTC")
     backups = world / "server1" / "backups"
+    key = world / "server1" / "keys" / "manifest-signing-key"
+    key.parent.mkdir(mode=0o700)
+    pair = signing.make_key("keyforge-manifests@server1")
+    keys.write_pair(key, pair, force=False)
+    pinned = world / "allowed_signers"  # the line pinned on the receiving host
+    pinned.write_text(signing.signer_line(pair.public_line, "server1") + "\n")
+    pinned.chmod(0o644)
     sender = parse(
         {
             "general": {"host": "server1"},
-            "backup": {"sources": [str(src)], "directory": str(backups), "nice": 0},
+            "backup": {
+                "sources": [str(src)],
+                "directory": str(backups),
+                "nice": 0,
+                "signing_key": str(key),
+            },
         }
     )
     backup.run_backup(sender, now=dt.datetime(2026, 11, 23, 1, 15))
@@ -96,9 +109,10 @@ def receiver(world: Path) -> dict[str, Path]:
     cfg = world / "server1.toml"
     cfg.write_text(
         f'[general]\nhost = "server1"\n[backup]\nsources = ["{src}"]\ndirectory = "{copy}"\n'
+        f'allowed_signers = "{pinned}"\n'
     )
     cfg.chmod(0o644)
-    return {"src": src, "copy": copy, "cfg": cfg, "world": world}
+    return {"src": src, "copy": copy, "cfg": cfg, "world": world, "signers": pinned}
 
 
 def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
@@ -184,6 +198,7 @@ def test_verify_with_a_scratch_directory_touches_nothing_else_in_it(
                 "backup": {
                     "sources": [str(receiver["src"])],
                     "directory": str(receiver["copy"]),
+                    "allowed_signers": str(receiver["signers"]),
                 },
             }
         ),

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from keyforge import signing
+
 pytestmark = pytest.mark.docker
 
 HOME = "/home/foo"
@@ -20,6 +22,7 @@ BACKUPS = f"{HOME}/backups"
 SENDER_CONFIG = f"{HOME}/keyforge.toml"
 COPY = f"{HOME}/srvbackups"
 RECEIVER_CONFIG = f"{HOME}/receiver.toml"
+SIGNING_KEY = f"{HOME}/manifest-signing-key"
 
 
 def _sender_config(lab, *, source: str | None = None, bwlimit: str = "") -> str:
@@ -28,9 +31,10 @@ def _sender_config(lab, *, source: str | None = None, bwlimit: str = "") -> str:
         sync_lines.append(f'source = "{source}"')
     if bwlimit:
         sync_lines.append(f'bwlimit = "{bwlimit}"')
-    return lab.sender_config(
+    text = lab.sender_config(
         data=DATA, backups=BACKUPS, copy=COPY, key=lab.BACKUP_KEY, sync=sync_lines
     )
+    return text.replace("[sync]", f'signing_key = "{SIGNING_KEY}"\n[sync]', 1)
 
 
 def _keyforge(host, *args: str, check: bool = False):
@@ -44,8 +48,10 @@ def synced(lab, keys):
         f"rm -rf {DATA} {BACKUPS} && mkdir -p {DATA}/etc '{DATA}/with space' && "
         f"head -c 200000 /dev/urandom > {DATA}/random.bin && "
         f"printf 'caf\\303\\251\\n' > '{DATA}/with space/caf\\303\\251.txt' && "
-        f"printf 'x\\n' > {DATA}/etc/conf && chown -R foo:foo {DATA}"
+        f"printf 'x\\n' > {DATA}/etc/conf && chown -R foo:foo {DATA} && "
+        f"rm -f {SIGNING_KEY} {SIGNING_KEY}.pub"
     )
+    _keyforge(lab.sender, "pair", "--signing", SIGNING_KEY, check=True)
     lab.sender.write_file(SENDER_CONFIG, _sender_config(lab))
     _keyforge(lab.sender, "backup", "--config", SENDER_CONFIG, check=True)
     forced = lab.sync_server_command(SENDER_CONFIG)
@@ -67,9 +73,12 @@ def test_sync_reports_success_and_logs_one_json_line(lab, synced):
 
 
 def test_restore_from_the_receivers_copy_equals_the_source_tree(lab, synced):
+    public = lab.sender.read_file(f"{SIGNING_KEY}.pub")
+    lab.receiver.write_file(f"{HOME}/allowed_signers", signing.signer_line(public, "server1"))
     lab.receiver.write_file(
         RECEIVER_CONFIG,
-        f'[general]\nhost = "server1"\n[backup]\nsources = ["{DATA}"]\ndirectory = "{COPY}"\n',
+        f'[general]\nhost = "server1"\n[backup]\nsources = ["{DATA}"]\ndirectory = "{COPY}"\n'
+        f'allowed_signers = "{HOME}/allowed_signers"\n',
     )
     lab.receiver.sh("rm -rf /tmp/restored")
     lab.receiver.run(

@@ -171,10 +171,16 @@ def test_uncommenting_the_examples_too_changes_only_what_they_show() -> None:
         defaults.backup,
         exclude=(*config.DEFAULT_EXCLUDES, "/home/*/.cache", "*.tmp"),
         allow_empty=("/srv/spool",),
+        signing_key="/etc/keyforge/manifest-signing-key",
+        allowed_signers="/etc/keyforge/allowed_signers",
     )
     assert cfg.sync == dataclasses.replace(defaults.sync, source="/home/foo/srvbackups")
     assert cfg.schedule == dataclasses.replace(defaults.schedule, snapshot_at="05:30")
-    assert cfg.snapshot == dataclasses.replace(defaults.snapshot, source="/home/foo/srvbackups")
+    assert cfg.snapshot == dataclasses.replace(
+        defaults.snapshot,
+        source="/home/foo/srvbackups",
+        allowed_signers="/etc/keyforge/allowed_signers",
+    )
     assert cfg.hooks.before == ("mount", "/mnt/backups")
     assert cfg.monitor == defaults.monitor == config.MonitorConfig()
     assert "monitor" in cfg.sections  # the section was there, every value its default
