@@ -1,8 +1,8 @@
 """The producer of a ``kind = "sqlite"`` dump: ``python -m keyforge.sender.sqlite_online FILE``.
 
 A copy of a SQLite file that another process is writing may hold half a transaction. SQLite's
-online backup API copies the pages under its own locking, starting over when a writer changes
-a page it already copied, so the copy is one consistent state. It goes into memory, never into
+online backup API copies the pages under its own locking, in one step, so the copy is one
+consistent state. It goes into memory, never into
 a file (a plaintext temporary copy is what the archive pipeline exists to avoid), and its
 serialised image is written to standard output, where the pipeline compresses it. The image
 is a database file as it is: restored, it opens as is.
@@ -14,7 +14,11 @@ import sqlite3
 import sys
 from pathlib import Path
 
-PAGES_PER_STEP = 4096  # copied between lock releases, so writers are not held off for long
+# Every page in one step, under one read lock: copied in steps, a database that another
+# process writes all the time would make the copy start over after every step, for ever. The
+# copy goes to memory, so the lock is held briefly; a writer waits for it (its busy timeout),
+# and in WAL mode writes on meanwhile.
+PAGES_PER_STEP = -1
 
 
 def backup_image(path: Path) -> bytes:
