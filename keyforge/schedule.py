@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from keyforge.config import Config, ScheduleConfig
+from keyforge.config import Config, DrillConfig, ScheduleConfig, reads_copy
 from keyforge.errors import UsageError
 from keyforge.infra import fsutil, tools
 from keyforge.infra.templating import render
@@ -38,6 +38,7 @@ UNIT_NAMES = (
     "keyforge-sync.timer",
 )
 SNAPSHOT_UNIT_NAMES = ("keyforge-snapshot.service", "keyforge-snapshot.timer")
+DRILL_UNIT_NAMES = ("keyforge-drill.service", "keyforge-drill.timer")
 SNAPSHOT_DELAY_MINUTES = 120  # snapshot_at's default: this long after sync_at
 CRON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FILE_MODE = 0o644  # cron skips a cron.d file others can write; units are world-readable
@@ -56,11 +57,19 @@ class Jobs:
     mounts: tuple[str, ...]
     snapshot: tuple[str, ...] | None = None
     snapshot_mounts: tuple[str, ...] = ()
+    # the monthly restore drill, on either host, with the directory it reads
+    drill: tuple[str, ...] | None = None
+    drill_mounts: tuple[str, ...] = ()
 
     @property
     def timers(self) -> list[str]:
         """The timer units of the jobs present, for 'systemctl enable'."""
-        present = {"backup": self.backup, "sync": self.sync, "snapshot": self.snapshot}
+        present = {
+            "backup": self.backup,
+            "sync": self.sync,
+            "snapshot": self.snapshot,
+            "drill": self.drill,
+        }
         return [f"keyforge-{name}.timer" for name, argv in present.items() if argv is not None]
 
 
@@ -111,6 +120,25 @@ def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs
         mounts=mounts,
         snapshot=(*keyforge, "snapshot", *conf) if "snapshot" in wanted else None,
         snapshot_mounts=snapshot_mounts,
+        drill=(*keyforge, "drill", *conf) if "drill" in config.sections else None,
+        drill_mounts=drill_mounts(config),
+    )
+
+
+def drill_mounts(config: Config) -> tuple[str, ...]:
+    """What the drill reads: the backup directory, or on a receiving host the synced copy."""
+    if reads_copy(config):
+        copy = config.snapshot.source or config.sync.source
+        return (copy,) if copy else ()
+    return (config.backup.directory,)
+
+
+def drill_calendar(drill: DrillConfig) -> tuple[str, str]:
+    """[drill] day and at as cron's fields and systemd's OnCalendar: once a month."""
+    hour, minute = drill.at.split(":")
+    return (
+        f"{int(minute)} {int(hour)} {drill.day} * *",
+        f"*-*-{drill.day:02d} {drill.at}:00",
     )
 
 
@@ -191,8 +219,9 @@ def check_times(schedule: ScheduleConfig, jobs: Jobs) -> None:
         )
 
 
-def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
+def render_cron(schedule: ScheduleConfig, jobs: Jobs, drill: DrillConfig | None = None) -> str:
     check_times(schedule, jobs)
+    drill = drill or DrillConfig()
     return render(
         "cron.j2",
         path=CRON_PATH,
@@ -204,10 +233,14 @@ def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
         backup_command=cron_command(jobs.backup) if jobs.backup else "",
         sync_command=cron_command(jobs.sync) if jobs.sync else "",
         snapshot_command=cron_command(jobs.snapshot) if jobs.snapshot else "",
+        drill_when=drill_calendar(drill)[0],
+        drill_command=cron_command(jobs.drill) if jobs.drill else "",
     )
 
 
-def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
+def render_systemd(
+    schedule: ScheduleConfig, jobs: Jobs, drill: DrillConfig | None = None
+) -> dict[str, str]:
     """The unit files of the jobs present, by name: a service and a timer each."""
     check_times(schedule, jobs)
     common = {
@@ -235,16 +268,44 @@ def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
         units[f"keyforge-{name}.timer"] = render(
             f"keyforge-{name}.timer.j2", at=f"*-*-* {at}:00", **values
         )
+    if jobs.drill is not None:
+        units.update(render_drill_units(schedule, jobs.drill, jobs.drill_mounts, drill))
     return units
 
 
+def render_drill_units(
+    schedule: ScheduleConfig,
+    argv: Sequence[str],
+    mounts: Sequence[str],
+    drill: DrillConfig | None = None,
+) -> dict[str, str]:
+    """The drill's service and monthly timer."""
+    values = {
+        "nice": NICE,
+        "mounts": " ".join(systemd_quote(m) for m in mounts),
+        "delay": schedule.randomized_delay,
+        "user": schedule.user,
+    }
+    calendar = drill_calendar(drill or DrillConfig())[1]
+    return {
+        "keyforge-drill.service": render(
+            "keyforge-drill.service.j2", command=systemd_command(argv), **values
+        ),
+        "keyforge-drill.timer": render("keyforge-drill.timer.j2", at=calendar, **values),
+    }
+
+
 def rendered_files(
-    kind: str, schedule: ScheduleConfig, jobs: Jobs, dest: Path | None = None
+    kind: str,
+    schedule: ScheduleConfig,
+    jobs: Jobs,
+    dest: Path | None = None,
+    drill: DrillConfig | None = None,
 ) -> dict[Path, str]:
     """Every file of ``kind`` by the path it is installed at."""
     if kind == CRON:
-        return {(dest or CRON_DIR) / CRON_FILE_NAME: render_cron(schedule, jobs)}
-    units = render_systemd(schedule, jobs)
+        return {(dest or CRON_DIR) / CRON_FILE_NAME: render_cron(schedule, jobs, drill)}
+    units = render_systemd(schedule, jobs, drill)
     return {(dest or SYSTEMD_DIR) / name: text for name, text in units.items()}
 
 
@@ -256,7 +317,9 @@ def default_kind(systemd_runtime: Path = Path("/run/systemd/system")) -> str:
 def other_kind_files(kind: str) -> list[Path]:
     """Files of the other scheduler already installed: both would run every job twice."""
     if kind == CRON:
-        candidates = [SYSTEMD_DIR / name for name in (*UNIT_NAMES, *SNAPSHOT_UNIT_NAMES)]
+        candidates = [
+            SYSTEMD_DIR / name for name in (*UNIT_NAMES, *SNAPSHOT_UNIT_NAMES, *DRILL_UNIT_NAMES)
+        ]
     else:
         candidates = [CRON_DIR / CRON_FILE_NAME]
     return [path for path in candidates if path.exists()]

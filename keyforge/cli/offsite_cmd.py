@@ -141,6 +141,9 @@ def schedule_command(
     On the receiving host, a config with a [snapshot] section schedules 'keyforge snapshot' at
     snapshot_at (default two hours after sync_at) as [schedule] user, and the backup and the
     sync only when it also has [backup] or [[targets]].
+
+    A config with a [drill] section (keyforge init writes one) also gets 'keyforge drill'
+    once a month, on [drill] day at [drill] at, on either host.
     """
     from keyforge import config, schedule
 
@@ -153,7 +156,7 @@ def schedule_command(
     kind = schedule.CRON if cron else schedule.SYSTEMD if systemd else schedule.default_kind()
     jobs = schedule.jobs_for(cfg, path, schedule.keyforge_argv())
     schedule.check_snapshot_user(cfg, jobs, schedule.owner_name)
-    files = schedule.rendered_files(kind, cfg.schedule, jobs, dest)
+    files = schedule.rendered_files(kind, cfg.schedule, jobs, dest, cfg.drill)
     if not install:
         for file_path, text in files.items():
             if len(files) > 1:
