@@ -14,8 +14,8 @@ from keyforge.cli.output import say, warn
 from keyforge.errors import KeyforgeError, UsageError
 
 
-def _when(mtime: float) -> str:
-    return dt.datetime.fromtimestamp(int(mtime), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _when(mtime: int) -> str:
+    return dt.datetime.fromtimestamp(mtime, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def list_command(

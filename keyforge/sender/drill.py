@@ -196,8 +196,8 @@ def _differences(
         return problems
     if stat.S_IMODE(st.st_mode) != member.mode:
         problems.append(f"mode {stat.S_IMODE(st.st_mode):04o}, listed {member.mode:04o}")
-    if int(st.st_mtime) != int(member.mtime):
-        problems.append(f"mtime {int(st.st_mtime)}, listed {int(member.mtime)}")
+    if int(st.st_mtime) != member.mtime:
+        problems.append(f"mtime {int(st.st_mtime)}, listed {member.mtime}")
     if member.kind == "file" and st.st_size != member.size:
         problems.append(f"size {st.st_size}, listed {member.size}")
     return problems
@@ -246,7 +246,7 @@ def spot_one(source: str, relative: bytes, restored: Path, member: Any) -> SpotR
     if (
         not stat.S_ISREG(st.st_mode)
         or st.st_size != member.size
-        or int(st.st_mtime) != int(member.mtime)
+        or int(st.st_mtime) != member.mtime
     ):
         return SpotResult("changed", shown)
     copy = os.fsencode(restored) + b"/" + relative

@@ -53,7 +53,7 @@ _SPECIAL = {2: ("s", "S", 0o4000), 5: ("s", "S", 0o2000), 8: ("t", "T", 0o1000)}
 _LINE_RE = re.compile(
     rb"^(?P<mode>[-dlhcbps][-rwxsStT]{9})[*+.]? +(?P<uid>\d+)/(?P<gid>\d+) +"
     rb"(?P<size>\d+|\d+, *\d+) +"
-    rb"(?:(?P<date>\d{4,}-\d\d-\d\d \d\d:\d\d:\d\d)|(?P<epoch>-?\d+))(?:\.(?P<frac>\d+))? "
+    rb"(?:(?P<date>\d{4,}-\d\d-\d\d \d\d:\d\d:\d\d)|(?P<epoch>-?\d+))(?:\.(?P<frac>\d+))? +"
     rb'(?P<rest>".*)\Z'
 )
 
@@ -82,8 +82,13 @@ class Member:
     uid: int
     gid: int
     size: int
-    mtime: float
+    mtime_ns: int  # exact: a float cannot hold seconds and nanoseconds of today's times
     target: bytes = b""  # a symlink's target, or the path a hard link links to
+
+    @property
+    def mtime(self) -> int:
+        """Whole seconds, as the restored file's st_mtime shows them."""
+        return self.mtime_ns // 1_000_000_000
 
 
 def member_path(raw: bytes) -> bytes:
@@ -139,14 +144,14 @@ def unquote(text: bytes, start: int = 0) -> tuple[bytes, int]:
     raise ListingError(f"unterminated quoted name in {text!r}")
 
 
-def _mtime(match: re.Match[bytes]) -> float:
-    frac = match["frac"]
-    fraction = float(b"0." + frac) if frac else 0.0
+def _mtime_ns(match: re.Match[bytes]) -> int:
+    frac = match["frac"] or b""
+    nanos = int((frac + b"000000000")[:9])
     if match["epoch"] is not None:  # tar prints a time it cannot show as a date as seconds
         whole = int(match["epoch"])
-        return whole - fraction if whole < 0 else whole + fraction
+        return whole * 1_000_000_000 + (-nanos if match["epoch"].startswith(b"-") else nanos)
     when = dt.datetime.strptime(match["date"].decode(), "%Y-%m-%d %H:%M:%S")
-    return when.replace(tzinfo=dt.UTC).timestamp() + fraction
+    return int(when.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000_000 + nanos
 
 
 def parse_line(line: bytes) -> Member:
@@ -175,7 +180,7 @@ def parse_line(line: bytes) -> Member:
         uid=int(match["uid"]),
         gid=int(match["gid"]),
         size=0 if b"," in size_text else int(size_text),  # a device prints major,minor
-        mtime=_mtime(match),
+        mtime_ns=_mtime_ns(match),
         target=target,
     )
 

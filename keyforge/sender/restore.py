@@ -263,7 +263,7 @@ class PathPlan:
 
     members: dict[str, list[bytes]]
     moves: tuple[tuple[bytes, bytes], ...]
-    dirs: tuple[tuple[bytes, float], ...]
+    dirs: tuple[tuple[bytes, int], ...]
     keep: tuple[bytes, ...]
 
 
@@ -368,10 +368,9 @@ def _finish_path(staging: Path, plan: PathPlan) -> None:
             if path not in plan.keep and not catalog.within(path, inner):
                 _remove(staging / _fs(path))
         dirnames[:] = [d for d in dirnames if (staging / _fs(here) / _fs(d)).exists()]
-    for path, mtime in plan.dirs:
+    for path, ns in plan.dirs:
         full = staging / _fs(path) if path else staging
         if full.is_symlink() or full.exists():
-            ns = round(mtime * 1e9)
             os.utime(full, ns=(ns, ns), follow_symlinks=False)
 
 
