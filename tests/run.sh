@@ -27,7 +27,7 @@ python=${PYTHON:-python3}
 venv=${KEYFORGE_VENV:-$root/.venv}
 dockerd_log=${KEYFORGE_DOCKERD_LOG:-/tmp/keyforge-dockerd.log}
 apt_packages=(docker.io docker-compose mmdebstrap openssh-client openssh-server rsync zstd acl attr
-    iptables)
+    iptables systemd)
 
 export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1

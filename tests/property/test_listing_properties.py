@@ -55,7 +55,7 @@ names = st.lists(
     ),
     min_size=1,
     max_size=3,
-).map(lambda parts: b"/".join(parts))
+).map(b"/".join)
 
 
 @st.composite
@@ -81,7 +81,8 @@ def members(draw: st.DrawFn) -> listing.Member:
 def render(member: listing.Member, *, fraction: str = "") -> bytes:
     when = dt.datetime.fromtimestamp(member.mtime, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     name = c_quote(b"./" + member.path + (b"/" if member.kind == "dir" else b""))
-    line = f"{mode_text(member.kind, member.mode)} {member.uid}/{member.gid} {member.size:>15} {when}{fraction} {name}"
+    owner = f"{member.uid}/{member.gid}"
+    line = f"{mode_text(member.kind, member.mode)} {owner} {member.size:>15} {when}{fraction} {name}"
     if member.kind == "symlink":
         line += " -> " + c_quote(member.target)
     elif member.kind == "hardlink":
