@@ -82,7 +82,8 @@ def render(member: listing.Member, *, fraction: str = "") -> bytes:
     when = dt.datetime.fromtimestamp(member.mtime, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     name = c_quote(b"./" + member.path + (b"/" if member.kind == "dir" else b""))
     owner = f"{member.uid}/{member.gid}"
-    line = f"{mode_text(member.kind, member.mode)} {owner} {member.size:>15} {when}{fraction} {name}"
+    mode = mode_text(member.kind, member.mode)
+    line = f"{mode} {owner} {member.size:>15} {when}{fraction} {name}"
     if member.kind == "symlink":
         line += " -> " + c_quote(member.target)
     elif member.kind == "hardlink":
