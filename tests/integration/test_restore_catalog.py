@@ -276,7 +276,7 @@ def test_from_needs_host_when_the_copy_holds_several_and_refuses_a_stranger(
     assert both.exit_code == 2
 
 
-def test_an_unprivileged_user_restores_a_path_from_the_copy_and_is_told_owners_are_not_restored(
+def test_an_unprivileged_user_restores_and_drills_from_the_copy_and_is_told_about_owners(
     history: dict[str, object],
 ) -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
@@ -303,6 +303,17 @@ def test_an_unprivileged_user_restores_a_path_from_the_copy_and_is_told_owners_a
         assert "not running as root: owners are not restored" in result.stderr
         assert (home / "r/etc/app.conf").read_bytes() == b"v4\n"
         assert (home / "r/etc/app.conf").stat().st_uid == NOBODY
+        drilled = subprocess.run(
+            ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
+             sys.executable, "-m", "keyforge", "drill", "--from", str(pushed),
+             "--scratch", str(home / "scratch")],
+            capture_output=True, text=True, check=False, cwd="/",
+            env={**os.environ, "HOME": "/nonexistent", "KEYFORGE_STATE_DIR": str(home / "state")},
+        )  # fmt: skip
+        assert drilled.returncode == 0, drilled.stderr
+        assert "owners are not compared" in drilled.stderr
+        assert drilled.stdout.startswith("drill of server1: ok: 4 archive(s)")
+        assert list((home / "scratch").iterdir()) == []
     finally:
         shutil.rmtree(world)
 
