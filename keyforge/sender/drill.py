@@ -358,9 +358,14 @@ def run_drill(
         records = backup.scan_archives(config)
         if not records:
             raise FileError(f"no archives of {config.host} in {backup_dir}")
-        problems = missing_archives(config, [r.name for r in records])
-        count, bad_sums = restore.check_checksums(config, records)
-        problems += bad_sums
+        problems: list[str] = []
+        count = 0
+        try:  # a manifest that cannot be read is the drill's finding, not its end
+            problems += missing_archives(config, [r.name for r in records])
+            count, bad_sums = restore.check_checksums(config, records)
+            problems += bad_sums
+        except KeyforgeError as err:
+            problems.append(str(err))
         verdicts: list[SourceDrill] = []
         spot: list[SpotResult] = []
         with scratch_dir(scratch, config, *([guard] if guard else [])) as work:

@@ -432,3 +432,16 @@ def test_a_drill_on_the_receiving_host_reads_the_copy_and_keeps_its_scratch_out_
     spot = _cli("drill", "--from", str(copy), "--scratch", str(scratch), "--spot-check", "1")
     assert spot.exit_code == 2
     assert "run it on the sending server" in spot.stderr
+
+
+def test_a_damaged_manifest_is_a_recorded_finding_of_the_drill(
+    history: dict[str, object], scratch: Path
+) -> None:
+    stamps = history["stamps"]
+    manifest = Path(str(history["cfg"].backup_dir)) / f"server1.{stamps[1]}.manifest.json"  # type: ignore[attr-defined,index]
+    manifest.write_text("{not json")
+    result = _drill(history, scratch)
+    assert result.exit_code == 1
+    assert f"cannot read manifest {manifest}: not JSON" in result.stderr
+    record = json.loads(drill.record_path(history["cfg"], "server1").read_text())  # type: ignore[arg-type]
+    assert record["runs"][-1]["ok"] is False
