@@ -7,8 +7,9 @@ keyforge (a master, then an incremental after changing 2% of the files), and tim
     restore-path  keyforge restore --path ONE_FILE    vs  zstd -dc A | tar -x ONE_FILE, per archive
     drill         keyforge drill                      vs  sha256sum + zstd -dc | tar -x + tar -tv
 
-keyforge's find reads each archive twice (tar's listing, then the directory lists tar's listing
-leaves out), so its ratio against a single grep over tar's listing is expected near 2.
+keyforge's find reads tar's listing of each archive and then, with Python's reader, only the
+archive's head up to its last directory (the directory lists tar's listing leaves out); the rest
+is parsing and Python's start-up, which a grep does not pay.
 
     python3 benchmarks/bench_catalog.py [--files 20000] [--repeat 3] [--workdir DIR] [--keep]
 """

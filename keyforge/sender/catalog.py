@@ -146,18 +146,29 @@ def apply_archive(
                 new[renamed + path[len(old) :]] = held
     for member in members:
         new[member.path] = Held(member, archive, member.path)
+    children: dict[bytes, list[bytes]] = {}
+    for path in new:
+        if path:
+            children.setdefault(path.rpartition(b"/")[0], []).append(path)
+    doomed: set[bytes] = set()
     for directory, dumpdir in dumps.items():
         present = _present(dumpdir)
-        doomed = [
-            p
-            for p in new
-            if p != directory
-            and within(p, directory)
-            and p[len(directory) + 1 if directory else 0 :].split(b"/", 1)[0] not in present
-        ]
-        for path in doomed:
-            new.pop(path, None)
+        doomed.update(
+            p for p in children.get(directory, ()) if p.rpartition(b"/")[2] not in present
+        )
+    if doomed:
+        for path in [p for p in new if _has_ancestor_in(p, doomed)]:
+            del new[path]
     return new
+
+
+def _has_ancestor_in(path: bytes, roots: set[bytes]) -> bool:
+    """Whether ``path`` or a directory above it is one of ``roots``."""
+    while path:
+        if path in roots:
+            return True
+        path = path.rpartition(b"/")[0]
+    return False
 
 
 # --- reading the backup directory ------------------------------------------------------------
@@ -195,7 +206,9 @@ def history(config: Config, slug: str, at: At | None = None) -> list[RunTree]:
 
 def read_archive_into(config: Config, record: ArchiveRecord, state: State) -> State:
     path = config.backup_dir / record.name
-    return apply_archive(state, reading.list_members(path), reading.dumpdirs(path), record.name)
+    members = reading.list_members(path)
+    directories = [m.path for m in members if m.kind == "dir"]
+    return apply_archive(state, members, reading.dumpdirs(path, directories), record.name)
 
 
 def tree_at(config: Config, slug: str, at: At | None) -> tuple[list[ArchiveRecord], State]:

@@ -14,8 +14,10 @@ read members through :func:`parse_listing` alone, so they agree on what an archi
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import datetime as dt
+import functools
 import re
 
 from keyforge.errors import CommandError
@@ -98,6 +100,7 @@ def member_path(raw: bytes) -> bytes:
     return b"" if raw in (b".", b"") else raw.rstrip(b"/")
 
 
+@functools.lru_cache(maxsize=1024)
 def mode_bits(text: str) -> int:
     """``rwsr-x--T`` as 0o5750: the permission letters ls and tar print, with their specials."""
     value = 0
@@ -119,6 +122,9 @@ def unquote(text: bytes, start: int = 0) -> tuple[bytes, int]:
     """The bytes of the C-quoted string at ``text[start]`` and the index just past it."""
     if text[start : start + 1] != b'"':
         raise ListingError(f"expected a quoted name in {text!r}")
+    end = text.find(b'"', start + 1)
+    if end != -1 and text.find(b"\\", start + 1, end) == -1:
+        return text[start + 1 : end], end + 1  # the usual name: nothing escaped
     out = bytearray()
     i = start + 1
     while i < len(text):
@@ -150,8 +156,25 @@ def _mtime_ns(match: re.Match[bytes]) -> int:
     if match["epoch"] is not None:  # tar prints a time it cannot show as a date as seconds
         whole = int(match["epoch"])
         return whole * 1_000_000_000 + (-nanos if match["epoch"].startswith(b"-") else nanos)
-    when = dt.datetime.strptime(match["date"].decode(), "%Y-%m-%d %H:%M:%S")
-    return int(when.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000_000 + nanos
+    return _seconds(match["date"]) * 1_000_000_000 + nanos
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_seconds(day: bytes) -> int:
+    return calendar.timegm(dt.datetime.strptime(day.decode(), "%Y-%m-%d").timetuple())
+
+
+def _seconds(stamp: bytes) -> int:
+    """``2026-11-24 01:15:03`` (UTC) as seconds since the epoch; days are few, so cached."""
+    day, _, clock = stamp.partition(b" ")
+    hours, minutes, seconds = int(clock[0:2]), int(clock[3:5]), int(clock[6:8])
+    if hours > 23 or minutes > 59 or seconds > 60:
+        raise ListingError(f"not a time of day: {stamp!r}")
+    try:
+        base = _day_seconds(day)
+    except ValueError:
+        raise ListingError(f"not a date: {stamp!r}") from None
+    return base + hours * 3600 + minutes * 60 + seconds
 
 
 def parse_line(line: bytes) -> Member:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -97,9 +97,14 @@ def _raw_dumpdir(member: tarfile.TarInfo, tf: tarfile.TarFile) -> bytes | None:
     return None
 
 
-def dumpdirs(archive: Path) -> dict[bytes, list[bytes]]:
-    """The GNU dump directory of each directory in ``archive`` (flag byte + name entries)."""
+def dumpdirs(archive: Path, directories: Collection[bytes] = ()) -> dict[bytes, list[bytes]]:
+    """The GNU dump directory of each directory in ``archive`` (flag byte + name entries).
+
+    GNU tar writes an incremental's directories before its files, so once every directory of
+    ``directories`` (those tar's listing shows) has been read, the rest is not.
+    """
     found: dict[bytes, list[bytes]] = {}
+    waiting = set(directories)
     with open_archive(archive) as stream:
         try:
             with tarfile.open(
@@ -110,6 +115,9 @@ def dumpdirs(archive: Path) -> dict[bytes, list[bytes]]:
                     if raw is not None:
                         path = listing.member_path(os.fsencode(member.name))
                         found[path] = [item for item in raw.split(b"\0") if item]
+                        waiting.discard(path)
+                        if directories and not waiting:
+                            break
         except tarfile.TarError as err:
             raise CommandError(f"cannot read {archive.name}: {err}") from err
     return found
