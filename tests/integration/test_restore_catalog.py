@@ -445,3 +445,28 @@ def test_a_damaged_manifest_is_a_recorded_finding_of_the_drill(
     assert f"cannot read manifest {manifest}: not JSON" in result.stderr
     record = json.loads(drill.record_path(history["cfg"], "server1").read_text())  # type: ignore[arg-type]
     assert record["runs"][-1]["ok"] is False
+
+
+def test_restore_path_dry_run_names_only_the_archives_holding_it_and_force_replaces_just_it(
+    history: dict[str, object], tmp_path: Path
+) -> None:
+    stamps, slug, src = history["stamps"], history["slug"], history["src"]
+    cfg = str(history["cfg_path"])
+    target = tmp_path / "busy"
+    (target / "e").mkdir(parents=True)
+    (target / "e/x").write_bytes(b"local edit\n")
+    (target / "mine").write_bytes(b"not from the backup\n")
+    dry = _cli("restore", "-c", cfg, "--path", f"{src}/e/x", "--to", str(target), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.splitlines() == [
+        f"would apply server1-{slug}.{stamps[0]}.master.tar.zst",  # type: ignore[index]
+        f"would apply server1-{slug}.{stamps[3]}.incremental.tar.zst",  # type: ignore[index]
+    ]
+    assert (target / "e/x").read_bytes() == b"local edit\n"
+    refused = _cli("restore", "-c", cfg, "--path", f"{src}/e/x", "--to", str(target))
+    assert refused.exit_code == 2 and "is not empty" in refused.stderr
+    forced = _cli("restore", "-c", cfg, "--path", f"{src}/e/x", "--to", str(target), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert (target / "e/x").read_bytes() == b"x in d\n"
+    assert (target / "mine").read_bytes() == b"not from the backup\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if "keyforge-partial" in p.name) == []
