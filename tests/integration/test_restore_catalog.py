@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from keyforge import config, layout
 from keyforge.cli import app
+from keyforge.receiver import snapshot
 from keyforge.sender import backup, drill
 
 DAY1 = dt.datetime(2026, 11, 23, 1, 15)  # a Monday; full_every = 7 keeps weekdays out of it
@@ -470,3 +471,23 @@ def test_restore_path_dry_run_names_only_the_archives_holding_it_and_force_repla
     assert (target / "e/x").read_bytes() == b"x in d\n"
     assert (target / "mine").read_bytes() == b"not from the backup\n"
     assert sorted(p.name for p in tmp_path.iterdir() if "keyforge-partial" in p.name) == []
+
+
+def test_a_snapshot_of_the_copy_restores_and_drills_like_the_copy(
+    history: dict[str, object], copy: Path, tmp_path: Path, scratch: Path
+) -> None:
+    for path in [copy, *copy.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)  # the pushes' user, not root
+    store = tmp_path / "snaps"
+    settings = {"source": str(copy), "directory": str(store)}
+    taken = snapshot.run_snapshot(config.parse({"snapshot": settings}))
+    dated = store / taken.stamp
+    assert (dated / layout.MANIFEST_NAME).exists()
+    out = tmp_path / "from-snapshot"
+    restored = _cli(
+        "restore", "--from", str(dated), "--path", f"{history['src']}/etc", "--to", str(out)
+    )
+    assert restored.exit_code == 0, restored.output
+    assert (out / "etc/app.conf").read_bytes() == b"v4\n"
+    drilled = _cli("drill", "--from", str(dated), "--scratch", str(scratch))
+    assert drilled.exit_code == 0, drilled.output
