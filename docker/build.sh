@@ -69,7 +69,7 @@ build_base_image() {
     tmp=$(mktemp -d)
     # A file rather than a pipe, so a failed bootstrap never leaves a half-imported image.
     if ! mmdebstrap --quiet --variant=apt \
-        --include=openssh-server,openssh-client,rsync,python3,python3-venv,xauth \
+        --include=openssh-server,openssh-client,rsync,python3,python3-venv,xauth,age \
         "$suite" "$tmp/base.tar"; then
         rm -rf "$tmp"
         say "mmdebstrap failed"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from keyforge.errors import ConfigError
+from keyforge.errors import ConfigError, KeyMaterialError
 from keyforge.infra import fsutil
 from keyforge.ssh import client
 
@@ -94,6 +94,16 @@ def _check_excludes(value: Any) -> str | None:
     for item in value:
         if not item or "\n" in item or "\0" in item:
             return f"must hold non-empty patterns without newlines, got {item!r}"
+    return None
+
+
+def _check_recipients(value: Any) -> str | None:
+    from keyforge import age  # noqa: PLC0415 - the age reader only for a config that encrypts
+
+    try:
+        age.parse_recipients(value)
+    except KeyMaterialError as err:
+        return f"{err}"
     return None
 
 
@@ -176,6 +186,9 @@ class BackupConfig:
     shrink_warn_percent: int = _field(50, _in_range(0, 100))
     # sources meant to be empty: no warning when they are
     allow_empty: tuple[str, ...] = _field((), _check_absolute_paths)
+    # age recipients (age1…, ssh-ed25519 …, ssh-rsa …): archives become .tar.zst.age, and
+    # only the holders of the matching identities can read them; empty: no encryption
+    encrypt_to: tuple[str, ...] = _field((), _check_recipients)
 
 
 def _check_bwlimit(value: Any) -> str | None:

@@ -30,7 +30,11 @@ EXIT_CODES = (
     (4, "a file or directory that cannot be read or written"),
     (5, "an external command (tar, rsync, ssh, sshd) failed"),
     (6, "the configuration file is missing, unreadable, or has a wrong key or type"),
-    (7, "a key that cannot be made, read or accepted (weak type, bad file)"),
+    (
+        7,
+        "a key that cannot be made, read or accepted (weak type, bad file, an age identity that "
+        "cannot open an archive)",
+    ),
     (8, "a value that cannot be written into an authorized_keys line safely"),
     (9, "no usable capture: no log, an empty one, or none for the key asked about"),
     (10, "audit: the worst finding is low"),

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from keyforge import age
 from keyforge.errors import FileError, KeyforgeError
 from keyforge.infra import fsutil
 
@@ -47,11 +48,16 @@ MANIFEST_SUFFIX = ".manifest.json"
 EXTENSIONS = {"zstd": "zst", "gzip": "gz", "pigz": "gz"}
 
 
+# an archive encrypted with age ([backup] encrypt_to) ends in .tar.zst.age (or .tar.gz.age)
+ENCRYPTED_SUFFIX = ".age"
+
+
 _STAMP_RE = r"(?P<date>\d{8})(?:-(?P<time>\d{6}))?(?:-(?P<seq>\d+))?"
 
 
 _ARCHIVE_RE = re.compile(
-    rf"^(?P<prefix>.+)\.{_STAMP_RE}\.(?P<kind>master|incremental)\.tar\.(?P<ext>zst|gz)\Z"
+    rf"^(?P<prefix>.+)\.{_STAMP_RE}\.(?P<kind>master|incremental)"
+    r"\.tar\.(?P<ext>zst|gz)(?P<age>\.age)?\Z"
 )
 
 
@@ -93,8 +99,16 @@ def new_stamp(now: dt.datetime, taken: Iterable[str]) -> str:
     raise KeyforgeError(f"cannot name a run at {now:%Y-%m-%d %H:%M:%S}: newer archives exist")
 
 
-def archive_name(host: str, slug: str, stamp: str, kind: str, compression: str) -> str:
-    return f"{host}-{slug}.{stamp}.{kind}.tar.{EXTENSIONS[compression]}"
+def archive_name(
+    host: str, slug: str, stamp: str, kind: str, compression: str, *, encrypted: bool = False
+) -> str:
+    suffix = ENCRYPTED_SUFFIX if encrypted else ""
+    return f"{host}-{slug}.{stamp}.{kind}.tar.{EXTENSIONS[compression]}{suffix}"
+
+
+def is_encrypted_name(name: str) -> bool:
+    """Whether an archive (or its partial file) is an age-encrypted one."""
+    return name.removesuffix(PARTIAL_SUFFIX).endswith(ENCRYPTED_SUFFIX)
 
 
 def manifest_name(host: str, stamp: str) -> str:
@@ -172,11 +186,15 @@ class ArchiveEntry:
     source_bytes: int | None = None
     # a source that looked empty or shrank: 'keyforge status' shows these
     alerts: tuple[str, ...] = ()
+    # age recipients' fingerprints (keyforge.age), sorted; empty for a plaintext archive.
+    # size and sha256 are always those of the file as written: the ciphertext when encrypted
+    encrypted_to: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["warnings"] = list(self.warnings)
         data["alerts"] = list(self.alerts)
+        data["encrypted_to"] = list(self.encrypted_to)
         return data
 
 
@@ -273,6 +291,7 @@ def load_manifest(path: Path) -> Manifest:
                 source_files=a.get("source_files"),
                 source_bytes=a.get("source_bytes"),
                 alerts=tuple(a.get("alerts", ())),
+                encrypted_to=tuple(a.get("encrypted_to", ())),
             )
             for a in document["archives"]
         ),
@@ -310,6 +329,10 @@ def _is_text_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
+def _is_fingerprint_list(value: object) -> bool:
+    return isinstance(value, list) and all(age.is_fingerprint(item) for item in value)
+
+
 def _archive_problem(index: int, archive: object) -> str | None:
     if not isinstance(archive, dict):
         return f"archive {index} is not an object"
@@ -326,6 +349,11 @@ def _archive_problem(index: int, archive: object) -> str | None:
         ),
         (_is_text_list(archive.get("warnings", [])), "has malformed warnings"),
         (_is_text_list(archive.get("alerts", [])), "has malformed alerts"),
+        (_is_fingerprint_list(archive.get("encrypted_to", [])), "has malformed encrypted_to"),
+        (
+            bool(archive.get("encrypted_to")) == is_encrypted_name(name),
+            "is named against its encrypted_to (encrypted archives end in .age)",
+        ),
         (
             all(archive.get(key) is None or _is_count(archive[key]) for key in SOURCE_MEASURES),
             "has a malformed source size",

@@ -26,7 +26,7 @@ cd "$root"
 python=${PYTHON:-python3}
 venv=${KEYFORGE_VENV:-$root/.venv}
 dockerd_log=${KEYFORGE_DOCKERD_LOG:-/tmp/keyforge-dockerd.log}
-apt_packages=(docker.io docker-compose mmdebstrap openssh-client openssh-server rsync zstd acl attr
+apt_packages=(docker.io docker-compose mmdebstrap openssh-client openssh-server rsync zstd age acl attr
     iptables systemd)
 
 export DEBIAN_FRONTEND=noninteractive

@@ -41,6 +41,7 @@ def list_command(
             help="With --source: a day (its last run), a run (20261128-093000) or a time.",
         ),
     ] = None,
+    identity: options.IdentityOption = None,
 ) -> None:
     """Every run with its archives and their sizes; with --source, the files of one run.
 
@@ -64,7 +65,8 @@ def list_command(
                 say(f"  {line.kind:<11} {line.source:<12} {size:>9}  {line.name}")
         return
     slug = restore.slug_for(cfg, source)
-    chain, state = catalog.tree_at(cfg, slug, catalog.parse_at(at) if at else None)
+    key = options.load_identity(identity)
+    chain, state = catalog.tree_at(cfg, slug, catalog.parse_at(at) if at else None, key)
     if not chain:
         raise KeyforgeError(f"no full backup of {source} in {cfg.backup_dir}")
     say(f"{source} as of run {chain[-1].stamp} ({len(chain)} archive(s)):")
@@ -94,6 +96,7 @@ def find_command(
             "--source", metavar="PATH", show_default=False, help="Search this source only."
         ),
     ] = None,
+    identity: options.IdentityOption = None,
 ) -> None:
     """Which runs hold a path: for every path matching PATTERN, each run that holds it, with
     its size and mtime then and the archive holding that version, and the first run it is
@@ -110,7 +113,7 @@ def find_command(
     if source is not None:
         slug = restore.slug_for(cfg, source)
         sources = [s for s in cfg.backup.sources if layout.source_slug(s) == slug]
-    found = catalog.find(cfg, pattern, sources)
+    found = catalog.find(cfg, pattern, sources, options.load_identity(identity))
     if not found:
         raise KeyforgeError(f"no path in the backups of {cfg.host} matches {pattern!r}")
     for item in found:
@@ -151,6 +154,7 @@ def drill_command(
             "only). Default: [drill] spot_check.",
         ),
     ] = None,
+    identity: options.IdentityOption = None,
 ) -> None:
     """Prove the backups restore: every archive the manifests expect is there and matches its
     sha256, and the newest chain of every source, restored into a scratch directory, equals
@@ -176,10 +180,14 @@ def drill_command(
     notice = restore.owner_notice(verify=True)
     if notice:
         warn(notice)
+    key = options.load_identity(identity)
     report = drill.run_drill(
-        target, scratch=where, spot_check=count, live_sources=live, guard=guard
+        target, scratch=where, spot_check=count, live_sources=live, guard=guard, identity=key
     )
     recorded = drill.record(own, report)
+    for verdict in report.sources:
+        if verdict.note:
+            say(f"{verdict.source}: {verdict.note}")
     say(drill.summary(report))
     if not report.ok:
         raise KeyforgeError(

@@ -1,4 +1,5 @@
-"""``keyforge pair``: the backup key pair, on the sending server."""
+"""``keyforge pair``: the backup key pair, on the sending server; ``keyforge keygen-age``: an
+age identity for encrypted archives, made anywhere but there."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 
 from keyforge.cli import options
 from keyforge.cli.output import say, warn
+from keyforge.errors import UsageError
 
 _KEY_TYPES = "ed25519|rsa|ecdsa"
 
@@ -114,5 +116,53 @@ def pair_command(
     say("Not sure which command rsync sends? Run 'keyforge capture start' there to learn it.")
 
 
+def keygen_age_command(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Where to write the identity (mode 0600). An existing file is never replaced.",
+            metavar="PATH",
+        ),
+    ],
+    show: Annotated[
+        bool,
+        typer.Option(
+            "--show", help="Also print the secret identity line (to copy it on paper, say)."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, options.dry_run("Check PATH and say what would be written; write nothing.")
+    ] = False,
+) -> None:
+    """Make an age identity for encrypted archives and print its recipient (public key).
+
+    Put the printed age1... recipient in [backup] encrypt_to on the sending server; the
+    identity (the secret) decrypts every archive made for it and must never be on that server,
+    nor on the receiving host. Keep it offline: printed on paper (--show), on a USB key in a
+    drawer, or in a password manager. Add a second recipient for the team (another keyforge
+    keygen-age, or a colleague's ssh-ed25519 public key), so losing one key loses no backups.
+    The file is age-keygen's format: 'age -d -i PATH' decrypts with it, keyforge or not.
+    """
+    from keyforge import age
+
+    if dry_run:
+        if path.exists():
+            raise UsageError(f"{path} already exists; keyforge never replaces an identity")
+        say(f"would write a new X25519 age identity to {path} (mode 0600)")
+        return
+    identity = age.new_identity()
+    age.write_identity(path, identity)
+    say(f"wrote the identity {path} (mode 0600): keep it offline, off every server")
+    say(f"recipient: {identity.recipient.text}")
+    say(f"fingerprint: {identity.recipient.fingerprint}")
+    if show:
+        secret = identity.file_text.strip().splitlines()[-1]
+        say(f"identity (secret): {secret}")
+    say("")
+    say("Next: on the sending server, in [backup] of keyforge.toml:")
+    say(f'  encrypt_to = ["{identity.recipient.text}", "<a second recipient for the team>"]')
+
+
 def register(app: typer.Typer) -> None:
     app.command("pair")(pair_command)
+    app.command("keygen-age")(keygen_age_command)

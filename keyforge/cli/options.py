@@ -19,6 +19,7 @@ from keyforge.errors import UsageError
 
 if TYPE_CHECKING:
     from keyforge.config import Config
+    from keyforge.sender.pipeline import Identity
     from keyforge.ssh.authorized_keys import Entry
 
 _CONFIG_HELP = "The config file. Default: $KEYFORGE_CONFIG, else /etc/keyforge/keyforge.toml."
@@ -80,6 +81,17 @@ AuthorizedKeysOption = Annotated[Path | None, authorized_keys(_AUTHORIZED_KEYS_H
 
 DiffDryRunOption = Annotated[bool, dry_run("Print the change as a unified diff; write nothing.")]
 
+_IDENTITY_HELP = (
+    "The age identity that opens encrypted archives: a file 'keyforge keygen-age' or "
+    "'age-keygen' made, or an OpenSSH private key whose public key is in encrypt_to. Only its "
+    "name is given to age, never its content."
+)
+# restore, verify and every command reading encrypted archives
+IdentityOption = Annotated[
+    Path | None,
+    typer.Option("--identity", metavar="FILE", show_default=False, help=_IDENTITY_HELP),
+]
+
 
 # restore, list, find, verify and drill: backups read where they are, with no config
 FromOption = Annotated[
@@ -125,6 +137,18 @@ def load_backups(path: Path | None, from_dir: Path | None, host: str | None) -> 
     from keyforge.sender import catalog
 
     return catalog.copy_config(from_dir, host)
+
+
+def load_identity(path: Path | None) -> Identity | None:
+    """The identity an ``--identity FILE`` option names (warned about when others may read it)."""
+    if path is None:
+        return None
+    from keyforge.sender import pipeline
+
+    identity = pipeline.load_identity(path)
+    for message in identity.warnings:
+        warn(message)
+    return identity
 
 
 def authorized_keys_path(option: Path | None) -> Path:

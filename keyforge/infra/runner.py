@@ -15,7 +15,7 @@ import select
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
 from keyforge.errors import CommandError
@@ -168,42 +168,120 @@ def run_pipe(
     failure). ``on_tick`` is called about every ``tick_seconds`` while the pipe runs, for a
     progress display.
     """
+    one, two = run_chain(
+        [first, second], stdin=stdin, stdout=stdout, on_tick=on_tick, tick_seconds=tick_seconds
+    )
+    return PipeResult(one, two)
+
+
+def run_chain(
+    stages: Sequence[Sequence[str]],
+    *,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+    on_tick: Callable[[], None] | None = None,
+    tick_seconds: float = 0.5,
+) -> tuple[Result, ...]:
+    """Run ``stages[0] | stages[1] | …`` without a shell; every stage's exit status, in order.
+
+    The last stage writes to ``stdout`` itself. The caller judges the statuses.
+    """
+    with open_chain(stages, stdin=stdin, stdout=stdout) as chain:
+        while any(p.poll() is None for p in chain.procs):
+            if on_tick is not None:
+                on_tick()
+            _wait_any(chain.procs, tick_seconds)
+        return chain.results()
+
+
+@dataclasses.dataclass
+class Chain:
+    """Programs started by ``open_chain``: ``stdout`` is the last one's output when it was
+    asked for (``stdout=subprocess.PIPE``); ``results`` waits for all of them."""
+
+    argvs: tuple[tuple[str, ...], ...]
+    procs: list[subprocess.Popen[bytes]]
+    errors: list[IO[bytes]]
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        out = self.procs[-1].stdout
+        assert out is not None, "open_chain was not asked for stdout=subprocess.PIPE"
+        return out
+
+    def finish(self) -> tuple[Result, ...]:
+        """Read what the last program still writes (a reader that stopped at its format's end,
+        tar's zero blocks, leaves padding), then every exit status."""
+        out = self.procs[-1].stdout
+        while out is not None and not out.closed and out.read(1 << 16):
+            pass
+        return self.results()
+
+    def results(self) -> tuple[Result, ...]:
+        for proc in self.procs:
+            proc.wait()
+        return tuple(
+            Result(argv, proc.returncode, b"", _read_back(err))
+            for argv, proc, err in zip(self.argvs, self.procs, self.errors, strict=True)
+        )
+
+
+@contextlib.contextmanager
+def open_chain(
+    stages: Sequence[Sequence[str]],
+    *,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = subprocess.PIPE,
+) -> Iterator[Chain]:
+    """Start ``stages`` joined by pipes; inside the block the caller reads ``chain.stdout`` (or
+    waits), and ``chain.results()`` gives every exit status. Leaving the block early (an
+    exception) kills whatever still runs, so no stage outlives its reader."""
+    if not stages:
+        raise ValueError("a chain needs at least one program")
     with contextlib.ExitStack() as stack:
-        err1, err2 = (stack.enter_context(tempfile.TemporaryFile()) for _ in range(2))
+        errors: list[IO[bytes]] = [stack.enter_context(tempfile.TemporaryFile()) for _ in stages]
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            p1 = spawn(first, stdin=stdin, stdout=subprocess.PIPE, stderr=err1)
-            procs.append(p1)
-            try:
-                p2 = spawn(second, stdin=p1.stdout, stdout=stdout, stderr=err2)
-                procs.append(p2)
-            finally:
-                # the second program holds its own copy; ours would keep the pipe open after it
-                assert p1.stdout is not None
-                p1.stdout.close()
-            while p2.poll() is None or p1.poll() is None:
-                if on_tick is not None:
-                    on_tick()
-                _wait_either(p1, p2, tick_seconds)
+            feed: int | IO[bytes] | None = stdin
+            for index, argv in enumerate(stages):
+                last = index == len(stages) - 1
+                try:
+                    proc = spawn(
+                        argv,
+                        stdin=feed,
+                        stdout=stdout if last else subprocess.PIPE,
+                        stderr=errors[index],
+                    )
+                finally:
+                    # the next program holds its own copy; ours would keep the pipe open
+                    if index and procs[-1].stdout is not None:
+                        procs[-1].stdout.close()
+                procs.append(proc)
+                feed = proc.stdout
+            chain = Chain(tuple(tuple(a) for a in stages), procs, errors)
+            yield chain
+            chain.finish()
         except BaseException:
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
+                if proc.stdout is not None:
+                    proc.stdout.close()
                 proc.wait()
             raise
-        return PipeResult(
-            Result(tuple(first), p1.returncode, b"", _read_back(err1)),
-            Result(tuple(second), p2.returncode, b"", _read_back(err2)),
-        )
+        finally:
+            last_out = procs[-1].stdout if len(procs) == len(stages) else None
+            if last_out is not None:
+                last_out.close()
 
 
-def _wait_either(p1: subprocess.Popen[bytes], p2: subprocess.Popen[bytes], seconds: float) -> None:
-    """Return as soon as either process exits, or after ``seconds``.
+def _wait_any(procs: Sequence[subprocess.Popen[bytes]], seconds: float) -> None:
+    """Return as soon as any of ``procs`` exits, or after ``seconds``.
 
     A pidfd turns readable the moment its process exits, where Popen.wait(timeout=) polls with
     sleeps of up to 50 ms: that much of every archive's run time would otherwise be idle.
     """
-    running = [p for p in (p1, p2) if p.poll() is None]
+    running = [p for p in procs if p.poll() is None]
     if not running:
         return
     try:

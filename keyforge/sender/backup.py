@@ -14,24 +14,21 @@ the sync runner) keeps two runs from overlapping.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import fnmatch
-import hashlib
 import json
 import os
 import shutil
 import stat
-import subprocess
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
+from keyforge import age
 from keyforge.config import WEEKDAYS, BackupConfig, Config
 from keyforge.errors import CommandError, ConfigError, FileError, KeyforgeError
 from keyforge.infra import fsutil, runner
@@ -46,19 +43,19 @@ from keyforge.layout import (
     archive_name,
     backup_lock,
     index_json,
+    is_encrypted_name,
     manifest_json,
     manifest_name,
     new_stamp,
     parse_archive_name,
-    partial_name,
     read_manifests,
     run_manifests,
     source_slug,
     stamp_key,
     work_snapshot_of,
 )
-
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+from keyforge.sender import pipeline
+from keyforge.sender.pipeline import compress_argv
 
 # GNU tar exits 1 when a file changed while it was read: the archive is usable, so a warning
 TAR_WARNING_EXIT = 1
@@ -164,10 +161,19 @@ def chains_to_remove(
 
 
 def full_is_due(
-    latest: Chain | None, now: dt.datetime, full_every: str | int, *, has_snapshot: bool
+    latest: Chain | None,
+    now: dt.datetime,
+    full_every: str | int,
+    *,
+    has_snapshot: bool,
+    same_encryption: bool = True,
 ) -> bool:
-    """Whether this run of a source starts a new chain with a master."""
-    if latest is None or latest.master is None or not has_snapshot:
+    """Whether this run of a source starts a new chain with a master.
+
+    A chain is never half encrypted nor encrypted to two sets of keys: turning encryption on
+    or off, or changing its recipients (``same_encryption`` False) starts a new one.
+    """
+    if latest is None or latest.master is None or not has_snapshot or not same_encryption:
         return True
     master_day = latest.master.when.date()
     if isinstance(full_every, int):
@@ -226,28 +232,6 @@ def tar_create_argv(
     argv += exclude_options(source, backup.directory, [*backup.exclude, *exclude])
     argv += [f"--directory={source}", "."]
     return argv
-
-
-def compress_argv(compression: str, level: int) -> list[str]:
-    if compression == "zstd":
-        return ["zstd", "-T0", f"-{level}", "-q", "-c"]
-    return [compression, f"-{level}", "-c"]
-
-
-def _decompressor(archive: Path) -> str:
-    name = archive.name.removesuffix(PARTIAL_SUFFIX)
-    return "zstd" if name.endswith(".zst") else "gzip"
-
-
-def decompress_argv(archive: Path) -> list[str]:
-    return [_decompressor(archive), "-d", "-c", "-q", str(archive)]
-
-
-def test_stdin_argv(compression: str) -> list[str]:
-    """Test a compressed stream arriving on stdin (pigz output is plain gzip)."""
-    if compression == "zstd":
-        return ["zstd", "-t", "-q", "-"]
-    return ["gzip", "-t", "-q", "-"]
 
 
 def tar_extract_argv(destination: Path, *, same_owner: bool = True) -> list[str]:
@@ -313,6 +297,8 @@ class PlannedArchive:
     snapshot: Path
     tar_argv: tuple[str, ...]
     compress_argv: tuple[str, ...]
+    # age --encrypt with the recipients (public keys), or () for a plaintext archive
+    encrypt_argv: tuple[str, ...] = ()
 
     @property
     def work_snapshot(self) -> Path:
@@ -372,6 +358,23 @@ def _taken_stamps(config: Config, records: Iterable[ArchiveRecord]) -> set[str]:
     return {r.stamp for r in records} | set(run_manifests(config.backup_dir, config.host))
 
 
+def recipients_of(backup: BackupConfig) -> tuple[age.Recipient, ...]:
+    """``[backup] encrypt_to`` as recipients (the config's check already parsed each one)."""
+    return age.parse_recipients(backup.encrypt_to)
+
+
+def chain_encrypted_to(
+    chain: Chain, recorded: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, ...] | None:
+    """The recipients' fingerprints the chain's newest archive is encrypted to: () for a
+    plaintext one, None when an encrypted archive's manifest entry is missing (unknown keys)."""
+    newest = chain.newest.name
+    if not is_encrypted_name(newest):
+        return ()
+    value = recorded.get(newest, {}).get("encrypted_to")
+    return tuple(sorted(value)) if isinstance(value, list | tuple) and value else None
+
+
 def plan_backup(
     config: Config,
     records: Sequence[ArchiveRecord],
@@ -379,21 +382,31 @@ def plan_backup(
     *,
     force_full: bool,
     taken_stamps: Iterable[str] = (),
+    recorded: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> BackupPlan:
-    """What a run will make, given the archives already there (pure but for snapshot presence)."""
+    """What a run will make, given the archives already there (pure but for snapshot presence).
+
+    ``recorded`` holds the manifests' entries by archive name: a chain whose encryption
+    differs from ``[backup] encrypt_to`` ends, and a new master starts.
+    """
     backup = config.backup
     stamp = new_stamp(now, [*taken_stamps, *(r.stamp for r in records)])
     chains = chains_of(records)
+    recipients = recipients_of(backup)
+    encrypt_to = age.fingerprints(recipients)
     planned: list[PlannedArchive] = []
     for source in backup.sources:
         slug = source_slug(source)
         latest = chains.get(slug, [None])[-1]
         snapshot = snapshot_path(config, slug)
+        same = latest is None or chain_encrypted_to(latest, recorded or {}) == encrypt_to
         full = force_full or full_is_due(
-            latest, now, backup.full_every, has_snapshot=snapshot.exists()
+            latest, now, backup.full_every, has_snapshot=snapshot.exists(), same_encryption=same
         )
         kind = MASTER if full else INCREMENTAL
-        name = archive_name(config.host, slug, stamp, kind, backup.compression)
+        name = archive_name(
+            config.host, slug, stamp, kind, backup.compression, encrypted=bool(encrypt_to)
+        )
         chain = name if full or latest is None else latest.name
         planned.append(
             PlannedArchive(
@@ -405,6 +418,7 @@ def plan_backup(
                 snapshot=snapshot,
                 tar_argv=tuple(tar_create_argv(source, work_snapshot_of(snapshot), backup)),
                 compress_argv=tuple(compress_argv(backup.compression, backup.compression_level)),
+                encrypt_argv=tuple(age.age_encrypt_argv(recipients)) if recipients else (),
             )
         )
     future = [
@@ -582,18 +596,15 @@ def _discard(*paths: Path) -> None:
 def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> ArchiveEntry:
     """Write one archive and its new snapshot under temporary names; commit the archive.
 
-    The compressor writes the partial file itself, as ``zstd -o`` would, while a thread follows
-    the file as it grows to hash it and feed the ``test_archives`` check: no compressed byte
-    crosses a pipe into keyforge, and neither the hash nor the check is a pass of its own after
-    the archive is written. The archive is renamed to its final name only after the compressor,
-    tar (0 or its warning 1), the check and the fsync all succeeded.
+    ``pipeline.write_archive`` runs tar into the compressor (and age, with ``encrypt_to``),
+    hashes the file as it grows, checks it (``test_archives``) and renames it to its final name
+    only after tar (0 or its warning 1), every other program, the check and the fsync all
+    succeeded.
 
     Returns the entry; the snapshot stays at its temporary name until ``commit_snapshot``,
     which the caller runs only after the manifest lists the archive.
     """
-    backup_dir = config.backup_dir
-    final = backup_dir / item.name
-    partial = backup_dir / partial_name(item.name)
+    backup = config.backup
     work_snapshot = item.work_snapshot
     started = time.monotonic()
     try:
@@ -602,214 +613,49 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
         else:
             with contextlib.suppress(FileNotFoundError):
                 work_snapshot.unlink()
-        # read-write: the compressor writes through it (its stdout), the follower preads it
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, fsutil.PRIVATE_FILE)
     except OSError as err:
         _discard(work_snapshot)
-        raise FileError.from_os_error("write in", backup_dir, err) from err
+        raise FileError.from_os_error("write in", config.backup_dir, err) from err
+
+    def judge_tar(result: runner.Result) -> None:
+        if result.returncode > TAR_WARNING_EXIT or result.returncode < 0:
+            raise CommandError(_tar_failure(result, item.source))
+
     try:
-        with os.fdopen(fd, "rb", buffering=0) as out:
-            tar, size, sha256 = _write_checked(config, item, out.fileno(), reporter, started)
-        warnings = tuple(
-            f"{item.source}: {ln.removeprefix('tar: ').strip()}" for ln in _tar_messages(tar.stderr)
+        written = pipeline.write_archive(
+            config.backup_dir / item.name,
+            item.tar_argv,
+            compression=backup.compression,
+            level=backup.compression_level,
+            recipients=recipients_of(backup),
+            test=backup.test_archives,
+            priority=priority_of(backup),
+            judge_producer=judge_tar,
+            on_progress=lambda size: reporter.progress(
+                item.source, size, time.monotonic() - started
+            ),
         )
-        entry = ArchiveEntry(
-            name=item.name,
-            source=item.source,
-            kind=item.kind,
-            chain=item.chain,
-            size=size,
-            sha256=sha256,
-            warnings=warnings,
-        )
-        partial.replace(final)
-        fsutil.fsync_dir(backup_dir)
-    except BaseException as err:
-        _discard(partial, work_snapshot)
-        if isinstance(err, OSError):
-            raise FileError.from_os_error("write", partial, err) from err
+    except BaseException:
+        _discard(work_snapshot)
         raise
+    warnings = tuple(
+        f"{item.source}: {ln.removeprefix('tar: ').strip()}"
+        for ln in _tar_messages(written.producer.stderr)
+    )
+    entry = ArchiveEntry(
+        name=item.name,
+        source=item.source,
+        kind=item.kind,
+        chain=item.chain,
+        size=written.size,
+        sha256=written.sha256,
+        warnings=warnings,
+        encrypted_to=written.encrypted_to,
+    )
     for warning in warnings:
         reporter.warn(warning)
     reporter.archive_done(entry, time.monotonic() - started)
     return entry
-
-
-def _write_checked(
-    config: Config, item: PlannedArchive, fd: int, reporter: Reporter, started: float
-) -> tuple[runner.Result, int, str]:
-    """Run tar into the compressor writing ``fd``; judge them, the check and fsync the file.
-
-    Returns tar's result (its warnings), the archive's size and its sha256.
-    """
-    priority = priority_of(config.backup)
-    checker = (
-        runner.wrap_priority(test_stdin_argv(config.backup.compression), priority)
-        if config.backup.test_archives
-        else None
-    )
-    with _ArchiveFollower(fd, checker) as follower, _flushing(fd):
-
-        def tick() -> None:
-            reporter.progress(item.source, os.fstat(fd).st_size, time.monotonic() - started)
-
-        result = runner.run_pipe(
-            runner.wrap_priority(item.tar_argv, priority),
-            runner.wrap_priority(item.compress_argv, priority),
-            stdout=fd,
-            on_tick=tick,
-        )
-        tar, compressor = result.first, result.second
-        if compressor.returncode != 0:
-            raise CommandError(
-                f"{config.backup.compression} failed on {item.source}: "
-                + runner.first_error_line(
-                    compressor.stderr, fallback=f"exit status {compressor.returncode}"
-                )
-            )
-        if tar.returncode > TAR_WARNING_EXIT or tar.returncode < 0:
-            raise CommandError(_tar_failure(tar, item.source))
-        check = follower.finish()
-        if check is not None and check.returncode != 0:
-            raise CommandError(
-                f"{item.name} does not decompress: "
-                + runner.first_error_line(check.stderr, fallback="test failed")
-            )
-        size = os.fstat(fd).st_size
-        if follower.size != size:
-            raise CommandError(
-                f"{item.name} changed while it was hashed ({follower.size} of {size} bytes)"
-            )
-        os.fsync(fd)
-    return tar, size, follower.digest.hexdigest()
-
-
-class _ArchiveFollower:
-    """Reads the archive file while another process appends to it: one thread hashes and
-    counts every byte; with a ``checker`` argv (``zstd -t -``) another sends the same bytes to
-    the checker's stdin straight from the page cache (sendfile), so the check never waits on
-    the hash nor the hash on the check.
-
-    hashlib, os.pread and os.sendfile release the GIL, so both threads run beside the
-    compressor. ``finish`` is called once the writer has exited: the threads read up to the
-    end of the file, and it returns the checker's result.
-    """
-
-    CHUNK = 1 << 20
-    POLL_SECONDS = 0.02
-
-    def __init__(self, fd: int, checker: Sequence[str] | None) -> None:
-        self.fd = fd
-        self.size = 0
-        self.digest = hashlib.sha256()
-        self._checker_argv = tuple(checker) if checker is not None else None
-        self._checker: subprocess.Popen[bytes] | None = None
-        self._checker_err: IO[bytes] | None = None
-        self._written = threading.Event()
-        self._errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._run, args=(self._hash_from,), daemon=True)]
-
-    def __enter__(self) -> _ArchiveFollower:
-        if self._checker_argv is not None:
-            self._checker_err = tempfile.TemporaryFile()
-            try:
-                self._checker = runner.spawn(
-                    self._checker_argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=self._checker_err,
-                )
-            except BaseException:
-                self._checker_err.close()
-                raise
-            assert self._checker.stdin is not None
-            with contextlib.suppress(OSError):  # fewer wake-ups of the checker
-                fcntl.fcntl(self._checker.stdin.fileno(), F_SETPIPE_SZ, self.CHUNK)
-            self._threads.append(
-                threading.Thread(target=self._run, args=(self._feed_from,), daemon=True)
-            )
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._written.set()
-        if self._checker is not None and exc[0] is not None:
-            with contextlib.suppress(OSError):
-                self._checker.kill()  # a failed run: the feeder must not block on its pipe
-        for thread in self._threads:
-            thread.join()
-        if self._checker is not None:
-            self._checker.wait()
-        if self._checker_err is not None:
-            self._checker_err.close()
-
-    def finish(self) -> runner.Result | None:
-        """Read what is left once the writer exited; the checker's result (None without one)."""
-        self._written.set()
-        for thread in self._threads:
-            thread.join()
-        if self._errors:
-            raise self._errors[0]
-        if self._checker is None or self._checker_err is None:
-            return None
-        self._checker.wait()
-        self._checker_err.seek(0)
-        stderr = self._checker_err.read().decode("utf-8", errors="replace")
-        return runner.Result(self._checker_argv or (), self._checker.returncode, b"", stderr)
-
-    def _run(self, step: Callable[[int], int]) -> None:
-        """Apply ``step`` at growing offsets until the end of the finished file."""
-        offset = 0
-        try:
-            while True:
-                # checked before reading: once set, everything ever written is already readable
-                written = self._written.is_set()
-                done = step(offset)
-                if done:
-                    offset += done
-                elif written:
-                    return
-                else:
-                    self._written.wait(self.POLL_SECONDS)
-        except BrokenPipeError:
-            return  # the checker gave up: its exit status says why
-        except BaseException as err:  # re-raised by finish in the main thread
-            self._errors.append(err)
-        finally:
-            if step == self._feed_from and self._checker and self._checker.stdin:
-                with contextlib.suppress(OSError):
-                    self._checker.stdin.close()
-
-    def _hash_from(self, offset: int) -> int:
-        chunk = os.pread(self.fd, self.CHUNK, offset)
-        self.digest.update(chunk)
-        self.size += len(chunk)
-        return len(chunk)
-
-    def _feed_from(self, offset: int) -> int:
-        assert self._checker is not None and self._checker.stdin is not None
-        return os.sendfile(self._checker.stdin.fileno(), self.fd, offset, self.CHUNK)
-
-
-@contextlib.contextmanager
-def _flushing(fd: int, every: float = 1.0) -> Iterator[None]:
-    """Flush the archive to disk in the background while it is written, so the final fsync
-    (which makes the rename safe) has little left to do and the run does not wait for it."""
-    stop = threading.Event()
-
-    def flush() -> None:
-        while not stop.wait(every):
-            with contextlib.suppress(OSError):
-                os.fdatasync(fd)
-
-    thread = threading.Thread(target=flush, name="keyforge-flush", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def commit_snapshot(item: PlannedArchive) -> None:
@@ -845,7 +691,10 @@ def remove_chains(config: Config, chains: Iterable[Chain]) -> None:
 def _plan_from_disk(config: Config, now: dt.datetime, *, force_full: bool) -> BackupPlan:
     records = scan_archives(config)
     taken = _taken_stamps(config, records)
-    return plan_backup(config, records, now, force_full=force_full, taken_stamps=taken)
+    recorded = read_manifests(config.backup_dir, config.host)
+    return plan_backup(
+        config, records, now, force_full=force_full, taken_stamps=taken, recorded=recorded
+    )
 
 
 def expired_chains(config: Config, now: dt.datetime) -> list[Chain]:
@@ -991,12 +840,18 @@ def _archive_source(
     *,
     allow_empty: bool,
 ) -> ArchiveEntry:
-    """Measure one source, archive it, and judge what it held against its last master."""
+    """Measure one source, archive it, and judge what it held against its last master.
+
+    The measuring walk (stat calls) runs beside tar instead of before it: it reads what tar
+    reads at the same time, and the run does not wait for it first.
+    """
     check_sources_exist([item.source])
-    size = measure_source(item.source, config.backup)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keyforge-measure") as pool:
+        measured = pool.submit(measure_source, item.source, config.backup)
+        entry = make_archive(config, item, reporter)
+        size = measured.result()
     last_master = masters.get(item.slug)
     alerts = () if allow_empty else content_alerts(item.source, size, last_master, config.backup)
-    entry = make_archive(config, item, reporter)
     for alert in alerts:
         reporter.warn(alert)
     return dataclasses.replace(
@@ -1035,7 +890,8 @@ def describe_plan(plan: BackupPlan) -> list[str]:
     lines = [f"run {plan.stamp}:"]
     for item in plan.archives:
         lines.append(f"  {item.source}: {item.kind} -> {item.name}")
-        lines.append(f"    {' '.join(item.tar_argv)} | {' '.join(item.compress_argv)}")
+        encrypt = f" | {' '.join(item.encrypt_argv)}" if item.encrypt_argv else ""
+        lines.append(f"    {' '.join(item.tar_argv)} | {' '.join(item.compress_argv)}{encrypt}")
     for chain in plan.prune:
         lines.append(f"  prune chain {chain.name} ({len(chain.archives)} archives)")
     return lines

@@ -26,6 +26,7 @@ from keyforge.errors import FileError, UsageError
 from keyforge.layout import MASTER, ArchiveRecord
 from keyforge.sender import backup, reading
 from keyforge.sender.listing import Member, member_path
+from keyforge.sender.pipeline import Identity
 
 # the highest sort key a run of a day can have: every stamp of that day sorts below it
 _END_OF_DAY = ("235959", 1 << 30)
@@ -189,7 +190,9 @@ def source_of_slug(config: Config, slug: str) -> str:
     return slug
 
 
-def history(config: Config, slug: str, at: At | None = None) -> list[RunTree]:
+def history(
+    config: Config, slug: str, at: At | None = None, identity: Identity | None = None
+) -> list[RunTree]:
     """The tree of ``slug`` after every run of every chain that has a master (up to ``at``)."""
     runs: list[RunTree] = []
     for chain in backup.chains_of(backup.scan_archives(config)).get(slug, []):
@@ -199,24 +202,37 @@ def history(config: Config, slug: str, at: At | None = None) -> list[RunTree]:
         for record in chain.archives:
             if at is not None and not at.admits(record):
                 break
-            state = read_archive_into(config, record, state)
+            state = read_archive_into(config, record, state, identity)
             runs.append(RunTree(record, state))
     return runs
 
 
-def read_archive_into(config: Config, record: ArchiveRecord, state: State) -> State:
+def recipients_of(config: Config, name: str) -> tuple[str, ...]:
+    """The recipients' fingerprints a manifest records for archive ``name`` (none: plain)."""
+    entry = layout.read_manifests(config.backup_dir, config.host).get(name) or {}
+    return tuple(entry.get("encrypted_to") or ())
+
+
+def read_archive_into(
+    config: Config, record: ArchiveRecord, state: State, identity: Identity | None = None
+) -> State:
+    """``state`` after the archive ``record`` (an encrypted one needs ``identity``)."""
     path = config.backup_dir / record.name
-    members = reading.list_members(path)
+    keys = recipients_of(config, record.name)
+    members = reading.list_members(path, identity=identity, encrypted_to=keys)
     directories = [m.path for m in members if m.kind == "dir"]
-    return apply_archive(state, members, reading.dumpdirs(path, directories), record.name)
+    dumps = reading.dumpdirs(path, directories, identity=identity, encrypted_to=keys)
+    return apply_archive(state, members, dumps, record.name)
 
 
-def tree_at(config: Config, slug: str, at: At | None) -> tuple[list[ArchiveRecord], State]:
+def tree_at(
+    config: Config, slug: str, at: At | None, identity: Identity | None = None
+) -> tuple[list[ArchiveRecord], State]:
     """The chain ``at`` picks and the tree it rebuilds."""
     chain = select_chain(backup.scan_archives(config), slug, at)
     state: State = {}
     for record in chain:
-        state = read_archive_into(config, record, state)
+        state = read_archive_into(config, record, state, identity)
     return chain, state
 
 
@@ -308,12 +324,18 @@ def find_in_history(source: str, runs: Sequence[RunTree], pattern: str) -> list[
     return found
 
 
-def find(config: Config, pattern: str, sources: Sequence[str] | None = None) -> list[Found]:
+def find(
+    config: Config,
+    pattern: str,
+    sources: Sequence[str] | None = None,
+    identity: Identity | None = None,
+) -> list[Found]:
     """Every path matching ``pattern`` in every run of the given (default: all) sources."""
     wanted = sources or config.backup.sources
     found: list[Found] = []
     for source in wanted:
-        found += find_in_history(source, history(config, layout.source_slug(source)), pattern)
+        runs = history(config, layout.source_slug(source), identity=identity)
+        found += find_in_history(source, runs, pattern)
     return found
 
 

@@ -39,7 +39,7 @@ from keyforge import layout
 from keyforge.config import Config, reads_copy, snapshot_source, state_dir
 from keyforge.errors import FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil
-from keyforge.sender import backup, catalog, restore
+from keyforge.sender import backup, catalog, pipeline, restore
 
 RECORD_PREFIX = "drill-"
 RECORD_SUFFIX = ".json"
@@ -54,6 +54,7 @@ class SourceDrill:
     archives: tuple[str, ...]
     entries: int
     problems: tuple[str, ...]
+    note: str = ""  # what was not checked, and why
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,6 +343,7 @@ def run_drill(
     rng: random.Random | None = None,
     now: dt.datetime | None = None,
     guard: Config | None = None,
+    identity: pipeline.Identity | None = None,
 ) -> DrillReport:
     """One drill over the backups ``config`` reads (see the module's docstring); the scratch
     stays out of ``guard``'s directories too (the receiving host's own config)."""
@@ -375,14 +377,19 @@ def run_drill(
                 chain = catalog.select_chain(records, layout.source_slug(source), None)
                 chains[source] = chain
                 state: catalog.State = {}
+                if identity is None and any(layout.is_encrypted_name(r.name) for r in chain):
+                    note = "encrypted: ciphertext checked, not restored (no --identity)"
+                    verdicts.append(SourceDrill(source, _names(chain), 0, (), note))
+                    continue
                 try:
                     for record in chain:
-                        state = catalog.read_archive_into(config, record, state)
+                        state = catalog.read_archive_into(config, record, state, identity)
                 except KeyforgeError as err:
                     verdicts.append(SourceDrill(source, _names(chain), 0, (str(err),)))
                     continue
                 trees[source] = state
-            picked = sample(trees, spot_check, rng or random.Random())  # noqa: S311 - a sample, not a secret if spot_check else {}
+            chooser = rng or random.Random()  # noqa: S311 - a sample, not a secret
+            picked = sample(trees, spot_check, chooser) if spot_check else {}
             for index, source in enumerate(config.backup.sources):
                 if source not in trees:
                     continue
@@ -393,6 +400,7 @@ def run_drill(
                     trees[source],
                     work / str(index),
                     picked.get(source, []),
+                    identity,
                 )
                 verdicts.append(verdict)
                 spot += results
@@ -420,6 +428,7 @@ def _drill_source(  # noqa: PLR0917 - one source's parts, each named at the one 
     state: catalog.State,
     work: Path,
     picked: Sequence[bytes],
+    identity: pipeline.Identity | None = None,
 ) -> tuple[SourceDrill, list[SpotResult]]:
     names = _names(chain)
     if not chain:
@@ -427,7 +436,7 @@ def _drill_source(  # noqa: PLR0917 - one source's parts, each named at the one 
     work.mkdir(mode=0o700)
     try:
         try:
-            restore.apply_chain(config, chain, work)
+            restore.apply_chain(config, chain, work, identity)
         except KeyforgeError as err:
             return SourceDrill(source, names, 0, (str(err),)), []
         problems = compare_with_listing(state, work, owners=restore.restores_owners())
@@ -454,6 +463,7 @@ def report_json(report: DrillReport) -> dict[str, Any]:
         "archives": report.archives,
         "sources": [
             {
+                "note": v.note,
                 "source": v.source,
                 "archives": list(v.archives),
                 "entries": v.entries,

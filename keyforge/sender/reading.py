@@ -1,9 +1,6 @@
-"""Every read of an archive's content starts here: the file, decoded into a plain tar stream.
-
-:func:`open_archive` is the one place that turns an archive file into the tar stream it holds
-(today: its decompressor). Restoring, verifying, listing, finding and drilling all read through
-it, so a further decoding step (decryption) is added here once for all of them. The consumers
-are GNU tar itself (extraction, ``--list``) and, for what tar's listing does not print, Python's
+"""Every read of an archive's content for list, find, restore --path and drill goes through
+``pipeline.read_archive``: the file, decrypted and decompressed into a plain tar stream, read
+by GNU tar itself (extraction, ``--list``) or, for what tar's listing does not print, Python's
 tar reader.
 
 What tar's listing leaves out: in the pax format keyforge writes (``--xattrs``), the list of
@@ -14,76 +11,59 @@ headers, and nothing else, with Python's reader.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
 from keyforge.errors import CommandError
 from keyforge.infra import runner
-from keyforge.sender import backup, listing
+from keyforge.sender import listing, pipeline
 
 
-def decode_argv(archive: Path) -> list[str]:
-    """The program that writes ``archive``'s tar stream to its stdout."""
-    return backup.decompress_argv(archive)
+def _drain(stream: IO[bytes]) -> None:
+    """Read the rest of a stream the reader is done with, so no stage before it is cut short
+    (a cut stage would look like a damaged archive)."""
+    while stream.read(1 << 20):
+        pass
 
 
-@contextlib.contextmanager
-def open_archive(archive: Path) -> Iterator[IO[bytes]]:
-    """The plain tar stream of ``archive``, for one consumer to read.
-
-    A decoder that fails (a truncated or damaged archive) is a CommandError naming the
-    archive once the consumer is done; one stopped by the consumer closing early (SIGPIPE) is
-    the consumer's business. Whatever the consumer raises stops the decoder.
-    """
-    with tempfile.TemporaryFile() as err_file:
-        proc = runner.spawn(decode_argv(archive), stdout=subprocess.PIPE, stderr=err_file)
-        assert proc.stdout is not None
-        try:
-            yield proc.stdout
-        except BaseException:
-            proc.stdout.close()
-            proc.kill()
-            proc.wait()
-            raise
-        proc.stdout.close()  # a decoder still writing gets SIGPIPE, never blocks
-        returncode = proc.wait()
-        if returncode not in (0, -signal.SIGPIPE):
-            err_file.seek(0)
-            detail = runner.first_error_line(
-                err_file.read().decode("utf-8", errors="replace"), fallback=f"exit {returncode}"
-            )
-            raise CommandError(f"cannot read {archive.name}: {detail}")
-
-
-def tar_through(archive: Path, argv: list[str], *, env: dict[str, str] | None = None) -> bytes:
-    """Run GNU tar ``argv`` on the stream of ``archive``; its stdout. A failure names it."""
-    with open_archive(archive) as stream:
-        proc = runner.spawn(
-            argv,
-            stdin=stream,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **env} if env else None,
+def _tar_output(
+    argv: Sequence[str], stream: IO[bytes], archive: Path, env: dict[str, str] | None
+) -> bytes:
+    proc = runner.spawn(
+        argv,
+        stdin=stream,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env} if env else None,
+    )
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        detail = runner.first_error_line(
+            err.decode("utf-8", errors="replace"), fallback=f"exit {proc.returncode}"
         )
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            detail = runner.first_error_line(
-                err.decode("utf-8", errors="replace"), fallback=f"exit {proc.returncode}"
-            )
-            raise CommandError(f"tar failed reading {archive.name}: {detail}")
+        raise CommandError(f"tar failed reading {archive.name}: {detail}")
     return out
 
 
-def list_members(archive: Path) -> list[listing.Member]:
+def list_members(
+    archive: Path,
+    *,
+    identity: pipeline.Identity | None = None,
+    encrypted_to: Sequence[str] = (),
+) -> list[listing.Member]:
     """Every member of ``archive``, as GNU tar's own listing shows it."""
-    out = tar_through(archive, ["tar", *listing.LIST_OPTIONS], env=listing.LIST_ENV)
+    argv = ["tar", *listing.LIST_OPTIONS]
+    out = pipeline.read_archive(
+        archive,
+        lambda stream: _tar_output(argv, stream, archive, listing.LIST_ENV),
+        identity=identity,
+        encrypted_to=encrypted_to,
+    )
     return listing.parse_listing(out)
 
 
@@ -97,15 +77,22 @@ def _raw_dumpdir(member: tarfile.TarInfo, tf: tarfile.TarFile) -> bytes | None:
     return None
 
 
-def dumpdirs(archive: Path, directories: Collection[bytes] = ()) -> dict[bytes, list[bytes]]:
+def dumpdirs(
+    archive: Path,
+    directories: Collection[bytes] = (),
+    *,
+    identity: pipeline.Identity | None = None,
+    encrypted_to: Sequence[str] = (),
+) -> dict[bytes, list[bytes]]:
     """The GNU dump directory of each directory in ``archive`` (flag byte + name entries).
 
     GNU tar writes an incremental's directories before its files, so once every directory of
-    ``directories`` (those tar's listing shows) has been read, the rest is not.
+    ``directories`` (those tar's listing shows) has been read, the rest is only drained.
     """
-    found: dict[bytes, list[bytes]] = {}
-    waiting = set(directories)
-    with open_archive(archive) as stream:
+
+    def read(stream: IO[bytes]) -> dict[bytes, list[bytes]]:
+        found: dict[bytes, list[bytes]] = {}
+        waiting = set(directories)
         try:
             with tarfile.open(
                 fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
@@ -120,4 +107,34 @@ def dumpdirs(archive: Path, directories: Collection[bytes] = ()) -> dict[bytes, 
                             break
         except tarfile.TarError as err:
             raise CommandError(f"cannot read {archive.name}: {err}") from err
-    return found
+        _drain(stream)
+        return found
+
+    return pipeline.read_archive(archive, read, identity=identity, encrypted_to=encrypted_to)
+
+
+def extract_selected(
+    archive: Path,
+    argv_for: Callable[[Path, int], list[str]],
+    target: Path,
+    select: Iterable[bytes],
+    *,
+    identity: pipeline.Identity | None = None,
+    encrypted_to: Sequence[str] = (),
+) -> runner.Result:
+    """GNU tar extracting only the members ``select`` names (relative paths, b"" the top) from
+    ``archive`` into ``target``; ``argv_for(target, fd)`` is tar's argv reading the names from
+    descriptor ``fd``. tar's result, for the caller to judge."""
+    with tempfile.TemporaryFile() as names:
+        names.write(b"".join(b"./" + name + b"\0" for name in select))
+        names.flush()
+        argv = argv_for(target, names.fileno())
+
+        def extract(stream: IO[bytes]) -> runner.Result:
+            result = runner.run(
+                argv, stdin=stream, capture_stdout=False, check=False, pass_fds=(names.fileno(),)
+            )
+            _drain(stream)
+            return result
+
+        return pipeline.read_archive(archive, extract, identity=identity, encrypted_to=encrypted_to)

@@ -19,16 +19,16 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from keyforge import layout
+from keyforge import age, layout
 from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner
 from keyforge.layout import ArchiveRecord
-from keyforge.sender import backup, catalog, reading
+from keyforge.sender import backup, catalog, pipeline, reading
 
 SCRATCH_NAME = ".verify-scratch"
 MAX_PROBLEMS_SHOWN = 5
@@ -159,7 +159,12 @@ def staging_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.keyforge-partial")
 
 
-def _restore_whole(config: Config, archives: Iterable[ArchiveRecord], target: Path) -> None:
+def _restore_whole(
+    config: Config,
+    archives: Iterable[ArchiveRecord],
+    target: Path,
+    identity: pipeline.Identity | None = None,
+) -> None:
     """Apply the chain beside ``target``, then rename it into place.
 
     A restore that fails half-way (a damaged archive, a full disk) then leaves ``target`` as it
@@ -173,7 +178,7 @@ def _restore_whole(config: Config, archives: Iterable[ArchiveRecord], target: Pa
     except OSError as err:
         raise FileError.from_os_error("create", staging, err) from err
     try:
-        apply_chain(config, archives, staging)
+        apply_chain(config, archives, staging, identity)
         staging.rename(target)
         fsutil.fsync_dir(target.parent)
     except OSError as err:
@@ -202,28 +207,66 @@ def extract_argv(target: Path, select: int | None = None) -> list[str]:
     ]
 
 
-def extract_archive(archive: Path, target: Path, select: Iterable[bytes] | None = None) -> None:
+def extract_archive(
+    archive: Path,
+    target: Path,
+    *,
+    identity: pipeline.Identity | None = None,
+    encrypted_to: Sequence[str] = (),
+    select: Iterable[bytes] | None = None,
+) -> None:
     """Apply one archive of a chain onto ``target`` (GNU tar incremental extraction); with
     ``select``, only the members of those paths (relative to the source, b"" its top)."""
-    with tempfile.TemporaryFile() as names:
-        fds: tuple[int, ...] = ()
-        if select is not None:
-            names.write(b"".join(b"./" + name + b"\0" for name in select))
-            names.flush()
-            fds = (names.fileno(),)
-        argv = extract_argv(target, fds[0] if fds else None)
-        with reading.open_archive(archive) as stream:
-            tar = runner.run(argv, stdin=stream, capture_stdout=False, check=False, pass_fds=fds)
-            if tar.returncode != 0:
-                raise CommandError(
-                    f"tar failed restoring {archive.name}: "
-                    + runner.first_error_line(tar.stderr, fallback=f"exit {tar.returncode}")
-                )
+    if select is None:
+        extract = backup.tar_extract_argv(target, same_owner=restores_owners())
+        tar = pipeline.read_archive(archive, extract, identity=identity, encrypted_to=encrypted_to)
+    else:
+        tar = reading.extract_selected(
+            archive,
+            extract_argv,
+            target,
+            select,
+            identity=identity,
+            encrypted_to=encrypted_to,
+        )
+    if tar.returncode != 0:
+        raise CommandError(
+            f"tar failed restoring {archive.name}: "
+            + runner.first_error_line(tar.stderr, fallback=f"exit {tar.returncode}")
+        )
 
 
-def apply_chain(config: Config, archives: Iterable[ArchiveRecord], target: Path) -> None:
+def encrypted_to_of(config: Config) -> dict[str, tuple[str, ...]]:
+    """Each archive's recipients' fingerprints, from this host's manifests, by name."""
+    recorded = layout.read_manifests(config.backup_dir, config.host)
+    return {name: tuple(entry.get("encrypted_to") or ()) for name, entry in recorded.items()}
+
+
+def check_chain_identity(
+    config: Config, archives: Iterable[ArchiveRecord], identity: pipeline.Identity | None
+) -> None:
+    """Refuse before anything is applied a chain holding an encrypted archive that
+    ``identity`` cannot open (none given, or not among its recipients)."""
+    recipients = encrypted_to_of(config)
     for record in archives:
-        extract_archive(config.backup_dir / record.name, target)
+        if layout.is_encrypted_name(record.name):
+            pipeline.check_identity(record.name, recipients.get(record.name, ()), identity)
+
+
+def apply_chain(
+    config: Config,
+    archives: Iterable[ArchiveRecord],
+    target: Path,
+    identity: pipeline.Identity | None = None,
+) -> None:
+    recipients = encrypted_to_of(config)
+    for record in archives:
+        extract_archive(
+            config.backup_dir / record.name,
+            target,
+            identity=identity,
+            encrypted_to=recipients.get(record.name, ()),
+        )
 
 
 def run_restore(
@@ -235,14 +278,27 @@ def run_restore(
     force: bool = False,
     dry_run: bool = False,
     path: bytes | None = None,
+    identity: pipeline.Identity | None = None,
 ) -> list[ArchiveRecord]:
     """Rebuild ``source`` as of the run ``at`` picks (default: the latest) in ``target``; with
     ``path`` (relative to the source) only that file or directory, at ``target/path``. Returns
-    the archives applied (for ``path``, those holding some of it)."""
+    the archives applied (for ``path``, those holding some of it).
+
+    Encrypted archives need ``identity`` (``pipeline.load_identity``), checked against every
+    archive's recipients before anything is written.
+    """
     archives = plan_restore(config, source, at)
+    check_chain_identity(config, archives, identity)
     if path:  # b"": the whole source
         return _run_restore_path(
-            config, source, archives, path, target, force=force, dry_run=dry_run
+            config,
+            source,
+            archives,
+            path,
+            target,
+            force=force,
+            dry_run=dry_run,
+            identity=identity,
         )
     if dry_run:
         return archives
@@ -250,9 +306,10 @@ def run_restore(
     fresh = _target_is_fresh(target, force=force)
     with reading_lock(config.backup_dir):
         if fresh:
-            _restore_whole(config, archives, target)
+            _restore_whole(config, archives, target, identity)
         else:
-            apply_chain(config, archives, target)  # --force: onto what is there, in place
+            # --force: onto what is there, in place
+            apply_chain(config, archives, target, identity)
     return archives
 
 
@@ -303,11 +360,13 @@ def _run_restore_path(
     *,
     force: bool,
     dry_run: bool,
+    identity: pipeline.Identity | None = None,
 ) -> list[ArchiveRecord]:
     state: catalog.State = {}
+    recipients = encrypted_to_of(config)
     with reading_lock(config.backup_dir):
         for record in archives:
-            state = catalog.read_archive_into(config, record, state)
+            state = catalog.read_archive_into(config, record, state, identity)
         plan = plan_path(state, inner, [r.name for r in archives])
         if plan is None:
             shown = catalog.shown_path(source, inner)
@@ -326,7 +385,13 @@ def _run_restore_path(
             raise FileError.from_os_error("create", staging, err) from err
         try:
             for record in used:
-                extract_archive(config.backup_dir / record.name, staging, plan.members[record.name])
+                extract_archive(
+                    config.backup_dir / record.name,
+                    staging,
+                    identity=identity,
+                    encrypted_to=recipients.get(record.name, ()),
+                    select=plan.members[record.name],
+                )
             _finish_path(staging, plan)
             _place_path(staging, target, inner, fresh=fresh)
         except OSError as err:
@@ -484,40 +549,53 @@ def _expected_of(member: tarfile.TarInfo, content: IO[bytes] | None) -> Expected
     return Expected("other", **common)
 
 
-@contextlib.contextmanager
-def _open_stream(archive: Path) -> Iterator[tarfile.TarFile]:
-    with (
-        reading.open_archive(archive) as stream,
-        tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tf,
-    ):
-        yield tf
-
-
-def expected_state(archives: Iterable[Path]) -> dict[bytes, Expected]:
+def expected_state(
+    archives: Iterable[Path],
+    *,
+    identity: pipeline.Identity | None = None,
+    encrypted_to: Mapping[str, Sequence[str]] | None = None,
+) -> dict[bytes, Expected]:
     """The tree a chain rebuilds, computed by reading the archives (not by extracting them)."""
     state: dict[bytes, Expected] = {}
     for archive in archives:
-        dumps: dict[bytes, set[bytes]] = {}
-        try:
-            with _open_stream(archive) as tf:
-                for member in tf:
-                    path = _member_path(member.name)
-                    stream = (
-                        tf.extractfile(member) if member.isreg() or member.type == b"D" else None
-                    )
-                    data = stream.read() if member.type == b"D" and stream is not None else None
-                    dumpdir = _dumpdir_of(member, data)
-                    if dumpdir is not None:
-                        dumps[path] = _present_names(dumpdir)
-                        for old, new in _renames(dumpdir):
-                            _apply_rename(state, old, new)
-                    if member.type == b"D":
-                        member.type = tarfile.DIRTYPE
-                    state[path] = _expected_of(member, stream)
-        except tarfile.TarError as err:
-            raise CommandError(f"cannot read {archive.name}: {err}") from err
+
+        def read(stream: IO[bytes], archive: Path = archive) -> dict[bytes, set[bytes]]:
+            return _read_members(archive, stream, state)
+
+        dumps = pipeline.read_archive(
+            archive,
+            read,
+            identity=identity,
+            encrypted_to=(encrypted_to or {}).get(archive.name, ()),
+        )
         _drop_deleted(state, dumps)
     return state
+
+
+def _read_members(
+    archive: Path, stream: IO[bytes], state: dict[bytes, Expected]
+) -> dict[bytes, set[bytes]]:
+    """Apply one archive's members to ``state``; the names each dump directory lists."""
+    dumps: dict[bytes, set[bytes]] = {}
+    try:
+        with tarfile.open(
+            fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
+        ) as tf:
+            for member in tf:
+                path = _member_path(member.name)
+                content = tf.extractfile(member) if member.isreg() or member.type == b"D" else None
+                data = content.read() if member.type == b"D" and content is not None else None
+                dumpdir = _dumpdir_of(member, data)
+                if dumpdir is not None:
+                    dumps[path] = _present_names(dumpdir)
+                    for old, new in _renames(dumpdir):
+                        _apply_rename(state, old, new)
+                if member.type == b"D":
+                    member.type = tarfile.DIRTYPE
+                state[path] = _expected_of(member, content)
+    except tarfile.TarError as err:
+        raise CommandError(f"cannot read {archive.name}: {err}") from err
+    return dumps
 
 
 def _drop_deleted(state: dict[bytes, Expected], dumps: dict[bytes, set[bytes]]) -> None:
@@ -630,6 +708,9 @@ class SourceVerdict:
     archives: tuple[str, ...]
     entries: int
     problems: tuple[str, ...]
+    # False for an encrypted chain verified without an identity: its ciphertext, size and
+    # age header were checked, its content was not
+    content_checked: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -642,9 +723,41 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems and all(not s.problems for s in self.sources)
 
+    @property
+    def unchecked_sources(self) -> tuple[str, ...]:
+        """Sources whose content was not checked (encrypted, and no identity given)."""
+        return tuple(s.source for s in self.sources if not s.content_checked)
+
+
+def archive_problems(path: Path, entry: Mapping[str, Any]) -> list[str]:
+    """What ``path`` does not match of its manifest entry: size and sha256 (of the ciphertext,
+    for an encrypted archive), and for an encrypted one its age header (addressed to the
+    recorded recipients, framed as age frames it): all that can be checked without a key."""
+    name = path.name
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(age.MAX_HEADER_BYTES)
+    except OSError as err:
+        return [f"{name}: cannot read it: {err.strerror or err}"]
+    problems: list[str] = []
+    if size != entry.get("size"):
+        problems.append(f"{name}: {size} bytes, the manifest records {entry.get('size')}")
+    if layout.sha256_of(path) != entry.get("sha256"):
+        problems.append(f"{name}: sha256 differs from the manifest")
+    if layout.is_encrypted_name(name):
+        try:
+            header = age.parse_header(head)
+        except ValueError as err:
+            return [*problems, f"{name}: {err}"]
+        found = age.header_problems(header, size - header.size, entry.get("encrypted_to") or ())
+        problems += [f"{name}: {p}" for p in found]
+    return problems
+
 
 def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[int, list[str]]:
-    """Every archive's sha256 against its manifest; archives no manifest lists are problems."""
+    """Every archive against its manifest (``archive_problems``); archives no manifest lists
+    are problems."""
     recorded = layout.read_manifests(config.backup_dir, config.host)
     problems: list[str] = []
     count = 0
@@ -654,14 +767,19 @@ def check_checksums(config: Config, records: Iterable[ArchiveRecord]) -> tuple[i
             problems.append(f"{record.name}: listed in no manifest")
             continue
         count += 1
-        path = config.backup_dir / record.name
-        if layout.sha256_of(path) != entry.get("sha256"):
-            problems.append(f"{record.name}: sha256 differs from the manifest")
+        problems += archive_problems(config.backup_dir / record.name, entry)
     return count, problems
 
 
-def run_verify(config: Config, *, scratch: Path | None = None) -> VerifyReport:
-    """Checksums of every archive, then a trial restore of each source's latest chain."""
+def run_verify(
+    config: Config, *, scratch: Path | None = None, identity: pipeline.Identity | None = None
+) -> VerifyReport:
+    """Checksums of every archive, then a trial restore of each source's latest chain.
+
+    An encrypted chain is restored only with ``identity``; without one its archives are
+    checked against their manifests and age headers alone, and its verdict says its content
+    was not checked (as on a receiving host, which holds no key).
+    """
     backup_dir = config.backup_dir
     if not backup_dir.is_dir():
         raise FileError(f"backup directory {backup_dir} does not exist")
@@ -672,28 +790,36 @@ def run_verify(config: Config, *, scratch: Path | None = None) -> VerifyReport:
         count, problems = check_checksums(config, records)
         with scratch_dir(backup_dir, scratch) as work:
             verdicts = [
-                _verify_source(config, source, records, work / str(index))
+                _verify_source(config, source, records, work / str(index), identity)
                 for index, source in enumerate(config.backup.sources)
             ]
     return VerifyReport(count, tuple(verdicts), tuple(problems))
 
 
 def _verify_source(
-    config: Config, source: str, records: list[ArchiveRecord], work: Path
+    config: Config,
+    source: str,
+    records: list[ArchiveRecord],
+    work: Path,
+    identity: pipeline.Identity | None,
 ) -> SourceVerdict:
     slug = layout.source_slug(source)
     archives = backup.select_for_restore(records, slug, None)
     names = tuple(a.name for a in archives)
     if not archives:
         return SourceVerdict(source, names, 0, ("no full backup to restore",))
+    if identity is None and any(layout.is_encrypted_name(n) for n in names):
+        return SourceVerdict(source, names, 0, (), content_checked=False)
+    recipients = encrypted_to_of(config)
     _make_private(work)
     try:
         paths = [config.backup_dir / n for n in names]
         try:
-            apply_chain(config, archives, work)
+            check_chain_identity(config, archives, identity)
+            apply_chain(config, archives, work, identity)
+            expected = expected_state(paths, identity=identity, encrypted_to=recipients)
         except KeyforgeError as err:
             return SourceVerdict(source, names, 0, (str(err),))
-        expected = expected_state(paths)
         problems = compare_tree(expected, work, owners=restores_owners())
         return SourceVerdict(source, names, len(expected), tuple(problems))
     finally:

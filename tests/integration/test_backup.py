@@ -25,7 +25,7 @@ from keyforge import config, layout
 from keyforge.cli import app
 from keyforge.errors import CommandError, FileError, KeyforgeError, LockedError
 from keyforge.infra import fsutil
-from keyforge.sender import backup, restore
+from keyforge.sender import backup, pipeline, restore
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="backups of owners need root")
 
@@ -563,7 +563,7 @@ def test_the_follower_hashes_and_feeds_every_byte_of_a_file_written_while_it_rea
     )
     fd = os.open(archive, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with backup._ArchiveFollower(fd, ["sh", "-c", f"cat > '{copy}'"]) as follower:
+        with pipeline._ArchiveFollower(fd, ["sh", "-c", f"cat > '{copy}'"]) as follower:
             subprocess.run([sys.executable, "-c", slow_writer], stdout=fd, check=True)
             check = follower.finish()
     finally:

@@ -121,10 +121,10 @@ def test_restore_and_verify_as_root_write_nothing_into_the_synced_copy(
     targets: list[Path] = []
     real = restore.apply_chain
 
-    def watched(config: object, archives: object, target: Path) -> None:
+    def watched(config: object, archives: object, target: Path, *rest: object) -> None:
         targets.append(target)
         assert not target.is_relative_to(copy), f"restoring into the synced copy: {target}"
-        real(config, archives, target)  # type: ignore[arg-type]
+        real(config, archives, target, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(restore, "apply_chain", watched)
     runner = CliRunner()
@@ -204,9 +204,9 @@ def test_a_root_lock_an_older_run_left_in_the_copy_neither_blocks_nor_draws_the_
     before = _listing(copy)
     real = restore.apply_chain
 
-    def watched(config: object, archives: object, target: Path) -> None:
+    def watched(config: object, archives: object, target: Path, *rest: object) -> None:
         assert not target.is_relative_to(copy), f"restoring into the synced copy: {target}"
-        real(config, archives, target)  # type: ignore[arg-type]
+        real(config, archives, target, *rest)  # type: ignore[arg-type]
 
     monkeypatch.setattr(restore, "apply_chain", watched)
     verified = CliRunner().invoke(app, ["verify", "--config", str(receiver["cfg"])])

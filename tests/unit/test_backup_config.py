@@ -171,3 +171,28 @@ def test_a_value_ending_in_a_newline_is_refused(document: dict[str, object]) -> 
     # '$' in a regular expression also matches before a final newline; the checks must not
     with pytest.raises(ConfigError):
         config.parse(document)
+
+
+def test_the_template_shows_encrypt_to_only_as_its_empty_default() -> None:
+    """No recipient-looking value a user could uncomment and get encryption to a stranger's
+    key (or a parse error): the one assignment is the default, the example is prose."""
+    text = config.render_default("server1")
+    assignments = [ln for ln in text.splitlines() if re.match(r"^#?\s*encrypt_to\s*=", ln)]
+    assert assignments == ["#encrypt_to = []"]
+    assert "keyforge keygen-age" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (["age1qqqq"], "entry 1: 'age1qqqq' is not a valid age recipient"),
+        (["ecdsa-sha2-nistp256 AAAA"], "ssh-ed25519 and ssh-rsa keys only"),
+        (["hello"], "is not an age recipient"),
+    ],
+)
+def test_an_encrypt_to_entry_that_is_no_recipient_is_a_config_error(
+    value: list[str], reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)) as caught:
+        config.parse({"backup": {"encrypt_to": value}})
+    assert str(caught.value).startswith("keyforge.toml: [backup] encrypt_to ")

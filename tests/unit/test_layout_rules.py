@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "keyforge"
 HOSTS = ("keyforge.sender", "keyforge.receiver")
-SHARED = ("ssh", "infra", "layout", "config", "errors", "schedule")
+SHARED = ("ssh", "infra", "layout", "config", "errors", "schedule", "age")
 NEVER_FROM_SHARED = ("keyforge.sender", "keyforge.receiver", "keyforge.lab", "keyforge.cli")
 # (importing module, imported module): the documented exceptions, each for a reason
 EXCEPTIONS = {
