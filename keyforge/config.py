@@ -413,6 +413,19 @@ class MonitorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DrillConfig:
+    """[drill]: the monthly restore drill (both hosts): when, how many live files to compare,
+    where to restore, and how old its last success may get before status fails."""
+
+    at: str = _field("04:45", _check_time_of_day)
+    day: int = _field(1, _in_range(1, 28))  # of the month; 28 exists in every month
+    spot_check: int = _field(0, _at_least(0))
+    # "" means the system's temporary directory; never inside a backup directory or copy
+    scratch: str = _field("", _unless_empty(_check_absolute_path))
+    max_age_days: int = _field(35, _at_least(1))
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     general: GeneralConfig
     backup: BackupConfig
@@ -424,6 +437,7 @@ class Config:
     dumps: tuple[DumpConfig, ...] = ()
     hooks: HooksConfig = HooksConfig()
     monitor: MonitorConfig = MonitorConfig()
+    drill: DrillConfig = DrillConfig()
     # the sections the file holds: 'keyforge schedule' picks a host's jobs by them
     sections: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
@@ -447,6 +461,7 @@ SECTIONS: Mapping[str, tuple[type[Any], bool]] = {
     "dumps": (DumpConfig, True),
     "hooks": (HooksConfig, False),
     "monitor": (MonitorConfig, False),
+    "drill": (DrillConfig, False),
 }
 
 
@@ -552,6 +567,7 @@ def parse(data: Mapping[str, Any], *, source: str = "keyforge.toml") -> Config:
         dumps=dumps,
         hooks=sections.get("hooks", HooksConfig()),
         monitor=sections.get("monitor", MonitorConfig()),
+        drill=sections.get("drill", DrillConfig()),
         sections=frozenset(sections),
     )
 
@@ -566,6 +582,12 @@ def state_dir(config: Config) -> Path:
     if os.geteuid() == 0:
         return DEFAULT_STATE_DIR
     return Path.home() / ".local" / "state" / "keyforge"
+
+
+def reads_copy(config: Config) -> bool:
+    """A receiving host's config: [snapshot] and no [backup]. Its status and drill read the
+    synced copy ([snapshot] source), not a backup directory of its own."""
+    return "snapshot" in config.sections and "backup" not in config.sections
 
 
 def snapshot_source(config: Config) -> Path:
@@ -650,6 +672,7 @@ def render_default(host: str | None = None, directory: str | None = None) -> str
         hooks=HooksConfig(),
         monitor=MonitorConfig(),
         monitor_webhook_on=toml_string(MonitorConfig().webhook_on),
+        drill=DrillConfig(),
     )
 
 

@@ -302,6 +302,18 @@ def run_manifests(backup_dir: Path, host: str) -> dict[str, Path]:
     return found
 
 
+def manifest_hosts(backup_dir: Path) -> list[str]:
+    """The hosts whose run manifests ``backup_dir`` holds, by the host each one records."""
+    hosts: set[str] = set()
+    try:
+        paths = [p for p in backup_dir.iterdir() if _MANIFEST_RE.match(p.name)]
+    except OSError as err:
+        raise FileError.from_os_error("read", backup_dir, err) from err
+    for path in paths:
+        hosts.add(load_manifest(path).host)
+    return sorted(hosts)
+
+
 def read_manifests(backup_dir: Path, host: str) -> dict[str, dict[str, Any]]:
     """Every archive entry recorded by this host's run manifests, by archive name."""
     entries: dict[str, dict[str, Any]] = {}

@@ -29,7 +29,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from keyforge.config import DEFAULT_STATE_DIR, Config, ScheduleConfig
+from keyforge.config import DEFAULT_STATE_DIR, Config, DrillConfig, ScheduleConfig, reads_copy
 from keyforge.errors import UsageError
 from keyforge.infra import fsutil, tools
 from keyforge.infra.templating import render
@@ -50,6 +50,7 @@ SNAPSHOT_UNIT_NAMES = ("keyforge-snapshot.service", "keyforge-snapshot.timer")
 # every job unit's OnFailure= starts this one, with the failed unit's name as its instance
 NOTIFY_UNIT_NAME = "keyforge-notify@.service"
 FRESHNESS_UNIT_NAMES = ("keyforge-freshness.service", "keyforge-freshness.timer")
+DRILL_UNIT_NAMES = ("keyforge-drill.service", "keyforge-drill.timer")
 FRESHNESS_MINUTE = 17  # the receiving host's hourly check, off the full hour
 # the capabilities each job keeps as root (CapabilityBoundingSet=): tar reads every file and
 # keeps owners' files as they were; rsync reads root's backup directory; the snapshot copies
@@ -60,6 +61,8 @@ CAPABILITIES = {
     "snapshot": "CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN",
     "freshness": "CAP_DAC_READ_SEARCH",
     "notify": "CAP_DAC_READ_SEARCH",
+    # the drill restores owners and modes into its scratch directory, as restore does
+    "drill": "CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN",
 }
 SNAPSHOT_DELAY_MINUTES = 120  # snapshot_at's default: this long after sync_at
 CRON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -91,6 +94,9 @@ class Jobs:
     notify: tuple[str, ...] | None = None
     # the directories each job writes (ReadWritePaths= of its hardened unit), by job
     writable: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # the monthly restore drill, on either host, with the directory it reads
+    drill: tuple[str, ...] | None = None
+    drill_mounts: tuple[str, ...] = ()
 
     @property
     def timers(self) -> list[str]:
@@ -100,6 +106,7 @@ class Jobs:
             "sync": self.sync,
             "snapshot": self.snapshot,
             "freshness": self.freshness,
+            "drill": self.drill,
         }
         return [
             unit_name(self.name, job, "timer") for job, argv in present.items() if argv is not None
@@ -195,6 +202,25 @@ def jobs_for(config: Config, config_path: Path, keyforge: Sequence[str]) -> Jobs
         freshness=freshness if "snapshot" in wanted else None,
         notify=(*keyforge, "notify", *conf),
         writable=tuple((job, writable_paths(config, job)) for job in CAPABILITIES),
+        drill=(*keyforge, "drill", *conf) if "drill" in config.sections else None,
+        drill_mounts=drill_mounts(config),
+    )
+
+
+def drill_mounts(config: Config) -> tuple[str, ...]:
+    """What the drill reads: the backup directory, or on a receiving host the synced copy."""
+    if reads_copy(config):
+        copy = config.snapshot.source or config.sync.source
+        return (copy,) if copy else ()
+    return (config.backup.directory,)
+
+
+def drill_calendar(drill: DrillConfig) -> tuple[str, str]:
+    """[drill] day and at as cron's fields and systemd's OnCalendar: once a month."""
+    hour, minute = drill.at.split(":")
+    return (
+        f"{int(minute)} {int(hour)} {drill.day} * *",
+        f"*-*-{drill.day:02d} {drill.at}:00",
     )
 
 
@@ -216,6 +242,12 @@ def writable_paths(config: Config, job: str) -> tuple[str, ...]:
         own = [config.sync.source or config.backup.directory, str(Path(config.sync.log).parent)]
     elif job == "snapshot":
         own = [config.snapshot.directory, str(Path(config.snapshot.directory).parent)]
+    elif job == "drill":
+        # its scratch directory ("" is the unit's private /tmp); on the sending server the
+        # backup directory too, where restore takes the backup's lock
+        own = [config.drill.scratch] if config.drill.scratch else []
+        if not reads_copy(config):
+            own.append(config.backup.directory)
     return tuple(dict.fromkeys([*own, *shared]))
 
 
@@ -296,8 +328,9 @@ def check_times(schedule: ScheduleConfig, jobs: Jobs) -> None:
         )
 
 
-def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
+def render_cron(schedule: ScheduleConfig, jobs: Jobs, drill: DrillConfig | None = None) -> str:
     check_times(schedule, jobs)
+    drill = drill or DrillConfig()
     return jobs.marker + render(
         "cron.j2",
         name=jobs.name,
@@ -312,10 +345,14 @@ def render_cron(schedule: ScheduleConfig, jobs: Jobs) -> str:
         snapshot_command=cron_command(jobs.snapshot) if jobs.snapshot else "",
         freshness_when=f"{FRESHNESS_MINUTE} * * * *",
         freshness_command=cron_command(jobs.freshness) if jobs.freshness else "",
+        drill_when=drill_calendar(drill)[0],
+        drill_command=cron_command(jobs.drill) if jobs.drill else "",
     )
 
 
-def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
+def render_systemd(
+    schedule: ScheduleConfig, jobs: Jobs, drill: DrillConfig | None = None
+) -> dict[str, str]:
     """The unit files of the jobs present, by name: a service and a timer each."""
     check_times(schedule, jobs)
     common = {
@@ -328,14 +365,22 @@ def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
         "mounts": " ".join(systemd_quote(m) for m in jobs.snapshot_mounts),
         "user": schedule.user,
     }
+    drill_values = {
+        **common,
+        "mounts": " ".join(systemd_quote(m) for m in jobs.drill_mounts),
+        "user": schedule.user,
+    }
+    # each job's OnCalendar=: daily at its time, the drill monthly (the freshness timer is
+    # hourly and says so itself)
     per_job = (
-        ("backup", jobs.backup, schedule.backup_at, common),
-        ("sync", jobs.sync, schedule.sync_at, common),
-        ("snapshot", jobs.snapshot, snapshot_time(schedule), snapshot),
+        ("backup", jobs.backup, daily(schedule.backup_at), common),
+        ("sync", jobs.sync, daily(schedule.sync_at), common),
+        ("snapshot", jobs.snapshot, daily(snapshot_time(schedule)), snapshot),
         ("freshness", jobs.freshness, "", common),
+        ("drill", jobs.drill, drill_calendar(drill or DrillConfig())[1], drill_values),
     )
     units: dict[str, str] = {}
-    for name, argv, at, values in per_job:
+    for name, argv, calendar, values in per_job:
         if argv is None:
             continue
         hardening = hardening_values(jobs, name)
@@ -347,7 +392,7 @@ def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
             **hardening,
         )
         units[unit_name(jobs.name, name, "timer")] = jobs.marker + render(
-            f"keyforge-{name}.timer.j2", at=f"*-*-* {at}:00", name=jobs.name, **values
+            f"keyforge-{name}.timer.j2", at=calendar, name=jobs.name, **values
         )
     if jobs.notify is not None:
         units[notify_unit_name(jobs.name)] = jobs.marker + render(
@@ -356,6 +401,11 @@ def render_systemd(schedule: ScheduleConfig, jobs: Jobs) -> dict[str, str]:
             **hardening_values(jobs, "notify"),
         )
     return units
+
+
+def daily(at: str) -> str:
+    """OnCalendar= for every day at HH:MM."""
+    return f"*-*-* {at}:00"
 
 
 def hardening_values(jobs: Jobs, job: str) -> dict[str, str]:
@@ -387,12 +437,16 @@ def find_sendmail() -> str | None:
 
 
 def rendered_files(
-    kind: str, schedule: ScheduleConfig, jobs: Jobs, dest: Path | None = None
+    kind: str,
+    schedule: ScheduleConfig,
+    jobs: Jobs,
+    dest: Path | None = None,
+    drill: DrillConfig | None = None,
 ) -> dict[Path, str]:
     """Every file of ``kind`` by the path it is installed at."""
     if kind == CRON:
-        return {(dest or CRON_DIR) / jobs.name: render_cron(schedule, jobs)}
-    units = render_systemd(schedule, jobs)
+        return {(dest or CRON_DIR) / jobs.name: render_cron(schedule, jobs, drill)}
+    units = render_systemd(schedule, jobs, drill)
     return {(dest or SYSTEMD_DIR) / name: text for name, text in units.items()}
 
 

@@ -144,16 +144,14 @@ def prune_command(
         say("nothing to prune")
 
 
+AT_HELP = (
+    "Restore as of this run: a day (YYYY-MM-DD: its last run), a run as 'keyforge list' shows "
+    "it (20261128-093000) or a time (2026-11-28T09:30: the newest run made by then). "
+    "Default: the latest."
+)
+
+
 def restore_command(
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--source",
-            metavar="PATH",
-            show_default=False,
-            help="The configured source to restore, e.g. /etc.",
-        ),
-    ] = None,
     to: Annotated[
         Path | None,
         typer.Option(
@@ -174,22 +172,38 @@ def restore_command(
             "made it, for pg_restore, mariadb or sqlite3 to load.",
         ),
     ] = None,
-    at: Annotated[
+    source: Annotated[
         str | None,
         typer.Option(
-            "--at",
-            metavar="DATE",
+            "--source",
+            metavar="PATH",
             show_default=False,
-            help="Restore the state at the end of this day (YYYY-MM-DD). Default: latest.",
+            help="The configured source to restore, e.g. /etc (with --path: optional).",
         ),
     ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option(
+            "--path",
+            metavar="PATH",
+            show_default=False,
+            help="Only this file or directory, e.g. etc/nginx or /etc/nginx/nginx.conf; it "
+            "lands in DIR as it lies in its source (DIR/nginx/nginx.conf).",
+        ),
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", metavar="WHEN", show_default=False, help=AT_HELP)
+    ] = None,
     config_path: options.ConfigOption = None,
+    from_dir: options.FromOption = None,
+    host: options.HostOption = None,
     force: Annotated[
         bool,
         typer.Option(
             "--force",
             help="Restore into a non-empty DIR (files the backup says "
-            "were deleted are deleted there); with --dump, replace an existing file.",
+            "were deleted are deleted there; with --path, the path there is replaced; with "
+            "--dump, an existing file is replaced).",
         ),
     ] = False,
     dry_run: Annotated[
@@ -200,34 +214,38 @@ def restore_command(
     insecure_unsigned: options.InsecureUnsignedOption = False,
     identity: options.IdentityOption = None,
 ) -> None:
-    """Rebuild a source as it was at a date: its master, then each incremental in order.
+    """Rebuild a source, or one path of it, as it was at a run: its master, then each
+    incremental in order.
 
     Encrypted archives (*.tar.zst.age) need --identity FILE: one of the keys they were
     encrypted to. It is checked against every archive of the chain before anything is written.
 
     GNU tar's incremental extraction also deletes files that were deleted between runs, so the
-    result is the tree as it stood, not a union of every version. Run as root to give files
+    result is the tree as it stood, not a union of every version. With --path only that file
+    or directory is extracted, from the archives holding its versions as of that run (read
+    from tar's listings; a directory renamed since is followed). Run as root to give files
     their recorded owners back; anyone else gets them as their own (tar --no-same-owner), and
     is told so. Nothing is written into a synced copy: only where keyforge backup writes (its
-    lock is there) does restore take that lock. Every manifest of the chain must be signed by
-    a key allowed_signers admits, and every archive be what it records; else nothing is
-    restored. With --dump NAME, writes that dump (signed and checked against its manifest's
-    sha256 alike) to --to FILE or to standard output; an encrypted dump (*.dump.zst.age)
-    needs --identity FILE too, and is decrypted on its way out.
+    lock is there) does restore take that lock. --from DIR reads a synced copy or a snapshot
+    with no config file. Every manifest of the chain must be signed by a key allowed_signers
+    admits, and every archive be what it records; else nothing is restored. With --dump NAME,
+    writes that dump (signed and checked against its manifest alike) to --to FILE or to
+    standard output; an encrypted dump (*.dump.zst.age) needs --identity FILE too, and is
+    decrypted on its way out.
     """
-    from keyforge.sender import restore
+    from keyforge.sender import catalog, restore
 
-    cfg = options.load_config(config_path)
-    day = restore.parse_at(at) if at else None
+    cfg = options.load_backups(config_path, from_dir, host)
+    when = catalog.parse_at(at) if at else None
     if dump is not None:
-        if source is not None:
-            raise UsageError("--dump and --source each name what to restore: give one")
+        if source is not None or path is not None:
+            raise UsageError("--dump and --source (or --path) each name what to restore: give one")
         to_stdout = to is None or str(to) == "-"
         record = restore.run_dump_restore(
             cfg,
             dump,
             None if to_stdout else to,
-            at=day,
+            at=when,
             force=force,
             dry_run=dry_run,
             stdout=_stdout_fd,
@@ -239,8 +257,13 @@ def restore_command(
         elif not to_stdout:
             say(f"restored dump {dump} ({record.name}) into {to}")
         return
-    if source is None or to is None:
-        raise UsageError("restore needs --source PATH and --to DIR (or --dump NAME)")
+    if to is None:
+        raise UsageError("restore needs --to DIR (or --dump NAME)")
+    inner: bytes | None = None
+    if path is not None:
+        source, inner = catalog.resolve_path(cfg, path, source)
+    if source is None:
+        raise UsageError("give --source (a configured source) or --path")
     restore.slug_for(cfg, source)  # a wrong request first, then who may sign
     trust = options.trust(cfg, allowed_signers, insecure=insecure_unsigned)
     notice = restore.owner_notice()
@@ -248,13 +271,22 @@ def restore_command(
         warn(notice)
     key = options.load_identity(identity)
     archives = restore.run_restore(
-        cfg, source, to, at=day, force=force, dry_run=dry_run, identity=key, trust=trust
+        cfg,
+        source,
+        to,
+        at=when,
+        force=force,
+        dry_run=dry_run,
+        path=inner,
+        identity=key,
+        trust=trust,
     )
     verb = "would apply" if dry_run else "applied"
     for record in archives:
         say(f"{verb} {record.name}")
     if not dry_run:
-        say(f"restored {source} into {to}")
+        what = catalog.shown_path(source, inner) if inner else source
+        say(f"restored {what} into {to}")
 
 
 def _stdout_fd() -> int:
@@ -266,6 +298,8 @@ def _stdout_fd() -> int:
 
 def verify_command(
     config_path: options.ConfigOption = None,
+    from_dir: options.FromOption = None,
+    host: options.HostOption = None,
     scratch: Annotated[
         Path | None,
         typer.Option(
@@ -292,12 +326,13 @@ def verify_command(
 
     Owners are compared only when run as root (no one else can restore them). On a synced
     copy nothing is written into it: no lock, and the trial restores go to --scratch or the
-    system's temporary directory. Every chain's manifests must be signed by a key
-    allowed_signers admits (--insecure-unsigned for an old, unsigned chain)."""
+    system's temporary directory. --from DIR reads a synced copy or a snapshot with no config
+    file. Every chain's manifests must be signed by a key allowed_signers admits
+    (--insecure-unsigned for an old, unsigned chain)."""
     from keyforge.sender import restore
     from keyforge.sender.backup import human_size
 
-    cfg = options.load_config(config_path)
+    cfg = options.load_backups(config_path, from_dir, host)
     trust = options.trust(cfg, allowed_signers, insecure=insecure_unsigned)
     notice = restore.owner_notice(verify=True)
     if notice:

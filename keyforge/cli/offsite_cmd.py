@@ -182,6 +182,9 @@ def schedule_command(
     /etc/cron.d/keyforge and keyforge-*.timer, drive.toml's /etc/cron.d/keyforge-drive and
     keyforge-drive-*.timer ([schedule] name sets it). Installing one config never touches
     another's set; --list shows them all.
+
+    A config with a [drill] section (keyforge init writes one) also gets 'keyforge drill'
+    once a month, on [drill] day at [drill] at, on either host.
     """
     from keyforge import config, schedule
 
@@ -197,7 +200,7 @@ def schedule_command(
     kind = schedule.CRON if cron else schedule.SYSTEMD if systemd else schedule.default_kind()
     jobs = schedule.jobs_for(cfg, path, schedule.keyforge_argv())
     schedule.check_snapshot_user(cfg, jobs, schedule.owner_name)
-    files = schedule.rendered_files(kind, cfg.schedule, jobs, dest)
+    files = schedule.rendered_files(kind, cfg.schedule, jobs, dest, cfg.drill)
     mail = schedule.mail_warning(cfg.schedule, kind, schedule.find_sendmail)
     if mail is not None:
         warn(mail)

@@ -103,6 +103,29 @@ IdentityOption = Annotated[
 ]
 
 
+# restore, list, find, verify and drill: backups read where they are, with no config
+FromOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--from",
+        metavar="DIR",
+        show_default=False,
+        help="Read the backups in DIR (a synced copy or one of its snapshots) with no config "
+        "file: the host and the sources come from the manifests there. Nothing is written "
+        "into DIR.",
+    ),
+]
+HostOption = Annotated[
+    str | None,
+    typer.Option(
+        "--host",
+        metavar="NAME",
+        show_default=False,
+        help="With --from: whose backups to read. Default: the only host with manifests there.",
+    ),
+]
+
+
 # --- what the values mean ------------------------------------------------------------------
 
 
@@ -110,6 +133,20 @@ def load_config(path: Path | None) -> Config:
     from keyforge import config
 
     return config.load(config.resolve_path(path))
+
+
+def load_backups(path: Path | None, from_dir: Path | None, host: str | None) -> Config:
+    """The config a reading command works with: the backups in ``from_dir`` as they are, or
+    the config file's."""
+    if from_dir is None:
+        if host is not None:
+            raise UsageError("--host goes with --from (a config file names its own host)")
+        return load_config(path)
+    if path is not None:
+        raise UsageError("--from reads the backups without a config file; drop --config")
+    from keyforge.sender import catalog
+
+    return catalog.copy_config(from_dir, host)
 
 
 def load_identity(path: Path | None) -> Identity | None:

@@ -29,7 +29,7 @@ from keyforge.config import Config
 from keyforge.errors import CommandError, FileError, KeyforgeError, UsageError
 from keyforge.infra import fsutil, runner
 from keyforge.layout import ArchiveRecord
-from keyforge.sender import backup, pipeline
+from keyforge.sender import backup, catalog, pipeline, reading
 
 SCRATCH_NAME = ".verify-scratch"
 MAX_PROBLEMS_SHOWN = 5
@@ -112,16 +112,6 @@ def _make_private(path: Path) -> None:
         raise FileError.from_os_error("create", path, err) from err
 
 
-def parse_at(text: str) -> dt.date:
-    """--at: a day as YYYY-MM-DD or YYYYMMDD."""
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
-        try:
-            return dt.datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
-    raise UsageError(f"--at must be a date like 2026-11-28, got {text!r}")
-
-
 def slug_for(config: Config, source: str) -> str:
     normalized = "/" + source.strip("/") if source.strip("/") else "/"
     for configured in config.backup.sources:
@@ -131,11 +121,21 @@ def slug_for(config: Config, source: str) -> str:
     raise UsageError(f"--source {source} is not a configured source (sources: {known})")
 
 
-def plan_restore(config: Config, source: str, at: dt.date | None) -> list[ArchiveRecord]:
+def as_at(at: dt.date | catalog.At | None) -> catalog.At | None:
+    """A day (the library's older form of --at) as the bound of its last run."""
+    if at is None or isinstance(at, catalog.At):
+        return at
+    return catalog.parse_at(at.isoformat())
+
+
+def plan_restore(
+    config: Config, source: str, at: dt.date | catalog.At | None
+) -> list[ArchiveRecord]:
     slug = slug_for(config, source)
-    archives = backup.select_for_restore(backup.scan_archives(config), slug, at)
+    bound = as_at(at)
+    archives = catalog.select_chain(backup.scan_archives(config), slug, bound)
     if not archives:
-        when = f" on or before {at.isoformat()}" if at else ""
+        when = f" at or before {bound.text}" if bound else ""
         raise FileError(f"no full backup of {source}{when} in {config.backup_dir}")
     return archives
 
@@ -224,16 +224,46 @@ def _restore_whole(
         raise
 
 
+def extract_argv(target: Path, select: int | None = None) -> list[str]:
+    """tar's extraction of a chain's archive onto ``target``; with ``select`` (a descriptor
+    holding NUL-separated member names) only those members, each on its own (no recursion)
+    and as they are (no incremental deletions: the caller rebuilt the tree from the listings).
+    """
+    argv = backup.tar_extract_argv(target, same_owner=restores_owners())
+    if select is None:
+        return argv
+    return [
+        *(a for a in argv if not a.startswith("--listed-incremental")),
+        "--no-recursion",
+        "--no-wildcards",
+        "--null",
+        "--verbatim-files-from",
+        f"--files-from=/proc/self/fd/{select}",
+    ]
+
+
 def extract_archive(
     archive: Path,
     target: Path,
     *,
     identity: pipeline.Identity | None = None,
     encrypted_to: Sequence[str] = (),
+    select: Iterable[bytes] | None = None,
 ) -> None:
-    """Apply one archive of a chain onto ``target`` (GNU tar incremental extraction)."""
-    extract = backup.tar_extract_argv(target, same_owner=restores_owners())
-    tar = pipeline.read_archive(archive, extract, identity=identity, encrypted_to=encrypted_to)
+    """Apply one archive of a chain onto ``target`` (GNU tar incremental extraction); with
+    ``select``, only the members of those paths (relative to the source, b"" its top)."""
+    if select is None:
+        extract = backup.tar_extract_argv(target, same_owner=restores_owners())
+        tar = pipeline.read_archive(archive, extract, identity=identity, encrypted_to=encrypted_to)
+    else:
+        tar = reading.extract_selected(
+            archive,
+            extract_argv,
+            target,
+            select,
+            identity=identity,
+            encrypted_to=encrypted_to,
+        )
     if tar.returncode != 0:
         raise CommandError(
             f"tar failed restoring {archive.name}: "
@@ -284,13 +314,16 @@ def run_restore(
     source: str,
     target: Path,
     *,
-    at: dt.date | None = None,
+    at: dt.date | catalog.At | None = None,
     force: bool = False,
     dry_run: bool = False,
+    path: bytes | None = None,
     identity: pipeline.Identity | None = None,
     trust: signing.Trust | None = None,
 ) -> list[ArchiveRecord]:
-    """Rebuild ``source`` as of the end of day ``at`` (default: the latest run) in ``target``.
+    """Rebuild ``source`` as of the run ``at`` picks (default: the latest) in ``target``; with
+    ``path`` (relative to the source) only that file or directory, at ``target/path``. Returns
+    the archives applied (for ``path``, those holding some of it).
 
     The chain is checked against ``trust`` first (default: the config's allowed signers, see
     ``signing.trust_for``): a chain that is unsigned, badly signed, cut, or not what its
@@ -301,6 +334,17 @@ def run_restore(
     archives = plan_restore(config, source, at)
     trust = trust if trust is not None else signing.trust_for(config)
     check_chain_identity(config, archives, identity)
+    if path:  # b"": the whole source
+        return _run_restore_path(
+            config,
+            source,
+            archives,
+            path,
+            target,
+            force=force,
+            dry_run=dry_run,
+            identity=identity,
+        )
     if dry_run:
         check_chain(config, archives, trust)
         return archives
@@ -321,6 +365,146 @@ def run_restore(
             # --force: onto what is there, in place
             apply_chain(config, archives, target, identity)
     return archives
+
+
+@dataclasses.dataclass(frozen=True)
+class PathPlan:
+    """What restoring one path takes: the members of each archive (by their name there), and
+    the final path of every entry that a directory rename since moved."""
+
+    members: dict[str, list[bytes]]
+    moves: tuple[tuple[bytes, bytes], ...]
+    dirs: tuple[tuple[bytes, int], ...]
+    keep: tuple[bytes, ...]
+
+
+def plan_path(state: catalog.State, inner: bytes, order: Sequence[str]) -> PathPlan | None:
+    """The extraction plan for ``inner`` (and its parents) from a rebuilt tree (pure); None
+    when the tree does not hold it."""
+    wanted = {p: h for p, h in state.items() if catalog.within(p, inner)}
+    if not wanted:
+        return None
+    parents = [inner[:i] for i in range(len(inner)) if inner[i : i + 1] == b"/"]
+    for parent in [b"", *parents]:
+        if parent in state:
+            wanted.setdefault(parent, state[parent])
+    members: dict[str, list[bytes]] = {name: [] for name in order}
+    moves = []
+    for final, held in sorted(wanted.items()):
+        members[held.archive].append(held.name)
+        if held.member.kind == "hardlink":
+            members[held.archive].append(held.member.target)  # tar links to a member it made
+        if held.name != final:
+            moves.append((held.name, final))
+    dirs = tuple(
+        (p, h.member.mtime)
+        for p, h in sorted(wanted.items(), reverse=True)
+        if h.member.kind == "dir"
+    )
+    used = {name: list(dict.fromkeys(names)) for name, names in members.items() if names}
+    return PathPlan(used, tuple(moves), dirs, (b"", *parents, inner))
+
+
+def _run_restore_path(
+    config: Config,
+    source: str,
+    archives: list[ArchiveRecord],
+    inner: bytes,
+    target: Path,
+    *,
+    force: bool,
+    dry_run: bool,
+    identity: pipeline.Identity | None = None,
+) -> list[ArchiveRecord]:
+    state: catalog.State = {}
+    recipients = encrypted_to_of(config)
+    with reading_lock(config.backup_dir):
+        for record in archives:
+            state = catalog.read_archive_into(config, record, state, identity)
+        plan = plan_path(state, inner, [r.name for r in archives])
+        if plan is None:
+            shown = catalog.shown_path(source, inner)
+            raise FileError(f"{shown} is not in the backup of {source} as of {archives[-1].stamp}")
+        used = [r for r in archives if r.name in plan.members]
+        if dry_run:
+            return used
+        target = target.absolute()
+        fresh = _target_is_fresh(target, force=force)
+        staging = staging_path(target)
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
+            staging.mkdir(mode=0o700)
+        except OSError as err:
+            raise FileError.from_os_error("create", staging, err) from err
+        try:
+            for record in used:
+                extract_archive(
+                    config.backup_dir / record.name,
+                    staging,
+                    identity=identity,
+                    encrypted_to=recipients.get(record.name, ()),
+                    select=plan.members[record.name],
+                )
+            _finish_path(staging, plan)
+            _place_path(staging, target, inner, fresh=fresh)
+        except OSError as err:
+            raise FileError.from_os_error("restore into", target, err) from err
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return used
+
+
+def _fs(path: bytes) -> Path:
+    """A path of the restored tree as a Path; surrogateescape keeps any byte exact."""
+    return Path(os.fsdecode(path))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _finish_path(staging: Path, plan: PathPlan) -> None:
+    """Moves what a rename left under an older name, drops what lies outside the path (a hard
+    link's other name, siblings of the parents) and gives directories their recorded mtimes
+    back (both changed them)."""
+    for old, new in plan.moves:
+        (staging / _fs(new)).parent.mkdir(parents=True, exist_ok=True)
+        (staging / _fs(old)).rename(staging / _fs(new))
+    inner = plan.keep[-1]
+    base = os.fsencode(staging)
+    for dirpath, dirnames, filenames in os.walk(base, topdown=True):
+        relative = os.path.relpath(dirpath, base)
+        here = b"" if relative == b"." else relative
+        if catalog.within(here, inner):
+            dirnames[:] = []
+            continue
+        for name in [*dirnames, *filenames]:
+            path = here + b"/" + name if here else name
+            if path not in plan.keep and not catalog.within(path, inner):
+                _remove(staging / _fs(path))
+        dirnames[:] = [d for d in dirnames if (staging / _fs(here) / _fs(d)).exists()]
+    for path, ns in plan.dirs:
+        full = staging / _fs(path) if path else staging
+        if full.is_symlink() or full.exists():
+            os.utime(full, ns=(ns, ns), follow_symlinks=False)
+
+
+def _place_path(staging: Path, target: Path, inner: bytes, *, fresh: bool) -> None:
+    """The restored path into ``target``: the whole staging tree for a new or empty one, else
+    (--force) the path alone, replacing what is there."""
+    if fresh:
+        staging.rename(target)
+        fsutil.fsync_dir(target.parent)
+        return
+    destination = target / _fs(inner)
+    if destination.is_symlink() or destination.exists():
+        _remove(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    (staging / _fs(inner)).rename(destination)
 
 
 # --- verify ----------------------------------------------------------------------------------
@@ -771,16 +955,17 @@ def summarize_problems(problems: Iterable[str]) -> str:
 # --- restore --dump --------------------------------------------------------------------------
 
 
-def plan_dump_restore(config: Config, unit: str, at: dt.date | None) -> ArchiveRecord:
-    """The newest archive of dump ``unit`` made on or before the end of day ``at``."""
+def plan_dump_restore(config: Config, unit: str, at: dt.date | catalog.At | None) -> ArchiveRecord:
+    """The newest archive of dump ``unit`` at or before ``at`` (as --at reads it)."""
     wanted = layout.dump_source(unit)
+    bound = as_at(at)
     records = backup.scan_archives(config)
-    found = [r for r in records if r.slug == wanted and (at is None or r.when.date() <= at)]
+    found = [r for r in records if r.slug == wanted and (bound is None or bound.admits(r))]
     if found:
         return found[-1]
     prefix = layout.dump_source("")
     units = sorted({r.slug[len(prefix) :] for r in records if layout.is_dump_source(r.slug)})
-    when = f" on or before {at.isoformat()}" if at else ""
+    when = f" at or before {bound.text}" if bound else ""
     known = f" (dumps there: {', '.join(units)})" if units else ""
     raise FileError(f"no dump {unit}{when} in {config.backup_dir}{known}")
 
@@ -790,7 +975,7 @@ def run_dump_restore(
     unit: str,
     target: Path | None,
     *,
-    at: dt.date | None = None,
+    at: dt.date | catalog.At | None = None,
     force: bool = False,
     dry_run: bool = False,
     stdout: Callable[[], int] | None = None,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from keyforge.config import Config, snapshot_source
+from keyforge.config import reads_copy as config_reads_copy
 from keyforge.errors import FileError
 from keyforge.layout import (
     MANIFEST_SUFFIX,
@@ -30,7 +31,7 @@ from keyforge.layout import (
     stamp_key,
 )
 from keyforge.monitor import runs
-from keyforge.sender import sync
+from keyforge.sender import drill, sync
 from keyforge.sender.backup import human_size
 
 
@@ -168,7 +169,7 @@ def judge_dumps(item: Item, manifest: str, missing: Sequence[str]) -> Item:
 
 def reads_copy(config: Config) -> bool:
     """A receiving host's config: [snapshot] and no [backup]; status reads its synced copy."""
-    return "snapshot" in config.sections and "backup" not in config.sections
+    return config_reads_copy(config)
 
 
 def status_dir(config: Config) -> Path:
@@ -287,7 +288,20 @@ def assess(config: Config, now: datetime, max_age_hours: float) -> Status:
     records = read_sync_log(Path(config.sync.log))
     items += sync_items(records, names, now, max_age_hours)
     items += run_items(runs.read(runs.run_log_path(config)))
+    items += drill_items(config, now)
     return Status(tuple(items), max_age_hours)
+
+
+def drill_items(config: Config, now: datetime) -> list[Item]:
+    """One line per host a drill ran for here: its last success, judged by [drill]
+    max_age_days, and failed when a later drill failed."""
+    items = []
+    for host, drills in drill.records(config).items():
+        success, detail, failure = drill.status_successes(drills)
+        found = Success(success, None, detail) if success is not None else None
+        limit = config.drill.max_age_days * 24.0
+        items.append(judge(f"drill of {host}", found, failure, now, limit))
+    return items
 
 
 # --- showing ---------------------------------------------------------------------------------

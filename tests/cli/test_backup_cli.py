@@ -141,7 +141,8 @@ def test_restore_at_a_malformed_date_is_a_usage_error(tmp_path: Path) -> None:
         app, restore_args(config, str(src), tmp_path / "o", "--at", "yesterday")
     )
     assert result.exit_code == 2
-    assert "--at must be a date like 2026-11-28, got 'yesterday'" in result.stderr
+    assert "--at must be a day (2026-11-28), a run as 'keyforge list' shows it" in result.stderr
+    assert "got 'yesterday'" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["init", "backup", "prune", "restore", "verify"])

@@ -114,20 +114,27 @@ def test_the_readme_quickstart_works_as_written(lab):
     )
     on_server1("status", "--max-age", "26")
 
-    # on raspberrypi, as root: restore server1's /etc/ssh from the offsite copy
+    # on raspberrypi, as root: list, find and restore server1's /etc/ssh from the offsite copy,
+    # with no config file (README: --from)
     config = tomllib.loads(server1.read_file(CONFIG))
     assert config["backup"]["sources"] == ["/etc/ssh"]
-    pi.run(["keyforge", "init", "--config", "/root/server1.toml"])
-    pi.sh(
-        "sed -i -e 's|^host = .*|host = \"server1\"|'"
-        " -e 's|^sources = .*|sources = [\"/etc/ssh\"]|'"
-        f" -e 's|^directory = .*|directory = \"{lab.FOO_HOME}/srvbackups\"|'"
-        " /root/server1.toml"
-    )
+    copy = f"{lab.FOO_HOME}/srvbackups"
+    listed = pi.run(["keyforge", "list", "--from", copy]).stdout
+    assert "1 archive(s)" in listed and "server1-etc_ssh." in listed
+    found = pi.run(["keyforge", "find", "--from", copy, "sshd_config"]).stdout
+    assert found.splitlines()[0] == "/etc/ssh/sshd_config"
     pi.sh(f"mkdir -p /etc/keyforge && echo '{pin}' > {ALLOWED_SIGNERS}")
-    unpinned = pi.run(["keyforge", "restore", "--config", "/root/server1.toml", "--source",
-                       "/etc/ssh", "--to", "/root/restored"], check=False)  # fmt: skip
+    restore = [
+        "keyforge",
+        "restore",
+        "--from",
+        copy,
+        "--path",
+        "/etc/ssh",
+        "--to",
+        "/root/restored",
+    ]
+    unpinned = pi.run(restore, check=False)
     assert unpinned.returncode == 16, unpinned.stderr
-    pi.run(["keyforge", "restore", "--config", "/root/server1.toml", "--source", "/etc/ssh",
-            "--to", "/root/restored", "--allowed-signers", ALLOWED_SIGNERS])  # fmt: skip
+    pi.run([*restore, "--allowed-signers", ALLOWED_SIGNERS])
     assert lab.tree_hashes(pi, "/root/restored") == lab.tree_hashes(server1, "/etc/ssh")

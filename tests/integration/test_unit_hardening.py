@@ -19,10 +19,15 @@ from keyforge.config import parse
 # what systemd-analyze rates the hardened units at most (0 safe ... 10 unsafe)
 MAX_EXPOSURE = 3.0
 _SCORE_RE = re.compile(r"Overall exposure level for \S+: ([0-9.]+)")
-SENDER = {"backup": {"directory": "/srv/backups/server1"}, "monitor": {"log": "/var/log/k/r.log"}}
+SENDER = {
+    "backup": {"directory": "/srv/backups/server1"},
+    "monitor": {"log": "/var/log/k/r.log"},
+    "drill": {},
+}
 RECEIVER = {
     "snapshot": {"source": "/home/foo/srvbackups", "directory": "/var/backups/snaps"},
     "monitor": {"prometheus_textfile": "/var/lib/prometheus/node-exporter/keyforge.prom"},
+    "drill": {"scratch": "/var/tmp/drill"},
 }
 
 
@@ -85,7 +90,14 @@ def test_systemd_analyze_verify_accepts_every_unit(
 
 @pytest.mark.parametrize(
     ("sections", "job"),
-    [(SENDER, "backup"), (SENDER, "sync"), (RECEIVER, "snapshot"), (RECEIVER, "freshness")],
+    [
+        (SENDER, "backup"),
+        (SENDER, "sync"),
+        (SENDER, "drill"),
+        (RECEIVER, "snapshot"),
+        (RECEIVER, "freshness"),
+        (RECEIVER, "drill"),
+    ],
 )
 def test_every_job_unit_is_rated_low_and_was_not_before(
     tmp_path: Path, sections: dict[str, dict[str, object]], job: str
@@ -124,3 +136,12 @@ def test_each_job_may_write_only_its_own_directories(tmp_path: Path) -> None:
     sync = units["keyforge-sync.service"].read_text()
     assert "-/var/log" in sync  # the sync log's directory
     assert "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE\n" in sync
+
+
+def test_the_drill_writes_its_scratch_and_never_the_copy_it_reads(tmp_path: Path) -> None:
+    drill = _units(tmp_path, RECEIVER)["keyforge-drill.service"].read_text()
+    [line] = [ln for ln in drill.splitlines() if ln.startswith("ReadWritePaths=")]
+    writable = line.split("=", 1)[1].split()
+    assert "-/var/tmp/drill" in writable
+    assert not any(p.startswith("-/home/foo/srvbackups") for p in writable)
+    assert "\nOnFailure=keyforge-notify@%n.service\n" in drill
