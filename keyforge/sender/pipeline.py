@@ -26,7 +26,6 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import os
 import signal
@@ -44,7 +43,6 @@ from keyforge.errors import CommandError, FileError, KeyMaterialError
 from keyforge.infra import fsutil, runner
 from keyforge.layout import ENCRYPTED_SUFFIX, PARTIAL_SUFFIX, is_encrypted_name, partial_name
 
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 T = TypeVar("T")
 
 
@@ -297,9 +295,8 @@ class _WriteJob:
         ):
             encryptor = sink.procs[0].stdin
             assert encryptor is not None and side.stdin is not None
-            for pipe in (encryptor, side.stdin, source.stdout):
-                with contextlib.suppress(OSError):  # fewer, larger transfers
-                    fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, _TEE_CHUNK)
+            for pipe in (encryptor, side.stdin):  # open_chain widened source.stdout
+                runner.widen_pipe(pipe.fileno(), _TEE_CHUNK)
             _tee_into(source.stdout.fileno(), encryptor.fileno(), side.stdin.fileno(), tick)
             encryptor.close()
             side.stdin.close()
@@ -521,8 +518,7 @@ class _ArchiveFollower:
                 self._checker_err.close()
                 raise
             assert self._checker.stdin is not None
-            with contextlib.suppress(OSError):  # fewer wake-ups of the checker
-                fcntl.fcntl(self._checker.stdin.fileno(), F_SETPIPE_SZ, self.CHUNK)
+            runner.widen_pipe(self._checker.stdin.fileno(), self.CHUNK)  # fewer wake-ups
             self._threads.append(
                 threading.Thread(target=self._run, args=(self._feed_from,), daemon=True)
             )
