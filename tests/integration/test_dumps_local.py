@@ -112,7 +112,7 @@ def test_restore_dump_picks_the_newest_on_or_before_at_and_names_the_dumps(
         app, ["restore", "-c", str(cfg), "--dump", "pipe", "--at", "2001-01-01", "--to", "x"]
     )
     assert old.exit_code == 4
-    assert "no dump pipe on or before 2001-01-01" in old.stderr
+    assert "no dump pipe at or before 2001-01-01" in old.stderr
     unknown = CliRunner().invoke(app, ["restore", "-c", str(cfg), "--dump", "nope"])
     assert unknown.exit_code == 4
     assert "(dumps there: pipe)" in unknown.stderr
