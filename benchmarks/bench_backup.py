@@ -14,7 +14,10 @@ run, on the same tree and with the same tar options:
 For each: wall time, CPU (user + system of every process involved), peak memory (the largest
 resident set of any process involved) and archive size, with the ratios the targets ask for.
 keyforge runs with nice 0 and no ionice here (--niced keeps its defaults), so both sides compete
-for the CPU alike on a shared machine.
+for the CPU alike on a shared machine. Every step starts after a sync, with the last run's output
+already removed, and each round takes the full-backup and restore steps in a rotated order, so
+no step pays for its neighbour's writeback. "hand full + sync" (the hand pipeline, then its
+archive flushed to disk, as keyforge does before it names an archive) is shown for reference.
 
     python3 benchmarks/bench_backup.py [--size-mb 500] [--repeat 3] [--workdir DIR] [--keep]
 """
@@ -30,8 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 TAR_OPTS = "--xattrs --xattrs-include='*' --acls --sparse --numeric-owner --no-check-device"
 
@@ -44,7 +51,12 @@ class Sample:
 
 
 def measure(argv: list[str], env: dict[str, str] | None = None) -> Sample:
-    """Run argv; wall time, CPU and peak RSS of it and all its waited-for descendants."""
+    """Run argv; wall time, CPU and peak RSS of it and all its waited-for descendants.
+
+    Every step starts with nothing dirty in the page cache: without the sync, the writeback of
+    the step before (an archive the hand pipeline never flushed, a tree just removed) lands
+    in whichever step runs next and is charged to it."""
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -173,6 +185,11 @@ def archive_of(backup_dir: Path, kind: str) -> Path:
     return found[0]
 
 
+def rotated(steps: list[T], by: int) -> list[T]:
+    by %= len(steps)
+    return steps[by:] + steps[:by]
+
+
 def median(samples: list[Sample]) -> Sample:
     return Sample(
         statistics.median(s.wall for s in samples),
@@ -236,13 +253,22 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
     }
 
     def hand_full() -> list[str]:
+        # the last run's archive goes before the clock starts, as keyforge's does (kf_full):
+        # freeing its blocks is the step before's cost, not this one's
+        for old in (hand / "full.snar", hand / "full.tar.zst"):
+            old.unlink(missing_ok=True)
         return sh(
-            f"rm -f {hand}/full.snar; tar --listed-incremental={hand}/full.snar {TAR_OPTS} "
+            f"tar --listed-incremental={hand}/full.snar {TAR_OPTS} "
             f"-C {src} -cf - . | zstd -T0 -3 -q -f -o {hand}/full.tar.zst"
         )
 
     def hand_full_tested() -> list[str]:
         return sh(hand_full()[2] + f"; zstd -t -q {hand}/full.tar.zst")
+
+    def hand_full_synced() -> list[str]:
+        # a reference, not a target: keyforge fsyncs an archive before naming it, which the
+        # hand pipeline leaves to the kernel's writeback after the clock stopped
+        return sh(hand_full()[2] + f"; sync {hand}/full.tar.zst")
 
     def kf_full(name: str) -> list[str]:
         shutil.rmtree(kf_dirs[name], ignore_errors=True)
@@ -257,6 +283,7 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
             "keyforge full",
             "keyforge full encrypted (no test)",
             "keyforge full encrypted",
+            "hand full + sync",
             "hand incremental",
             "keyforge incremental",
             "hand restore",
@@ -264,13 +291,19 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
             "keyforge restore",
         )
     }
-    for _ in range(args.repeat):
-        results["hand full"].append(measure(hand_full(), env))
-        results["keyforge full (no test)"].append(measure(kf_full("kf-notest"), env))
-        results["hand full + zstd -t"].append(measure(hand_full_tested(), env))
-        results["keyforge full"].append(measure(kf_full("kf"), env))
-        results["keyforge full encrypted (no test)"].append(measure(kf_full("kf-age-notest"), env))
-        results["keyforge full encrypted"].append(measure(kf_full("kf-age"), env))
+    full_steps: list[tuple[str, Callable[[], list[str]]]] = [
+        ("hand full", hand_full),
+        ("keyforge full (no test)", lambda: kf_full("kf-notest")),
+        ("hand full + zstd -t", hand_full_tested),
+        ("keyforge full", lambda: kf_full("kf")),
+        ("keyforge full encrypted (no test)", lambda: kf_full("kf-age-notest")),
+        ("keyforge full encrypted", lambda: kf_full("kf-age")),
+        ("hand full + sync", hand_full_synced),
+    ]
+    for round_ in range(args.repeat):
+        # each round starts one step further on: no step always follows the same neighbour
+        for name, argv in rotated(full_steps, round_):
+            results[name].append(measure(argv(), env))
 
     counts = day_two(src, files, rng, pool)
     print("day 2: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ", 1 directory renamed")
@@ -279,6 +312,7 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
     saved_snar = work / "kf-day1.snar"
     shutil.copy2(kf_snar, saved_snar)
     for _ in range(args.repeat):
+        (hand / "inc.tar.zst").unlink(missing_ok=True)
         results["hand incremental"].append(
             measure(
                 sh(
@@ -313,48 +347,43 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
         " > /dev/null || exit 1"
         for m in sorted(kf_dir.glob("bench.*.manifest.json"))
     )
-    for _ in range(args.repeat):
-        out = work / "hand-checked-restore"
+
+    def fresh(name: str, *, made: bool = True) -> Path:
+        out = work / name
         shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        results["hand checked restore"].append(
-            measure(
-                sh(
-                    f"{verify_runs}; sha256sum {master} {incremental} > /dev/null; "
-                    f"zstd -dc -q {master} | {extract} -C {out} -f -; "
-                    f"zstd -dc -q {incremental} | {extract} -C {out} -f -"
-                ),
-                env,
-            )
+        if made:
+            out.mkdir()
+        return out
+
+    def hand_checked_restore() -> list[str]:
+        out = fresh("hand-checked-restore")
+        return sh(
+            f"{verify_runs}; sha256sum {master} {incremental} > /dev/null; "
+            f"zstd -dc -q {master} | {extract} -C {out} -f -; "
+            f"zstd -dc -q {incremental} | {extract} -C {out} -f -"
         )
-        out = work / "hand-restore"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        results["hand restore"].append(
-            measure(
-                sh(
-                    f"zstd -dc -q {hand}/full.tar.zst | {extract} -C {out} -f -; "
-                    f"zstd -dc -q {hand}/inc.tar.zst | {extract} -C {out} -f -"
-                ),
-                env,
-            )
+
+    def hand_restore() -> list[str]:
+        out = fresh("hand-restore")
+        return sh(
+            f"zstd -dc -q {hand}/full.tar.zst | {extract} -C {out} -f -; "
+            f"zstd -dc -q {hand}/inc.tar.zst | {extract} -C {out} -f -"
         )
-        out = work / "kf-restore"
-        shutil.rmtree(out, ignore_errors=True)
-        results["keyforge restore"].append(
-            measure(
-                keyforge(
-                    "restore",
-                    "--config",
-                    str(configs["kf"]),
-                    "--source",
-                    str(src),
-                    "--to",
-                    str(out),
-                ),
-                env,
-            )
+
+    def kf_restore() -> list[str]:
+        out = fresh("kf-restore", made=False)
+        return keyforge(
+            "restore", "--config", str(configs["kf"]), "--source", str(src), "--to", str(out)
         )
+
+    restore_steps: list[tuple[str, Callable[[], list[str]]]] = [
+        ("hand checked restore", hand_checked_restore),
+        ("hand restore", hand_restore),
+        ("keyforge restore", kf_restore),
+    ]
+    for round_ in range(args.repeat):
+        for name, argv in rotated(restore_steps, round_):
+            results[name].append(measure(argv(), env))
     same = (
         subprocess.run(
             ["diff", "-r", "--no-dereference", str(src), str(work / "kf-restore")],
