@@ -60,9 +60,6 @@ def make_key(comment: str) -> keys.KeyPair:
 
 def load_key(path: Path) -> SigningKey:
     """Read the Ed25519 signing key at ``path``; refused when others can read it."""
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
-
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         data = path.read_bytes()
@@ -74,15 +71,25 @@ def load_key(path: Path) -> SigningKey:
             f"(chmod 600 {path})"
         )
     try:
-        private = serialization.load_ssh_private_key(data, password=None)
-    except (ValueError, TypeError) as err:
-        raise KeyMaterialError(f"signing key {path} is not an OpenSSH private key: {err}") from None
-    if not isinstance(private, ed25519.Ed25519PrivateKey):
+        parsed = keys.read_private_key_file(data)
+    except KeyMaterialError as err:
+        raise KeyMaterialError(f"signing key {path} cannot be used: {err}") from None
+    if parsed.algorithm != sshsig.ED25519:
         raise KeyMaterialError(f"signing key {path} is not an Ed25519 key")
-    raw = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    # cryptography's Ed25519 alone: its serialization module would cost every run ~10 ms more
+    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
+
+    point, secret = parsed.fields  # the seed and the point it makes, then the point again
+    damaged = KeyMaterialError(
+        f"signing key {path} is damaged: its private and public halves differ"
     )
-    return SigningKey(path, sshsig.ed25519_public_blob(raw), private)
+    if len(secret) != 64 or secret[32:] != point:
+        raise damaged
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(secret[:32])
+    made = private.public_key().public_bytes_raw()
+    if made != point or parsed.public_blob != sshsig.ed25519_public_blob(made):
+        raise damaged
+    return SigningKey(path, parsed.public_blob, private)
 
 
 def check_key_placement(key_path: Path, backup_dir: Path) -> None:

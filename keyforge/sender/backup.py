@@ -593,13 +593,14 @@ def remove_leftovers(backup_dir: Path) -> list[Path]:
     return removed
 
 
-def write_index(config: Config, now: dt.datetime) -> None:
-    """Rewrite MANIFEST_NAME: every archive present, with its size, sha256 and chain."""
+def write_index(config: Config, now: dt.datetime, key: signing.SigningKey | None) -> None:
+    """Rewrite MANIFEST_NAME: every archive present, with its size, sha256 and chain, signed
+    with ``key`` (the run's, loaded once: ``signing_key_of``)."""
     backup_dir = config.backup_dir
     recorded = read_manifests(backup_dir, config.host)
     present = scan_archives(config)
     data = index_json(config.host, now, [recorded[r.name] for r in present if r.name in recorded])
-    signing.write_signed(backup_dir / MANIFEST_NAME, data, signing_key_of(config))
+    signing.write_signed(backup_dir / MANIFEST_NAME, data, key)
 
 
 def signing_key_of(config: Config) -> signing.SigningKey | None:
@@ -858,7 +859,7 @@ def run_backup(
             pruned = expired_chains(config, now)
             remove_chains(config, pruned)
             if pruned:
-                write_index(config, now)
+                write_index(config, now, key)
     report = BackupReport(
         plan,
         tuple(run.entries),
@@ -929,7 +930,7 @@ class _SourceRun:
         commit_snapshot(item)
         self.warnings += [*entry.warnings, *entry.alerts]
         try:
-            write_index(config, self.now)
+            write_index(config, self.now, self.key)
         except KeyforgeError as err:
             # the archive is complete and its run manifest lists it; only the index lags
             self._failed(MANIFEST_NAME, err)
@@ -953,7 +954,7 @@ class _SourceRun:
         self.entries.append(entry)
         self.warnings += entry.warnings
         try:
-            write_index(self.config, self.now)
+            write_index(self.config, self.now, self.key)
         except KeyforgeError as err:
             self._failed(MANIFEST_NAME, err)
 
@@ -1054,7 +1055,7 @@ def run_prune(
         doomed = expired_chains(config, now)
         remove_chains(config, doomed)
         if doomed:
-            write_index(config, now)
+            write_index(config, now, signing_key_of(config))
     return doomed
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from keyforge.errors import FileError, KeyMaterialError, UsageError
 from keyforge.infra import fsutil
 from keyforge.ssh import wire
-from keyforge.ssh.wire import WireReader
+from keyforge.ssh.wire import WireError, WireReader
 
 KEY_TYPES = ("ed25519", "rsa", "ecdsa")
 DEFAULT_KEY_TYPE = "ed25519"
@@ -95,6 +95,22 @@ class PublicKey:
     def fingerprint_line(self) -> str:
         """The line ``ssh-keygen -lf`` prints for this key."""
         return f"{self.bits} {self.sha256} {self.comment or 'no comment'} ({self.label})"
+
+
+@dataclass(frozen=True)
+class PrivateKeyFile:
+    """An unencrypted, single-key OpenSSH private key file (``openssh-key-v1``), decoded.
+
+    ``fields`` are the key type's private fields in file order (for ssh-ed25519: the public
+    point, then the 64-byte seed and point); they stay out of ``repr``.
+    """
+
+    header: tuple[bytes, bytes, bytes]  # cipher, kdf, kdf options
+    public_blob: bytes
+    checkint: int
+    algorithm: str
+    fields: tuple[bytes, ...] = field(repr=False)
+    comment: bytes
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,57 @@ def _wire_string(value: bytes) -> bytes:
     return struct.pack(">I", len(value)) + value
 
 
+def read_private_key_file(pem: bytes) -> PrivateKeyFile:
+    """Decode an unencrypted OpenSSH private key file, as ssh-keygen and cryptography write it.
+
+    The one reader of private key files: without loading cryptography, so a run that only
+    signs pays for the signature, not for every key format. KeyMaterialError says what is
+    wrong: not such a file, protected by a passphrase, more than one key, or damaged (check
+    numbers or padding that do not match, a field cut short, a public half that disagrees).
+    """
+    lines = pem.strip().splitlines()
+    if len(lines) < 3 or lines[0] + b"\n" != _PEM_BEGIN or lines[-1] + b"\n" != _PEM_END:
+        raise KeyMaterialError("not an OpenSSH private key (no BEGIN/END OPENSSH lines)")
+    try:
+        blob = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+    except binascii.Error:
+        raise KeyMaterialError("the private key's base64 is damaged") from None
+    if not blob.startswith(_OPENSSH_MAGIC):
+        raise KeyMaterialError("not an OpenSSH private key (no openssh-key-v1 magic)")
+    reader = WireReader(blob)
+    reader.pos = len(_OPENSSH_MAGIC)
+    try:
+        cipher, kdf, kdf_options = reader.string(), reader.string(), reader.string()
+        if cipher != b"none" or kdf != b"none":
+            raise KeyMaterialError("the private key is protected by a passphrase")
+        if (count := reader.uint32()) != 1:
+            raise KeyMaterialError(f"the file holds {count} keys, not one")
+        public_blob = reader.string()
+        section = WireReader(reader.string())
+        if not reader.at_end():
+            raise KeyMaterialError("the private key has data after its end")
+        check1, check2 = section.uint32(), section.uint32()
+        if check1 != check2:
+            raise KeyMaterialError("the private key is damaged (its check numbers differ)")
+        algorithm = section.string().decode("ascii")
+        if algorithm not in _PRIVATE_FIELDS:
+            raise KeyMaterialError(f"unsupported private key type {algorithm!r}")
+        fields = tuple(section.string() for _ in range(_PRIVATE_FIELDS[algorithm]))
+        comment = section.string()
+        padding = section.data[section.pos :]
+        embedded = WireReader(public_blob).string().decode("ascii")
+    except (WireError, UnicodeDecodeError):
+        raise KeyMaterialError("the private key is damaged (a field is cut short)") from None
+    # padded to the "none" cipher's 8-byte blocks with 1, 2, 3, ... (a whole block at times)
+    if len(section.data) % 8 or len(padding) > 8 or padding != bytes(range(1, len(padding) + 1)):
+        raise KeyMaterialError("the private key is damaged (bad padding)")
+    if embedded != algorithm:
+        raise KeyMaterialError(f"the private key is {algorithm} but its public half {embedded}")
+    return PrivateKeyFile(
+        (cipher, kdf, kdf_options), public_blob, check1, algorithm, fields, comment
+    )
+
+
 def with_private_comment(pem: bytes, comment: str) -> bytes:
     """Put ``comment`` into an unencrypted OpenSSH private key, as ssh-keygen does.
 
@@ -218,28 +285,17 @@ def with_private_comment(pem: bytes, comment: str) -> bytes:
     """
     if not comment:
         return pem
-    body = b"".join(pem.strip().splitlines()[1:-1])
-    reader = WireReader(base64.b64decode(body))
-    if reader.data[: len(_OPENSSH_MAGIC)] != _OPENSSH_MAGIC:
-        raise KeyMaterialError("not an OpenSSH private key")
-    reader.pos = len(_OPENSSH_MAGIC)
-    header = [reader.string() for _ in range(3)]  # cipher, kdf, kdf options
-    if header[0] != b"none" or reader.uint32() != 1:
-        raise KeyMaterialError("only unencrypted single-key OpenSSH private keys can be commented")
-    public_blob = reader.string()
-    section = WireReader(reader.string())
-    check1, check2 = section.uint32(), section.uint32()
-    algorithm = section.string()
-    fields = [section.string() for _ in range(_PRIVATE_FIELDS[algorithm.decode("ascii")])]
-    if section.string() != b"":
+    key = read_private_key_file(pem)
+    if key.comment:
         raise KeyMaterialError("the private key already carries a comment")
 
-    private = struct.pack(">II", check1, check2) + _wire_string(algorithm)
-    private += b"".join(_wire_string(f) for f in fields) + _wire_string(comment.encode("utf-8"))
+    private = struct.pack(">II", key.checkint, key.checkint) + _wire_string(key.algorithm.encode())
+    private += b"".join(_wire_string(f) for f in key.fields)
+    private += _wire_string(comment.encode("utf-8"))
     pad = (-len(private)) % 8  # the "none" cipher's block size
     private += bytes(range(1, pad + 1))
-    blob = _OPENSSH_MAGIC + b"".join(_wire_string(h) for h in header)
-    blob += struct.pack(">I", 1) + _wire_string(public_blob) + _wire_string(private)
+    blob = _OPENSSH_MAGIC + b"".join(_wire_string(h) for h in key.header)
+    blob += struct.pack(">I", 1) + _wire_string(key.public_blob) + _wire_string(private)
 
     encoded = base64.b64encode(blob)
     lines = [encoded[i : i + 70] + b"\n" for i in range(0, len(encoded), 70)]

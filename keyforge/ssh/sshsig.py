@@ -130,14 +130,11 @@ def decode(blob: bytes) -> Signature:
 
 def sign(private_key: object, message: bytes, namespace: str) -> bytes:
     """The armored signature of ``message`` by an Ed25519 ``private_key`` (cryptography's)."""
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
 
     if not isinstance(private_key, ed25519.Ed25519PrivateKey):
         raise TypeError("an Ed25519 private key is needed")
-    raw_public = private_key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw_public = private_key.public_key().public_bytes_raw()
     raw = private_key.sign(signed_data(namespace, DEFAULT_HASH, message))
     return armor(encode(Signature(ed25519_public_blob(raw_public), namespace, DEFAULT_HASH, raw)))
 
