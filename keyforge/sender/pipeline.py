@@ -253,7 +253,8 @@ class _WriteJob:
             follower = stack.enter_context(
                 _ArchiveFollower(self.fd, None if encrypted else checker)
             )
-            stack.enter_context(_flushing(self.fd))
+            if not follower.writes_back:
+                stack.enter_context(_flushing(self.fd))
             side_result: runner.Result | None = None
             if encrypted and checker is not None:
                 results, side_result = self._teed(stages, encrypt, checker, tick)
@@ -397,6 +398,22 @@ def _libc_tee() -> Callable[[int, int, int, int], int] | None:
 _TEE = _libc_tee()
 
 
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which starts the writeback of a range without waiting for
+    it (nor for a journal commit); None where it cannot be had."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+
+
 def _tee_into(source: int, sink: int, side: int, tick: Callable[[], None]) -> None:
     """Move everything from the pipe ``source`` into the pipe ``sink`` and a copy into the pipe
     ``side``, until ``source`` ends. The kernel moves the pages (tee(2), splice(2)) where it
@@ -492,10 +509,15 @@ class _ArchiveFollower:
 
     CHUNK = 1 << 20
     POLL_SECONDS = 0.02
+    WRITEBACK_BYTES = 8 << 20
 
     def __init__(self, fd: int, checker: Sequence[str] | None) -> None:
         self.fd = fd
         self.size = 0
+        # the hash trails the writer by a chunk or two: behind it, the kernel is asked to start
+        # writing what was hashed, so the fsync before the rename has only the tail left
+        self.writes_back = _SYNC_FILE_RANGE is not None
+        self._written_back = 0
         self.digest = hashlib.sha256()
         self._checker_argv = tuple(checker) if checker is not None else None
         self._checker: subprocess.Popen[bytes] | None = None
@@ -579,7 +601,18 @@ class _ArchiveFollower:
         chunk = os.pread(self.fd, self.CHUNK, offset)
         self.digest.update(chunk)
         self.size += len(chunk)
+        if self.writes_back and self.size - self._written_back >= self.WRITEBACK_BYTES:
+            self._write_back()
         return len(chunk)
+
+    def _write_back(self) -> None:
+        if _SYNC_FILE_RANGE is None:
+            return
+        length = self.size - self._written_back
+        # a refusal (EINVAL on a filesystem without it) only leaves it all to the last fsync
+        if _SYNC_FILE_RANGE(self.fd, self._written_back, length, _SYNC_FILE_RANGE_WRITE) != 0:
+            self.writes_back = False
+        self._written_back = self.size
 
     def _feed_from(self, offset: int) -> int:
         assert self._checker is not None and self._checker.stdin is not None

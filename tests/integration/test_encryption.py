@@ -8,6 +8,7 @@ keyforge pair (an SSH key as recipient), so each is checked against the real age
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -524,3 +525,34 @@ def test_the_checked_encrypted_stream_reaches_age_whole_either_way(
     ).stdout
     plain = subprocess.run(["zstd", "-d", "-c"], input=compressed, capture_output=True, check=True)
     assert plain.stdout == payload.read_bytes()
+
+
+@pytest.mark.parametrize("kernel_refuses", [False, True])
+def test_an_archive_written_back_behind_its_hash_is_whole_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_refuses: bool
+) -> None:
+    """The follower asks the kernel to start writing what it hashed (sync_file_range), so the
+    fsync before the rename has only the tail left; where the kernel refuses, the rest is left
+    to that fsync, and either way the archive is the producer's every byte."""
+    real = pipeline._SYNC_FILE_RANGE
+    assert real is not None, "Linux's sync_file_range(2) should be found through libc"
+    asked: list[tuple[int, int]] = []
+
+    def sync_file_range(fd: int, offset: int, length: int, flags: int) -> int:
+        asked.append((offset, length))
+        return -1 if kernel_refuses else real(fd, offset, length, flags)
+
+    monkeypatch.setattr(pipeline, "_SYNC_FILE_RANGE", sync_file_range)
+    payload = tmp_path / "payload"
+    payload.write_bytes(os.urandom(40 << 20))  # incompressible: 40 MiB reach the file
+    final = tmp_path / "out.zst"
+    written = pipeline.write_archive(final, ["cat", str(payload)], compression="zstd", level=1)
+    assert written.sha256 == layout.sha256_of(final)
+    plain = subprocess.run(["zstd", "-d", "-c", str(final)], capture_output=True, check=True)
+    assert plain.stdout == payload.read_bytes()
+    assert asked and asked[0][0] == 0
+    if kernel_refuses:
+        assert len(asked) == 1  # asked once, then left to the fsync
+    else:
+        assert len(asked) >= 4  # every 8 MiB hashed
+        assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(asked))
