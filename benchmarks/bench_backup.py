@@ -36,9 +36,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 TAR_OPTS = "--xattrs --xattrs-include='*' --acls --sparse --numeric-owner --no-check-device"
 
@@ -185,9 +182,18 @@ def archive_of(backup_dir: Path, kind: str) -> Path:
     return found[0]
 
 
-def rotated(steps: list[T], by: int) -> list[T]:
-    by %= len(steps)
-    return steps[by:] + steps[:by]
+Step = tuple[str, Callable[[], list[str]]]  # its name in the results, and its argv once prepared
+
+
+def run_rounds(
+    steps: list[Step], repeat: int, env: dict[str, str], results: dict[str, list[Sample]]
+) -> None:
+    """Measure every step ``repeat`` times; each round starts one step further on, so no step
+    always follows the same neighbour."""
+    for round_ in range(repeat):
+        by = round_ % len(steps)
+        for name, argv in steps[by:] + steps[:by]:
+            results[name].append(measure(argv(), env))
 
 
 def median(samples: list[Sample]) -> Sample:
@@ -291,7 +297,7 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
             "keyforge restore",
         )
     }
-    full_steps: list[tuple[str, Callable[[], list[str]]]] = [
+    full_steps: list[Step] = [
         ("hand full", hand_full),
         ("keyforge full (no test)", lambda: kf_full("kf-notest")),
         ("hand full + zstd -t", hand_full_tested),
@@ -300,10 +306,7 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
         ("keyforge full encrypted", lambda: kf_full("kf-age")),
         ("hand full + sync", hand_full_synced),
     ]
-    for round_ in range(args.repeat):
-        # each round starts one step further on: no step always follows the same neighbour
-        for name, argv in rotated(full_steps, round_):
-            results[name].append(measure(argv(), env))
+    run_rounds(full_steps, args.repeat, env, results)
 
     counts = day_two(src, files, rng, pool)
     print("day 2: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ", 1 directory renamed")
@@ -376,14 +379,12 @@ def run(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
             "restore", "--config", str(configs["kf"]), "--source", str(src), "--to", str(out)
         )
 
-    restore_steps: list[tuple[str, Callable[[], list[str]]]] = [
+    restore_steps: list[Step] = [
         ("hand checked restore", hand_checked_restore),
         ("hand restore", hand_restore),
         ("keyforge restore", kf_restore),
     ]
-    for round_ in range(args.repeat):
-        for name, argv in rotated(restore_steps, round_):
-            results[name].append(measure(argv(), env))
+    run_rounds(restore_steps, args.repeat, env, results)
     same = (
         subprocess.run(
             ["diff", "-r", "--no-dereference", str(src), str(work / "kf-restore")],

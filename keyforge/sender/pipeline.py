@@ -382,35 +382,27 @@ class _SideChecker:
 _TEE_CHUNK = 1 << 20
 
 
-def _libc_tee() -> Callable[[int, int, int, int], int] | None:
-    """Linux's tee(2), which duplicates a pipe's pages into another pipe without copying
-    them; None where it cannot be had (the copy then goes through a buffer)."""
+def _libc_function(name: str, restype: type, *argtypes: type) -> Callable[..., int] | None:
+    """The C library's ``name``, typed, with errno kept for ctypes.get_errno(); None where it
+    cannot be had (not Linux, no such call)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.tee
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.restype = ctypes.c_ssize_t
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-    return function
+    function.restype = restype
+    function.argtypes = list(argtypes)
+    return function  # type: ignore[no-any-return]
 
 
-_TEE = _libc_tee()
-
-
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux's sync_file_range(2), which starts the writeback of a range without waiting for
-    it (nor for a journal commit); None where it cannot be had."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return function
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
+# tee(2) duplicates a pipe's pages into another pipe without copying them (else: a buffer)
+_TEE = _libc_function(
+    "tee", ctypes.c_ssize_t, ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint
+)
+# sync_file_range(2) starts the writeback of a range without waiting for it (nor for a journal
+# commit)
+_SYNC_FILE_RANGE = _libc_function(
+    "sync_file_range", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
 
 
