@@ -85,24 +85,6 @@ def ensure_private_dir(path: Path) -> bool:
     return True
 
 
-def later_than(replaced: os.stat_result | None, new: int | Path) -> None:
-    """Give ``new`` (a descriptor or a path), about to replace a file whose status was
-    ``replaced``, an mtime in a later whole second than that file's.
-
-    rsync's quick check skips a file whose size and mtime, to the second, match the copy's:
-    a manifest rewritten within the second its offsite version was written, at the same size,
-    would never reach the offsite copy. With every rewrite a later second than the version it
-    replaces, no two versions of a file ever share their second.
-    """
-    if replaced is None:
-        return
-    st = new.stat() if isinstance(new, Path) else os.fstat(new)
-    second = 1_000_000_000
-    if st.st_mtime_ns // second <= replaced.st_mtime_ns // second:
-        later = (replaced.st_mtime_ns // second + 1) * second
-        os.utime(new, ns=(st.st_atime_ns, later))
-
-
 def atomic_write(
     path: Path,
     data: bytes,
@@ -142,7 +124,6 @@ def atomic_write(
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), final_mode)
-            later_than(existing, handle.fileno())
             if keep_owner and existing is not None and os.geteuid() == 0:
                 os.fchown(handle.fileno(), existing.st_uid, existing.st_gid)
             os.fsync(handle.fileno())

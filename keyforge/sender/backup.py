@@ -759,8 +759,6 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
 
 def commit_snapshot(item: PlannedArchive) -> None:
     item.work_snapshot.chmod(fsutil.PRIVATE_FILE)
-    with contextlib.suppress(FileNotFoundError):
-        fsutil.later_than(item.snapshot.stat(), item.work_snapshot)
     item.work_snapshot.replace(item.snapshot)
     fsutil.fsync_dir(item.snapshot.parent)
 
