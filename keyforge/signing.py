@@ -7,7 +7,7 @@ with the sending server's manifest-signing key, and each run manifest names the 
 run manifest before it. ``verify_chain`` is the one check restore, verify, drill and snapshot
 make: every manifest of a chain signed by a key allowed_signers admits for the host, the same
 key from the master on, no run missing between the master and the archive asked for, and every
-archive the size and sha256 its signed manifest records.
+archive the size and hash its signed manifest records.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def _run_problem(
 
 
 def content_problems(backup_dir: Path, entries: Sequence[layout.ArchiveEntry]) -> list[str]:
-    """Each archive's size and sha256 against its signed entry (what ``verify_chain``
+    """Each archive's size and digest against its signed entry (what ``verify_chain``
     returned), for a caller that hashes beside other work."""
     return [p for e in entries for p in _content_problems(backup_dir / e.name, e)]
 
@@ -363,8 +363,10 @@ def _content_problems(path: Path, entry: layout.ArchiveEntry) -> list[str]:
         return [f"{path.name}: cannot be read ({err.strerror})"]
     if size != entry.size:
         return [f"{path.name}: {size} bytes where its signed manifest records {entry.size}"]
-    if layout.sha256_of(path) != entry.sha256:
-        return [f"{path.name}: its content is not what its signed manifest records (sha256)"]
+    if not layout.hash_matches(path, entry):
+        return [
+            f"{path.name}: its content is not what its signed manifest records ({entry.algorithm})"
+        ]
     return []
 
 
@@ -381,7 +383,7 @@ def verify_chain(
 
     ``archives`` is a chain as restore applies it (a master, then incrementals in order).
     Raises SignatureError naming the first archive that is unsigned, badly signed, signed by a
-    key ``trust`` does not admit for ``host``, cut from its chain, or not the size and sha256
+    key ``trust`` does not admit for ``host``, cut from its chain, or not the size and hash
     its signed manifest records. With ``INSECURE`` nothing is checked. Returns each archive's
     signed entry (none with ``INSECURE``); without ``hash_archives`` the caller hashes them
     against it (``content_problems``) before it trusts what it read.

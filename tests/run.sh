@@ -26,7 +26,7 @@ cd "$root"
 python=${PYTHON:-python3}
 venv=${KEYFORGE_VENV:-$root/.venv}
 dockerd_log=${KEYFORGE_DOCKERD_LOG:-/tmp/keyforge-dockerd.log}
-apt_packages=(docker.io docker-compose mmdebstrap openssh-client openssh-server rsync zstd age acl attr
+apt_packages=(docker.io docker-compose mmdebstrap openssh-client openssh-server rsync zstd age b3sum acl attr
     postgresql mariadb-server mariadb-client sqlite3
     iptables systemd)
 

@@ -75,7 +75,7 @@ def backup_command(
 
     One archive per source per run: a master on the configured day (full_every) or when a source
     has none, an incremental relative to the previous run otherwise. Archives appear only once
-    complete; a manifest records each one's size, sha256 and chain. A source that fails leaves
+    complete; a manifest records each one's size, BLAKE3 hash and chain. A source that fails leaves
     nothing behind and the others are still backed up; the run then fails naming each one and
     prunes nothing. A source that is empty or shrank by more than shrink_warn_percent since its
     last master is warned about. Shows progress in a terminal (the total estimated from the
@@ -315,13 +315,13 @@ def verify_command(
     insecure_unsigned: options.InsecureUnsignedOption = False,
     identity: options.IdentityOption = None,
 ) -> None:
-    """Prove the backups restore: check every archive's sha256 against the manifests, then
+    """Prove the backups restore: check every archive's hash against the manifests, then
     restore the latest chain of each source and compare content, modes, owners, mtimes,
     symlinks, hard links and xattrs with what the archives record, and read the newest
     archive of each [[dumps]] stream back whole (decrypted and decompressed, into nothing).
 
     Encrypted archives are restored for the check only with --identity FILE. Without it (as
-    on the receiving host, which holds no key) each one's size, sha256 and age header are
+    on the receiving host, which holds no key) each one's size, hash and age header are
     checked against its manifest, and verify says that their content was not checked.
 
     Owners are compared only when run as root (no one else can restore them). On a synced

@@ -161,7 +161,7 @@ def drill_command(
     verbose: options.VerboseOption = False,
 ) -> None:
     """Prove the backups restore: every archive the manifests expect is there and matches its
-    sha256, and the newest chain of every source, restored into a scratch directory, equals
+    hash, and the newest chain of every source, restored into a scratch directory, equals
     what tar's listings say it holds.
 
     Every chain's manifests must be signed by a key allowed_signers admits (--allowed-signers,

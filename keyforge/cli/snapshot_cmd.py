@@ -52,7 +52,7 @@ def snapshot_command(
     Refuses to run when the store lies inside the synced copy, when it or a directory above it
     is writable by the copy's owner or by others, or when run as the copy's owner. Each snapshot
     is judged by content: every archive its manifests list must be there with its recorded size,
-    and what is new since the last good snapshot must match its recorded sha256. When it is not
+    and what is new since the last good snapshot must match its recorded hash. When it is not
     a good copy (an archive cut short, missing or forged, or the copy looks wiped: empty, its
     manifests or a source's full backups gone, most of its files gone) the snapshot is still
     taken as evidence but nothing is pruned, and the run fails saying so. Retention counts only

@@ -386,7 +386,7 @@ def step_verify(run: _Run) -> None:
     if problems:
         raise DemoError(f"the offsite copy does not verify: {restore.summarize_problems(problems)}")
     run.detail(
-        f"{report.checked_archives} archives match the sha256 in their manifests, each signed "
+        f"{report.checked_archives} archives match the hash in their manifests, each signed "
         f"by {HOST}'s key ({pinned.name})"
     )
     source = cfg.backup.sources[0]

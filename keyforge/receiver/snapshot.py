@@ -154,7 +154,8 @@ class Claim:
     """What the manifests of a copy say about one archive in it."""
 
     size: int
-    sha256: str
+    algorithm: str
+    digest: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,9 +198,9 @@ def read_listing(top: Path) -> Listing:
             must = name == MANIFEST_NAME or not indexes
             for entry in manifest.archives:
                 path = _joined(directory, entry.name)
-                claim = Claim(entry.size, entry.sha256)
+                claim = Claim(entry.size, entry.algorithm, entry.digest)
                 if claims.setdefault(path, claim) != claim:
-                    problems.append(f"{path}: the manifests disagree on its size or sha256")
+                    problems.append(f"{path}: the manifests disagree on its size or hash")
                 if must:
                     required.add(path)
                     if entry.kind == layout.MASTER:
@@ -249,8 +250,8 @@ def content_problems(top: Path, listing: Listing, *, hash_new: Collection[str] =
                 f"{path}: {st.st_size} bytes where its manifest records {claim.size} "
                 "(a push cut short?)"
             )
-        elif path in hash_new and layout.sha256_of(top / path) != claim.sha256:
-            problems.append(f"{path}: its content does not match the manifest's sha256")
+        elif path in hash_new and layout.hash_of_file(top / path, claim.algorithm) != claim.digest:
+            problems.append(f"{path}: its content does not match the manifest's {claim.algorithm}")
     return problems
 
 
@@ -674,7 +675,7 @@ def run_snapshot(
     """Take one snapshot of the synced copy, judge it, then apply retention if it is good.
 
     A good copy holds every archive its manifests list, each of its recorded size and, when
-    new since the last good snapshot, its recorded sha256; and it lost nothing since then (see
+    new since the last good snapshot, its recorded hash; and it lost nothing since then (see
     ``Verdict``). Any other copy is still snapshotted (it is evidence of what happened), marked
     as not good and nothing is pruned; the report's ``problem`` says why, and the caller fails
     the run. With ``accept``, losses are taken as meant (a warning, retention as usual, and

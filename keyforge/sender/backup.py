@@ -594,7 +594,7 @@ def remove_leftovers(backup_dir: Path) -> list[Path]:
 
 
 def write_index(config: Config, now: dt.datetime, key: signing.SigningKey | None) -> None:
-    """Rewrite MANIFEST_NAME: every archive present, with its size, sha256 and chain, signed
+    """Rewrite MANIFEST_NAME: every archive present, with its size, hash and chain, signed
     with ``key`` (the run's, loaded once: ``signing_key_of``)."""
     backup_dir = config.backup_dir
     recorded = read_manifests(backup_dir, config.host)
@@ -747,7 +747,7 @@ def make_archive(config: Config, item: PlannedArchive, reporter: Reporter) -> Ar
         kind=item.kind,
         chain=item.chain,
         size=written.size,
-        sha256=written.sha256,
+        digest=written.digest,
         warnings=warnings,
         encrypted_to=written.encrypted_to,
     )

@@ -5,7 +5,7 @@ A drill checks, in this order, and names the archive behind every problem:
 1. every archive the manifests expect is there: those the index lists, and every archive of a
    chain that still has one (so a lost incremental in the middle of a chain is noticed, though
    the chain's other archives still restore);
-2. every archive's sha256 against its manifest (on an encrypted archive, that of the
+2. every archive's hash against its manifest (on an encrypted archive, that of the
    ciphertext: no key needed);
 3. the newest chain of every source is listed by tar (a truncated or damaged archive fails
    here), restored into a scratch directory outside every copy and source, and the restored

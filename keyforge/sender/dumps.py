@@ -294,7 +294,7 @@ def make_dump(
         kind=DUMP,
         chain=name,
         size=written.size,
-        sha256=written.sha256,
+        digest=written.digest,
         warnings=warnings,
         encrypted_to=written.encrypted_to,
     )

@@ -26,7 +26,6 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
-import hashlib
 import os
 import signal
 import stat
@@ -41,7 +40,14 @@ from typing import IO, TypeVar, overload
 from keyforge import age
 from keyforge.errors import CommandError, FileError, KeyMaterialError
 from keyforge.infra import fsutil, runner
-from keyforge.layout import ENCRYPTED_SUFFIX, PARTIAL_SUFFIX, is_encrypted_name, partial_name
+from keyforge.layout import (
+    ARCHIVE_HASH,
+    ARCHIVE_HASHES,
+    ENCRYPTED_SUFFIX,
+    PARTIAL_SUFFIX,
+    is_encrypted_name,
+    partial_name,
+)
 
 T = TypeVar("T")
 
@@ -151,11 +157,11 @@ def check_identity(archive: str, encrypted_to: Sequence[str], identity: Identity
 
 @dataclasses.dataclass(frozen=True)
 class Written:
-    """An archive ``write_archive`` committed: its size and sha256 are those of the file."""
+    """An archive ``write_archive`` committed: its size and digest are those of the file."""
 
     path: Path
     size: int
-    sha256: str
+    digest: str  # by layout.ARCHIVE_HASH
     producer: runner.Result
     encrypted_to: tuple[str, ...]
 
@@ -191,7 +197,7 @@ def write_archive(
     ``.age`` exactly when ``recipients`` are given. ``on_progress`` gets the bytes written so
     far, about twice a second. ``what`` names the archive in messages (default its name).
 
-    Returns the committed archive's size and sha256 (of the ciphertext when encrypted), the
+    Returns the committed archive's size and digest (of the ciphertext when encrypted), the
     producer's result (its warnings) and the recipients' fingerprints for the manifest.
     """
     if bool(recipients) != is_encrypted_name(final.name):
@@ -208,7 +214,7 @@ def write_archive(
     try:
         with os.fdopen(fd, "rb", buffering=0) as out:
             job = _WriteJob(out.fileno(), producer, compression, level, recipients, test, priority)
-            produced, size, sha256 = job.run(judge_producer, on_progress, what)
+            produced, size, digest = job.run(judge_producer, on_progress, what)
         partial.replace(final)
         fsutil.fsync_dir(directory)
     except BaseException as err:
@@ -217,7 +223,7 @@ def write_archive(
         if isinstance(err, OSError):
             raise FileError.from_os_error("write", partial, err) from err
         raise
-    return Written(final, size, sha256, produced, age.fingerprints(recipients))
+    return Written(final, size, digest, produced, age.fingerprints(recipients))
 
 
 @dataclasses.dataclass
@@ -510,7 +516,10 @@ class _ArchiveFollower:
         # writing what was hashed, so the fsync before the rename has only the tail left
         self.writes_back = _SYNC_FILE_RANGE is not None
         self._written_back = 0
-        self.digest = hashlib.sha256()
+        self.digest = ARCHIVE_HASHES[ARCHIVE_HASH]()
+        # one buffer read into again and again: a fresh 1 MiB bytes object per read is a fresh
+        # mapping of memory, and faulting its pages in costs as much as the copy
+        self._chunk = bytearray(self.CHUNK)
         self._checker_argv = tuple(checker) if checker is not None else None
         self._checker: subprocess.Popen[bytes] | None = None
         self._checker_err: IO[bytes] | None = None
@@ -590,12 +599,12 @@ class _ArchiveFollower:
                     self._checker.stdin.close()
 
     def _hash_from(self, offset: int) -> int:
-        chunk = os.pread(self.fd, self.CHUNK, offset)
-        self.digest.update(chunk)
-        self.size += len(chunk)
+        count = os.preadv(self.fd, [self._chunk], offset)
+        self.digest.update(memoryview(self._chunk)[:count])
+        self.size += count
         if self.writes_back and self.size - self._written_back >= self.WRITEBACK_BYTES:
             self._write_back()
-        return len(chunk)
+        return count
 
     def _write_back(self) -> None:
         if _SYNC_FILE_RANGE is None:

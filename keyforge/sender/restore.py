@@ -2,9 +2,10 @@
 
 Restore applies a chain in order (master, then each incremental) with GNU tar's incremental
 extraction, so files deleted between runs are deleted again. Verify checks every archive against
-its manifest's sha256, then restores the latest chain of each source into a scratch directory and
-compares it, entry by entry, with what the archives themselves record: content (sha256), type,
-mode, owner, mtime, symlink target, hard links and xattrs. The expected state is read from the
+the hash its manifest records (BLAKE3, or sha256 in older manifests), then restores the latest
+chain of each source into a scratch directory and compares it, entry by entry, with what the
+archives themselves record: content (sha256), type, mode, owner, mtime, symlink target, hard
+links and xattrs. The expected state is read from the
 archives with Python's own tar reader, so GNU tar's extraction is checked by a second reader.
 """
 
@@ -788,7 +789,7 @@ class VerifyReport:
 
 
 def archive_problems(path: Path, entry: Mapping[str, Any]) -> list[str]:
-    """What ``path`` does not match of its manifest entry: size and sha256 (of the ciphertext,
+    """What ``path`` does not match of its manifest entry: size and hash (of the ciphertext,
     for an encrypted archive), and for an encrypted one its age header (addressed to the
     recorded recipients, framed as age frames it): all that can be checked without a key."""
     name = path.name
@@ -801,8 +802,9 @@ def archive_problems(path: Path, entry: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     if size != entry.get("size"):
         problems.append(f"{name}: {size} bytes, the manifest records {entry.get('size')}")
-    if layout.sha256_of(path) != entry.get("sha256"):
-        problems.append(f"{name}: sha256 differs from the manifest")
+    algorithm, digest = layout.recorded_hash(entry) or (layout.ARCHIVE_HASH, "")
+    if layout.hash_of_file(path, algorithm) != digest:
+        problems.append(f"{name}: {algorithm} differs from the manifest")
     if layout.is_encrypted_name(name):
         try:
             header = age.parse_header(head)
@@ -985,7 +987,7 @@ def run_dump_restore(
     """Write dump ``unit`` as the database's tool made it, to ``target`` or to ``stdout``.
 
     Its manifest's signature is checked against ``trust`` (default: the config's allowed
-    signers), as a source's chain is: a dump is a chain of one. Its size and sha256 are
+    signers), as a source's chain is: a dump is a chain of one. Its size and hash are
     checked against that manifest first: a damaged dump fed to pg_restore or mariadb would
     fail half-way through a reload. An encrypted dump needs ``identity``, checked
     against the recipients its manifest records before anything is written; it is decrypted
@@ -1022,7 +1024,7 @@ def run_dump_restore(
             if problems:
                 raise KeyforgeError(f"cannot restore dump {unit}: {problems[0]}")
         else:
-            check_chain(config, [record], trust)  # signed, and the size and sha256 signed
+            check_chain(config, [record], trust)  # signed, and the size and hash signed
         if target is None:
             write_to(stdout() if stdout is not None else 1)
             return record

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 from typer.testing import CliRunner
 
@@ -236,7 +237,7 @@ def test_a_chain_of_incrementals_restores_each_day(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "r3").iterdir()) == ["b"]
 
 
-def test_archives_are_private_and_the_manifest_records_size_sha256_and_chain(
+def test_archives_are_private_and_the_manifest_records_size_blake3_and_chain(
     tmp_path: Path,
 ) -> None:
     src, cfg = tree_source(tmp_path)
@@ -247,7 +248,8 @@ def test_archives_are_private_and_the_manifest_records_size_sha256_and_chain(
     assert stat.S_IMODE(cfg.backup_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
     recorded = layout.read_manifests(cfg.backup_dir, "server1")[entry.name]
-    assert recorded["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert recorded["blake3"] == blake3.blake3(archive.read_bytes()).hexdigest()
+    assert "sha256" not in recorded
     assert recorded["size"] == archive.stat().st_size
     assert recorded["chain"] == entry.name
     assert (cfg.backup_dir / layout.MANIFEST_NAME).is_file()
@@ -286,7 +288,7 @@ def test_verify_passes_on_good_backups_and_catches_a_corrupted_archive(tmp_path:
     archive.write_bytes(bytes(data))
     broken = restore.run_verify(cfg)
     assert not broken.ok
-    assert any("sha256 differs" in p for p in broken.problems)
+    assert any("blake3 differs" in p for p in broken.problems)
 
 
 def test_verify_compares_the_restore_with_what_the_archives_record(tmp_path: Path) -> None:
@@ -578,7 +580,7 @@ def test_the_follower_hashes_and_feeds_every_byte_of_a_file_written_while_it_rea
     assert len(content) == 3_500_000
     assert check is not None and check.returncode == 0
     assert follower.size == len(content)
-    assert follower.digest.hexdigest() == hashlib.sha256(content).hexdigest()
+    assert follower.digest.hexdigest() == blake3.blake3(content).hexdigest()
     assert copy.read_bytes() == content
 
 

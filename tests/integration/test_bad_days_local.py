@@ -270,7 +270,7 @@ def test_a_full_disk_fails_that_source_tries_the_others_and_reports_all(tmp_path
         recorded = layout.read_manifests(cfg.backup_dir, "server1")
         assert sorted(recorded) == archives
         for name, entry in recorded.items():
-            assert layout.sha256_of(cfg.backup_dir / name) == entry["sha256"]
+            assert layout.hash_of_file(cfg.backup_dir / name) == entry["blake3"]
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
 

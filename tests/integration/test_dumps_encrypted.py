@@ -102,7 +102,7 @@ def test_an_encrypted_dump_holds_no_plaintext_and_its_manifest_records_the_recip
         age.fingerprints(age.parse_recipients([encrypted.recipient]))
     )
     assert entry["size"] == dump.stat().st_size
-    assert entry["sha256"] == layout.sha256_of(dump)
+    assert entry["blake3"] == layout.hash_of_file(dump)
     index = json.loads((backups / layout.MANIFEST_NAME).read_text())
     assert dump.name in json.dumps(index)
 
@@ -163,7 +163,7 @@ def test_verify_reads_an_encrypted_dump_back_with_the_identity_and_names_a_flipp
     dump.write_bytes(bytes(data))
     damaged = CliRunner().invoke(app, ["verify", "--config", config])
     assert damaged.exit_code != 0
-    assert f"{dump.name}: sha256 differs" in damaged.output
+    assert f"{dump.name}: blake3 differs" in damaged.output
     # with the identity, age's authentication names the damaged payload too
     opened = CliRunner().invoke(app, keyed)
     assert opened.exit_code != 0

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from keyforge import layout
 from keyforge.cli import app
 from keyforge.errors import SignatureError
-from keyforge.layout import sha256_of
+from keyforge.layout import hash_of_file
 from tests.integration.dump_config import write_config
 
 
@@ -60,13 +60,13 @@ def test_a_command_dump_is_archived_listed_and_restored_as_it_was(tmp_path: Path
     )
     assert again.exit_code == 2
     assert "exists; pass --force" in again.stderr
-    # and verify checks the dump's sha256 with the archives'
+    # and verify checks the dump's hash with the archives'
     checked = CliRunner().invoke(app, ["verify", "--config", str(cfg)])
     assert checked.exit_code == 0, checked.output
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_restore_dump_refuses_a_dump_whose_sha256_differs(tmp_path: Path, signed: bool) -> None:
+def test_restore_dump_refuses_a_dump_whose_hash_differs(tmp_path: Path, signed: bool) -> None:
     cfg = write_config(
         tmp_path,
         [_src(tmp_path)],
@@ -83,12 +83,12 @@ def test_restore_dump_refuses_a_dump_whose_sha256_differs(tmp_path: Path, signed
     done = CliRunner().invoke(
         app, ["restore", "--config", str(cfg), "--dump", "pipe", "--to", str(out), *insecure]
     )
-    if signed:  # a dump is a chain of one: its signed manifest's sha256 refuses it
+    if signed:  # a dump is a chain of one: its signed manifest's hash refuses it
         assert done.exit_code == SignatureError.exit_code, done.output
-        assert "is not what its signed manifest records (sha256)" in done.stderr
+        assert "is not what its signed manifest records (blake3)" in done.stderr
     else:
         assert done.exit_code == 1, done.output
-        assert "sha256 differs" in done.stderr
+        assert "blake3 differs" in done.stderr
     assert not out.exists()
 
 
@@ -333,7 +333,7 @@ def test_the_manifest_of_a_run_with_dumps_lists_sources_and_dumps(tmp_path: Path
     sources = sorted(a["source"] for a in index["archives"])
     assert sources == sorted([str(tmp_path / "src"), "dump:pipe"])
     [dump] = _dumps(tmp_path, "pipe")
-    assert {a["name"]: a["sha256"] for a in index["archives"]}[dump.name] == sha256_of(dump)
+    assert {a["name"]: a["blake3"] for a in index["archives"]}[dump.name] == hash_of_file(dump)
 
 
 def test_backup_dry_run_lists_each_dump_and_runs_none(tmp_path: Path) -> None:
@@ -390,7 +390,7 @@ def test_verify_reads_each_dump_back_whole_and_names_one_that_does_not_decompres
         document = json.loads(manifest.read_text())
         for entry in document["archives"]:
             if entry["name"] == archive.name:
-                entry.update(size=archive.stat().st_size, sha256=sha256_of(archive))
+                entry.update(size=archive.stat().st_size, blake3=hash_of_file(archive))
         manifest.write_text(json.dumps(document))
     cut = CliRunner().invoke(app, ["verify", "--config", str(cfg), "--insecure-unsigned"])
     assert cut.exit_code != 0

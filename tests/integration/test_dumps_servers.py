@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from keyforge import config as config_mod
 from keyforge.cli import app
-from keyforge.layout import sha256_of
+from keyforge.layout import hash_of_file
 from keyforge.sender import dbguard
 from tests.integration.databases import MariaDB, Postgres, mariadb_server, postgres_server
 from tests.integration.dump_config import write_config
@@ -80,7 +80,7 @@ def test_postgresql_dump_restores_row_for_row_after_the_database_is_dropped(
     entry = manifest_entries(tmp_path)[dump.name]
     assert entry["source"] == "dump:shop"
     assert entry["kind"] == "dump"
-    assert entry["sha256"] == sha256_of(dump)
+    assert entry["blake3"] == hash_of_file(dump)
     assert not list((tmp_path / "backups").glob(".*partial"))
 
     pg.psql("DROP DATABASE shop")
@@ -133,7 +133,7 @@ def test_a_database_that_does_not_exist_fails_that_dump_only(pg: Postgres, tmp_p
     first = CliRunner().invoke(app, ["backup", "--config", str(cfg)])
     assert first.exit_code == 0, first.output
     [old] = (tmp_path / "backups").glob("server1-kept.*.dump.zst")
-    old_sha = sha256_of(old)
+    old_sha = hash_of_file(old)
 
     cfg = write_config(tmp_path, [src], dumps=[pg.dump_entry("gone", ["nosuchdb"]), good])
     second = CliRunner().invoke(app, ["backup", "--config", str(cfg)])
@@ -147,7 +147,7 @@ def test_a_database_that_does_not_exist_fails_that_dump_only(pg: Postgres, tmp_p
     assert not [n for n in names if n.endswith(".partial")]
     kept = sorted((tmp_path / "backups").glob("server1-kept.*.dump.zst"))
     assert len(kept) == 2  # the other dump still ran
-    assert sha256_of(old) == old_sha  # and the previous one is untouched
+    assert hash_of_file(old) == old_sha  # and the previous one is untouched
     listed = manifest_entries(tmp_path)
     assert all(k.name in listed for k in kept)
 

@@ -102,7 +102,7 @@ def test_encrypted_archives_hold_no_plaintext_and_restore_with_either_identity(
     assert entry.encrypted_to == wanted
     archive = cfg.backup_dir / entry.name
     assert entry.size == archive.stat().st_size
-    assert entry.sha256 == layout.sha256_of(archive)
+    assert entry.digest == layout.hash_of_file(archive)
     assert archive.read_bytes().startswith(age.HEADER_MAGIC)
     assert layout.read_manifests(cfg.backup_dir, "server1")[entry.name]["encrypted_to"] == list(
         wanted
@@ -175,8 +175,8 @@ def test_a_flipped_byte_makes_verify_fail_naming_the_archive(
     for key in (None, identity(age_keys.identity)):
         report = restore.run_verify(cfg, identity=key)
         assert not report.ok
-        assert f"{entry.name}: sha256 differs from the manifest" in report.problems
-    # the signed manifest's sha256 refuses it first; unsigned, age itself would
+        assert f"{entry.name}: blake3 differs from the manifest" in report.problems
+    # the signed manifest's hash refuses it first; unsigned, age itself would
     with pytest.raises(SignatureError, match=f"{entry.name}: its content is not what its signed"):
         restore.run_restore(cfg, str(src), tmp_path / "r", identity=identity(age_keys.identity))
     with pytest.raises(CommandError, match=f"cannot decrypt {entry.name}: .*corrupted"):
@@ -208,7 +208,7 @@ def test_a_header_addressed_to_other_keys_fails_verify_without_identity(
     tmp_path: Path, age_keys: Keys
 ) -> None:
     """A pushed archive re-encrypted to another SSH key, with a manifest hash to match: the
-    header check names it even though the sha256 agrees."""
+    header check names it even though the hash agrees."""
     _src, cfg = encrypted_source(tmp_path, age_keys)
     (entry,) = backup.run_backup(cfg, now=DAY1).entries
     archive = cfg.backup_dir / entry.name
@@ -221,7 +221,7 @@ def test_a_header_addressed_to_other_keys_fails_verify_without_identity(
     ).stdout
     archive.write_bytes(forged)
     manifest = cfg.backup_dir / layout.manifest_name("server1", "20261123")
-    text = manifest.read_text().replace(entry.sha256, layout.sha256_of(archive))
+    text = manifest.read_text().replace(entry.digest, layout.hash_of_file(archive))
     manifest.write_text(text.replace(f'"size": {entry.size}', f'"size": {len(forged)}'))
     # the planted archive re-encrypted to the same recipient, with a manifest to match: the
     # manifest's signature is no longer server1's, so verify and restore refuse it
@@ -409,7 +409,7 @@ def test_write_and_read_archive_round_trip_any_producer(tmp_path: Path, age_keys
         final, ["cat", str(source)], compression="zstd", level=3, recipients=[recipient]
     )
     assert written.size == final.stat().st_size
-    assert written.sha256 == layout.sha256_of(final)
+    assert written.digest == layout.hash_of_file(final)
     assert CANARY not in final.read_bytes()
     read = pipeline.read_archive(
         final,
@@ -547,7 +547,7 @@ def test_an_archive_written_back_behind_its_hash_is_whole_either_way(
     payload.write_bytes(os.urandom(40 << 20))  # incompressible: 40 MiB reach the file
     final = tmp_path / "out.zst"
     written = pipeline.write_archive(final, ["cat", str(payload)], compression="zstd", level=1)
-    assert written.sha256 == layout.sha256_of(final)
+    assert written.digest == layout.hash_of_file(final)
     plain = subprocess.run(["zstd", "-d", "-c", str(final)], capture_output=True, check=True)
     assert plain.stdout == payload.read_bytes()
     assert asked and asked[0][0] == 0

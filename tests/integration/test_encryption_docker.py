@@ -161,7 +161,7 @@ def test_a_flipped_byte_in_one_archive_makes_verify_fail_naming_it(lab, encrypte
     lab.receiver.write_file(f"{HOME}/enc-damaged.toml", _receiver_config(damaged))
     result = _keyforge(lab.receiver, "verify", "--config", f"{HOME}/enc-damaged.toml")
     assert result.returncode == 1
-    assert f"{name}: sha256 differs from the manifest" in result.stderr
+    assert f"{name}: blake3 differs from the manifest" in result.stderr
     assert encrypted_sync[1] not in result.stderr
     lab.receiver.sh(f"rm -rf {damaged}")
 

@@ -393,7 +393,7 @@ def test_the_drill_names_an_archive_with_a_flipped_byte(
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0x01
     archive.write_bytes(bytes(data))
-    _fails_naming(history, scratch, archive.name, "sha256 differs from the manifest")
+    _fails_naming(history, scratch, archive.name, "blake3 differs from the manifest")
 
 
 def test_the_drill_names_a_missing_incremental(history: dict[str, object], scratch: Path) -> None:
@@ -411,7 +411,7 @@ def test_the_drill_names_a_truncated_archive(history: dict[str, object], scratch
     archive.write_bytes(data[: len(data) // 2])
     result = _drill(history, scratch)
     assert result.exit_code == 1
-    assert f"{archive.name}: sha256 differs from the manifest" in result.stderr
+    assert f"{archive.name}: blake3 differs from the manifest" in result.stderr
     # the signed manifest's size gives the cut away before tar reads a byte of it
     assert "bytes where its signed manifest records" in result.stderr
 

@@ -177,7 +177,7 @@ def test_a_planted_archive_with_a_matching_manifest_is_refused_by_restore_and_ve
 ) -> None:
     server1.backup(1, "one\n")
     planted = plant(server1, 2, attacker_key=attacker_key)
-    # the forgery is consistent: the old checks (sha256 against the manifest) pass
+    # the forgery is consistent: the old checks (hash against the manifest) pass
     assert restore.check_checksums(server1.config, backup.scan_archives(server1.config))[1] == []
 
     target = server1.tmp / "restored"

@@ -111,13 +111,13 @@ def test_a_good_push_is_a_good_snapshot_and_only_new_archives_are_hashed(
     tmp_path: Path, sender: Sender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hashed: list[str] = []
-    real = layout.sha256_of
+    real = layout.hash_of_file
 
-    def counting(path: Path | bytes) -> str:
+    def counting(path: Path | bytes, algorithm: str = layout.ARCHIVE_HASH) -> str:
         hashed.append(os.fsdecode(path).rsplit("/", 1)[-1])
-        return real(path)
+        return real(path, algorithm)
 
-    monkeypatch.setattr(layout, "sha256_of", counting)
+    monkeypatch.setattr(layout, "hash_of_file", counting)
     config = _config(tmp_path, sender.copy)
     first_run = sender.backup(23)
     sender.push()
@@ -146,7 +146,7 @@ def test_an_archive_of_the_right_size_but_other_bytes_is_not_a_good_copy(
     data[len(data) // 2] ^= 0xFF
     archive.write_bytes(bytes(data))
     report = snapshot.run_snapshot(config, now=_at(23))
-    assert report.problem == f"{archive.name}: its content does not match the manifest's sha256"
+    assert report.problem == f"{archive.name}: its content does not match the manifest's blake3"
     assert _marker(tmp_path, report.stamp).exists()
 
 
@@ -333,4 +333,4 @@ def test_an_encrypted_dump_is_judged_like_every_archive_of_the_copy(
     data[-1] ^= 0xFF
     copied.write_bytes(bytes(data))
     damaged = snapshot.run_snapshot(config, now=_at(25))
-    assert damaged.problem == f"{dump.name}: its content does not match the manifest's sha256"
+    assert damaged.problem == f"{dump.name}: its content does not match the manifest's blake3"

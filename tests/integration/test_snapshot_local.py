@@ -49,8 +49,15 @@ def copy(tmp_path: Path) -> Path:
     name = "server1-etc.20261101.master.tar.zst"
     data = os.urandom(5000)
     (top / "server1" / name).write_bytes(data)
+    # recorded with sha256, as keyforge before BLAKE3 wrote it: the receiving host checks both
     entry = layout.ArchiveEntry(
-        name, "/etc", layout.MASTER, name, len(data), hashlib.sha256(data).hexdigest()
+        name,
+        "/etc",
+        layout.MASTER,
+        name,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        algorithm="sha256",
     )
     manifest = layout.manifest_json("server1", "20261101", _at(1), [entry])
     (top / "server1" / "server1.20261101.manifest.json").write_bytes(manifest)

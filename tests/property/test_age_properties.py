@@ -104,7 +104,7 @@ def test_manifest_entries_round_trip_their_encrypted_to(fingerprints: list[str],
         kind="master",
         chain=name,
         size=size,
-        sha256="a" * 64,
+        digest="a" * 64,
         encrypted_to=tuple(sorted(fingerprints)),
     )
     data = layout.manifest_json("server1", "20261128", dt.datetime(2026, 11, 28), [entry])

@@ -15,6 +15,10 @@ NAME = "server1-etc.20261123.master.tar.zst"
 ENTRY = layout.ArchiveEntry(NAME, "/etc", layout.MASTER, NAME, 1234, "ab" * 32, ("w",))
 
 
+# an entry as keyforge wrote them before BLAKE3: its hash under "sha256"
+LEGACY = {k: v for k, v in ENTRY.to_json().items() if k != "blake3"} | {"sha256": "cd" * 32}
+
+
 def _written(tmp_path: Path, document: object) -> Path:
     path = tmp_path / "server1.20261123.manifest.json"
     path.write_text(json.dumps(document))
@@ -29,6 +33,22 @@ def test_what_backup_writes_reads_back_as_it_was(tmp_path: Path) -> None:
     assert layout.load_manifest(path) == layout.Manifest("server1", (ENTRY,))
 
 
+def test_backup_records_each_archive_under_its_blake3_hash(tmp_path: Path) -> None:
+    archive = ENTRY.to_json()
+    assert archive["blake3"] == "ab" * 32
+    assert "sha256" not in archive
+    assert list(archive)[:6] == ["name", "source", "kind", "chain", "size", "blake3"]
+
+
+def test_a_manifest_written_with_sha256_still_reads_and_writes_back_as_sha256(
+    tmp_path: Path,
+) -> None:
+    path = _written(tmp_path, {"format": 1, "host": "server1", "archives": [LEGACY]})
+    (entry,) = layout.load_manifest(path).archives
+    assert (entry.algorithm, entry.digest) == ("sha256", "cd" * 32)
+    assert entry.to_json() == LEGACY
+
+
 @pytest.mark.parametrize(
     ("document", "problem"),
     [
@@ -39,8 +59,22 @@ def test_what_backup_writes_reads_back_as_it_was(tmp_path: Path) -> None:
         ({"format": 1, "host": "server1"}, "no archive list"),
         ({"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "name": "../x"}]}, "plain"),
         ({"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "size": -1}]}, "no size"),
-        ({"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "sha256": "x"}]}, "sha256"),
-        ({"format": 1, "host": "s", "archives": [{"name": NAME, "size": 1}]}, "no sha256"),
+        (
+            {"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "blake3": "x"}]},
+            "has a malformed blake3 hash",
+        ),
+        (
+            {"format": 1, "host": "s", "archives": [{**LEGACY, "sha256": "AB" * 32}]},
+            "has a malformed sha256 hash",
+        ),
+        (
+            {"format": 1, "host": "s", "archives": [{**ENTRY.to_json(), "sha256": "ab" * 32}]},
+            r"records more than one hash \(blake3, sha256\)",
+        ),
+        (
+            {"format": 1, "host": "s", "archives": [{"name": NAME, "size": 1}]},
+            "has no blake3 or sha256 hash",
+        ),
     ],
 )
 def test_anything_else_is_refused_with_the_reason(

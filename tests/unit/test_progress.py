@@ -14,7 +14,7 @@ ENTRY = layout.ArchiveEntry(
     kind="master",
     chain="server1-etc.20261128.master.tar.zst",
     size=3 * 1024 * 1024,
-    sha256="0" * 64,
+    digest="0" * 64,
 )
 
 
