@@ -14,7 +14,6 @@ the sync runner) keeps two runs from overlapping.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -22,8 +21,10 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -511,7 +512,9 @@ def measure_source(source: str, backup: BackupConfig) -> SourceSize:
     absolute excludes and the glob excludes left out, other filesystems too with
     one_file_system. Unreadable directories are skipped: tar reports them itself."""
     skipped = {str(Path(p)) for p in (backup.directory, *backup.exclude) if p.startswith("/")}
-    globs = [p for p in backup.exclude if not p.startswith("/")]
+    globs = [fnmatch.translate(p) for p in backup.exclude if not p.startswith("/")]
+    # one pattern for all the globs: the walk visits every entry of the source
+    excluded = re.compile("|".join(globs)).match if globs else lambda _name: None
     files = size = 0
     device = os.lstat(source).st_dev
     pending = [source]
@@ -520,7 +523,7 @@ def measure_source(source: str, backup: BackupConfig) -> SourceSize:
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
-                    if entry.path in skipped or any(fnmatch.fnmatch(entry.name, g) for g in globs):
+                    if excluded(entry.name) is not None or entry.path in skipped:
                         continue
                     st = entry.stat(follow_symlinks=False)
                     files += 1
@@ -1028,10 +1031,24 @@ def _archive_source(
     reads at the same time, and the run does not wait for it first.
     """
     check_sources_exist([item.source])
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keyforge-measure") as pool:
-        measured = pool.submit(measure_source, item.source, config.backup)
+    measured: list[SourceSize | Exception] = []
+
+    def measure() -> None:
+        try:
+            measured.append(measure_source(item.source, config.backup))
+        except Exception as err:  # re-raised below, in the run's own thread
+            measured.append(err)
+
+    # a plain thread: concurrent.futures would cost every run its import (and logging's)
+    walker = threading.Thread(target=measure, name="keyforge-measure", daemon=True)
+    walker.start()
+    try:
         entry = make_archive(config, item, reporter)
-        size = measured.result()
+    finally:
+        walker.join()
+    size = measured[0]
+    if isinstance(size, Exception):
+        raise size
     last_master = masters.get(item.slug)
     alerts = () if allow_empty else content_alerts(item.source, size, last_master, config.backup)
     for alert in alerts:
