@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import blake3
 
@@ -270,20 +270,19 @@ class ArchiveEntry:
     algorithm: str = ARCHIVE_HASH  # a key of ARCHIVE_HASHES
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
+        return {
             "name": self.name,
             "source": self.source,
             "kind": self.kind,
             "chain": self.chain,
             "size": self.size,
             self.algorithm: self.digest,
+            "warnings": list(self.warnings),
+            "source_files": self.source_files,
+            "source_bytes": self.source_bytes,
+            "alerts": list(self.alerts),
+            "encrypted_to": list(self.encrypted_to),
         }
-        data["warnings"] = list(self.warnings)
-        data["source_files"] = self.source_files
-        data["source_bytes"] = self.source_bytes
-        data["alerts"] = list(self.alerts)
-        data["encrypted_to"] = list(self.encrypted_to)
-        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,7 +405,9 @@ def manifest_from_bytes(data: bytes, path: Path) -> Manifest:
 
 
 def _archive_entry(archive: Mapping[str, Any]) -> ArchiveEntry:
-    algorithm, digest = recorded_hash(archive) or ("", "")
+    hashed = recorded_hash(archive)
+    assert hashed is not None, "_manifest_problem refuses an entry without a good hash"
+    algorithm, digest = hashed
     return ArchiveEntry(
         name=archive["name"],
         source=archive["source"],
@@ -428,25 +429,24 @@ _DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def recorded_hash(archive: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The (algorithm, hexadecimal digest) a manifest entry records, or None when
-    ``_hash_problem`` finds one."""
-    if _hash_problem(archive) is not None:
-        return None
-    algorithm = next(name for name in ARCHIVE_HASHES if name in archive)
-    return algorithm, archive[algorithm]
+    """The (algorithm, hexadecimal digest) a manifest entry records, or None when it records
+    none, a malformed one, or more than one."""
+    found = _read_hash(archive)
+    return found if isinstance(found, tuple) else None
 
 
-def _hash_problem(archive: Mapping[str, Any]) -> str | None:
+def _read_hash(archive: Mapping[str, Any]) -> tuple[str, str] | str:
+    """The entry's (algorithm, digest), or what is wrong with it."""
     found = [name for name in ARCHIVE_HASHES if name in archive]
     if not found:
         return f"has no {' or '.join(ARCHIVE_HASHES)} hash"
     if len(found) > 1:
         # which one would a checker believe?
         return f"records more than one hash ({', '.join(found)})"
-    digest = archive[found[0]]
+    algorithm, digest = found[0], archive[found[0]]
     if not isinstance(digest, str) or _DIGEST_RE.match(digest) is None:
-        return f"has a malformed {found[0]} hash"
-    return None
+        return f"has a malformed {algorithm} hash"
+    return algorithm, digest
 
 
 def _manifest_problem(document: object) -> str | None:
@@ -513,10 +513,10 @@ def _archive_problem(index: int, archive: object) -> str | None:
     name = archive.get("name")
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name:
         return f"archive {index} has no plain file name"
-    hash_problem = _hash_problem(archive)
+    found = _read_hash(archive)
     checks = [
         (_is_count(archive.get("size")), "has no size"),
-        (hash_problem is None, hash_problem or ""),
+        (isinstance(found, tuple), found if isinstance(found, str) else ""),
         (
             all(isinstance(archive.get(key), str) for key in ("source", "kind", "chain")),
             "lacks its source, kind or chain",
@@ -561,14 +561,10 @@ def sha256_of(path: Path | bytes) -> str:
 
 def hash_of_file(path: Path | bytes, algorithm: str = ARCHIVE_HASH) -> str:
     """The hexadecimal ``algorithm`` (a key of ARCHIVE_HASHES) digest of the file at ``path``."""
-    hasher = ARCHIVE_HASHES[algorithm]()
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    # bytes paths keep non-UTF-8 names exact
-    with open(path, "rb", buffering=0) as handle:  # noqa: PTH123
-        while count := handle.readinto(buffer):
-            hasher.update(view[:count])
-    return hasher.hexdigest()
+    # blake3's update returns the hasher, where hashlib's protocol says None: same use
+    digest = cast("Callable[[], hashlib._Hash]", ARCHIVE_HASHES[algorithm])
+    with open(path, "rb") as handle:  # noqa: PTH123 - bytes paths keep non-UTF-8 names exact
+        return hashlib.file_digest(handle, digest).hexdigest()
 
 
 def hash_matches(path: Path | bytes, entry: ArchiveEntry) -> bool:

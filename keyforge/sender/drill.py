@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import random
@@ -251,14 +250,9 @@ def spot_one(source: str, relative: bytes, restored: Path, member: Any) -> SpotR
     ):
         return SpotResult("changed", shown)
     copy = os.fsencode(restored) + b"/" + relative
-    if _sha256(live) != _sha256(copy):
+    if layout.hash_of_file(live) != layout.hash_of_file(copy):
         return SpotResult("differs", shown)
     return SpotResult("same", shown)
-
-
-def _sha256(path: bytes) -> str:
-    with open(path, "rb") as handle:  # noqa: PTH123 - bytes paths keep names exact
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def judge_spot(results: Sequence[SpotResult]) -> SpotCheck:

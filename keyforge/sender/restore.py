@@ -5,8 +5,8 @@ extraction, so files deleted between runs are deleted again. Verify checks every
 the hash its manifest records (BLAKE3, or sha256 in older manifests), then restores the latest
 chain of each source into a scratch directory and compares it, entry by entry, with what the
 archives themselves record: content (sha256), type, mode, owner, mtime, symlink target, hard
-links and xattrs. The expected state is read from the
-archives with Python's own tar reader, so GNU tar's extraction is checked by a second reader.
+links and xattrs. The expected state is read from the archives with Python's own tar reader, so
+GNU tar's extraction is checked by a second reader.
 """
 
 from __future__ import annotations
